@@ -1,0 +1,98 @@
+"""A stack of Transformer blocks over a token sequence of any modality."""
+
+import keras
+
+from mm_keras.layers.transformer import TransformerBlock
+
+
+@keras.saving.register_keras_serializable(package="mm_keras")
+class TransformerEncoder(keras.layers.Layer):
+    """`num_layers` pre-norm Transformer blocks and a final LayerNorm.
+
+    Takes and returns the DESIGN.md token-sequence contract, `{"tokens": [B, N, D],
+    "mask": [B, N]}`, so it never knows which modality it encodes: the same encoder serves an
+    image tower, a text tower, or both at once (a shared, modality-agnostic encoder as in
+    VATT, Akbari et al., 2021). Padded positions are ignored by attention and pass through.
+
+    Args:
+        num_layers: int, number of Transformer blocks.
+        num_heads: int, attention heads per block.
+        intermediate_dim: int, hidden width of each block's MLP.
+        dropout: float, dropout rate inside the blocks.
+        activation: str or callable, the MLP activation.
+        layer_norm_epsilon: float, epsilon of every layer norm.
+
+    Example:
+    >>> encoder = TransformerEncoder(num_layers=2, num_heads=4, intermediate_dim=128)
+    >>> seq = {"tokens": np.random.rand(2, 10, 64).astype("float32"),
+    ...        "mask": np.ones((2, 10), bool)}
+    >>> encoder(seq)["tokens"].shape
+    (2, 10, 64)
+    """
+
+    def __init__(
+        self,
+        num_layers,
+        num_heads,
+        intermediate_dim,
+        dropout=0.0,
+        activation="gelu",
+        layer_norm_epsilon=1e-6,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if num_layers < 1:
+            raise ValueError(f"`num_layers` must be >= 1. Received: num_layers={num_layers}")
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.activation = keras.activations.get(activation)
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.blocks = [
+            TransformerBlock(
+                num_heads,
+                intermediate_dim,
+                dropout=dropout,
+                activation=activation,
+                layer_norm_epsilon=layer_norm_epsilon,
+                dtype=self.dtype_policy,
+                name=f"block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.final_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="final_norm"
+        )
+
+    def build(self, sequence_shape):
+        tokens_shape = sequence_shape["tokens"]
+        for block in self.blocks:
+            block.build(tokens_shape)
+        self.final_norm.build(tokens_shape)
+
+    def call(self, sequence, training=None):
+        tokens, mask = sequence["tokens"], sequence["mask"]
+        for block in self.blocks:
+            tokens = block(tokens, padding_mask=mask, training=training)
+        return {"tokens": self.final_norm(tokens), "mask": mask}
+
+    def compute_output_spec(self, sequence, training=None):
+        return {
+            "tokens": keras.KerasTensor(sequence["tokens"].shape, self.compute_dtype),
+            "mask": keras.KerasTensor(sequence["mask"].shape, "bool"),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout": self.dropout,
+                "activation": keras.activations.serialize(self.activation),
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

@@ -1,0 +1,4 @@
+"""Reusable Keras layers."""
+
+from mm_keras.layers.attention import MultiHeadSelfAttention
+from mm_keras.layers.transformer import TransformerBlock

@@ -1,0 +1,85 @@
+"""Multi-head self-attention over a padded token sequence."""
+
+import math
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="mm_keras")
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Scaled dot-product self-attention with fused query/key/value projections.
+
+    The attention of "Attention Is All You Need" (Vaswani et al., 2017):
+    softmax(Q K^T / sqrt(d_k) + mask) V per head, heads concatenated and projected back.
+    Q, K and V come from one `[D, 3, H, d_k]` projection (one matmul instead of three).
+    Padded keys (`padding_mask == False`) get no attention weight; softmax runs in float32.
+
+    Args:
+        num_heads: int, number of heads H.
+        key_dim: int, size d_k of each head.
+        dropout: float, dropout rate on the attention weights.
+
+    Example:
+    >>> layer = MultiHeadSelfAttention(num_heads=4, key_dim=16)
+    >>> x = np.random.rand(2, 10, 64).astype("float32")
+    >>> layer(x, padding_mask=np.arange(10) < np.array([[10], [6]])).shape
+    (2, 10, 64)
+    """
+
+    def __init__(self, num_heads, key_dim, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if num_heads < 1 or key_dim < 1:
+            raise ValueError(
+                "`num_heads` and `key_dim` must be >= 1. "
+                f"Received: num_heads={num_heads}, key_dim={key_dim}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.dropout = dropout
+        self.qkv_projection = keras.layers.EinsumDense(
+            "bnd,dthk->bnthk",
+            output_shape=(None, 3, num_heads, key_dim),
+            bias_axes="thk",
+            kernel_initializer="glorot_uniform",
+            dtype=self.dtype_policy,
+            name="qkv_projection",
+        )
+        self.attention_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+
+    def build(self, inputs_shape):
+        hidden_dim = inputs_shape[-1]
+        self.qkv_projection.build(inputs_shape)
+        self.output_projection = keras.layers.EinsumDense(
+            "bnhk,hkd->bnd",
+            output_shape=(None, hidden_dim),
+            bias_axes="d",
+            dtype=self.dtype_policy,
+            name="output_projection",
+        )
+        self.output_projection.build((*inputs_shape[:-1], self.num_heads, self.key_dim))
+
+    def call(self, inputs, padding_mask=None, training=None):
+        qkv = self.qkv_projection(inputs)  # [B, N, 3, H, d_k]
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        scores = ops.einsum("bqhk,bshk->bhqs", query, key) * (1.0 / math.sqrt(self.key_dim))
+        scores = ops.cast(scores, "float32")
+        if padding_mask is not None:
+            key_mask = ops.cast(padding_mask, "bool")[:, None, None, :]  # [B, 1, 1, S]
+            scores = ops.where(key_mask, scores, -1e9)
+        weights = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
+        weights = self.attention_dropout(weights, training=training)
+        attended = ops.einsum("bhqs,bshk->bqhk", weights, value)  # [B, N, H, d_k]
+        return self.output_projection(attended)
+
+    def compute_output_shape(self, inputs_shape):
+        return inputs_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"num_heads": self.num_heads, "key_dim": self.key_dim, "dropout": self.dropout}
+        )
+        return config

@@ -1,0 +1,3 @@
+"""Task models."""
+
+from mm_keras.models.dual_encoder import DualEncoder

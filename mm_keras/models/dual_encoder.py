@@ -1,0 +1,211 @@
+"""The dual encoder: one tower per modality into a shared, normalized embedding space."""
+
+import math
+
+import keras
+from keras import ops
+
+MAX_LOGIT_SCALE = 100.0
+_NON_MODALITY_KEYS = ("label",)
+
+
+@keras.saving.register_keras_serializable(package="mm_keras")
+class DualEncoder(keras.Model):
+    """Embeds each modality with its own tower into one space, CLIP/SigLIP style.
+
+    A tower is: tokenizer layer (raw input → `{"tokens", "mask"}`) → Transformer encoder →
+    masked mean pooling → linear projection → L2 normalization (Radford et al., 2021,
+    "Learning Transferable Visual Models From Natural Language Supervision"). The model also
+    owns the learnable temperature (`logit_scale`, stored as a log and clipped at 100 as in
+    CLIP) and the SigLIP bias (`logit_bias`, Zhai et al., 2023), so both are saved with it.
+
+    Passing one encoder instead of a dict shares its weights across modalities; a learned
+    modality embedding is then added to every token so the shared encoder can tell the
+    modalities apart (as in VATT's modality-agnostic variant, Akbari et al., 2021).
+
+    `call` takes a dict keyed by modality name (any subset of the towers; `"label"` is
+    ignored) and returns a dict of `[B, projection_dim]` unit-norm embeddings for the
+    modalities given, so `model.predict({"image": images})` embeds images only.
+
+    Args:
+        tokenizers: dict, modality name → layer that returns `{"tokens", "mask"}`, such as
+            `ImagePatchTokenizer` or `TextEmbedding`.
+        encoders: a dict, modality name → encoder (one per tower), or a single encoder
+            shared by every tower. Encoders map `{"tokens", "mask"}` to the same.
+        projection_dim: int, size of the joint embedding.
+        logit_scale_init: float, initial temperature scale (CLIP: 1 / 0.07).
+        logit_bias_init: float, initial SigLIP bias (SigLIP: -10).
+
+    Example:
+    >>> tokenizers = {
+    ...     "image": ImagePatchTokenizer(image_size=32, patch_size=8, hidden_dim=64),
+    ...     "text": TextEmbedding(vocabulary_size=100, sequence_length=16, hidden_dim=64),
+    ... }
+    >>> encoder = TransformerEncoder(num_layers=2, num_heads=4, intermediate_dim=128)
+    >>> model = DualEncoder(tokenizers, encoders=encoder, projection_dim=32)
+    >>> out = model({"image": np.zeros((2, 32, 32, 1), "uint8"),
+    ...              "text": np.ones((2, 16), "int32")})
+    >>> out["image"].shape, out["text"].shape
+    ((2, 32), (2, 32))
+    """
+
+    def __init__(
+        self,
+        tokenizers,
+        encoders,
+        projection_dim,
+        logit_scale_init=1.0 / 0.07,
+        logit_bias_init=-10.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(tokenizers, dict) or len(tokenizers) < 2:
+            raise ValueError(
+                "`tokenizers` must be a dict with at least two modalities. "
+                f"Received: tokenizers={tokenizers!r}"
+            )
+        self.shared_encoder = not isinstance(encoders, dict)
+        if not self.shared_encoder and set(encoders) != set(tokenizers):
+            raise ValueError(
+                "`encoders` must have the same modalities as `tokenizers`. "
+                f"Received: tokenizers for {sorted(tokenizers)}, encoders for {sorted(encoders)}"
+            )
+        if not 0.0 < logit_scale_init <= MAX_LOGIT_SCALE:
+            raise ValueError(
+                f"`logit_scale_init` must be in (0, {MAX_LOGIT_SCALE}]. "
+                f"Received: logit_scale_init={logit_scale_init}"
+            )
+        self.modalities = tuple(tokenizers)
+        self.tokenizers = dict(tokenizers)
+        self.encoders = encoders
+        self.projection_dim = projection_dim
+        self.logit_scale_init = logit_scale_init
+        self.logit_bias_init = logit_bias_init
+        self.pooling = keras.layers.GlobalAveragePooling1D(dtype=self.dtype_policy, name="pool")
+        self.projections = {
+            m: keras.layers.Dense(
+                projection_dim, use_bias=False, dtype=self.dtype_policy, name=f"{m}_projection"
+            )
+            for m in self.modalities
+        }
+
+    def _encoder(self, modality):
+        return self.encoders if self.shared_encoder else self.encoders[modality]
+
+    def build(self, input_shape=None):
+        input_shape = input_shape or {}
+        widths = {}
+        for modality in self.modalities:
+            tokenizer = self.tokenizers[modality]
+            shape = input_shape.get(modality, tokenizer.default_input_shape)
+            if not tokenizer.built:
+                tokenizer.build(shape)
+            spec = tokenizer.compute_output_spec(keras.KerasTensor(shape))
+            widths[modality] = spec["tokens"].shape[-1]
+            encoder = self._encoder(modality)
+            if not encoder.built:
+                encoder.build({"tokens": spec["tokens"].shape, "mask": spec["mask"].shape})
+            self.projections[modality].build((None, widths[modality]))
+        if self.shared_encoder:
+            if len(set(widths.values())) != 1:
+                raise ValueError(
+                    "A shared encoder needs every tokenizer to emit tokens of one width. "
+                    f"Received widths: {widths}"
+                )
+            self.modality_embedding = self.add_weight(
+                shape=(len(self.modalities), widths[self.modalities[0]]),
+                initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+                name="modality_embedding",
+            )
+        self.log_logit_scale = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(math.log(self.logit_scale_init)),
+            name="log_logit_scale",
+        )
+        self.logit_bias_variable = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(self.logit_bias_init),
+            name="logit_bias",
+        )
+
+    @property
+    def logit_scale(self):
+        """The temperature scale exp(log_logit_scale), clipped at 100 as in CLIP."""
+        return ops.exp(ops.minimum(self.log_logit_scale, math.log(MAX_LOGIT_SCALE)))
+
+    @property
+    def logit_bias(self):
+        """The learnable bias b of the SigLIP loss."""
+        return ops.convert_to_tensor(self.logit_bias_variable)
+
+    def _check_inputs(self, inputs):
+        if not isinstance(inputs, dict):
+            raise ValueError(
+                "Expected a dict keyed by modality name. "
+                f"Received: {type(inputs).__name__}"
+            )
+        given = [key for key in inputs if key not in _NON_MODALITY_KEYS]
+        unknown = [key for key in given if key not in self.modalities]
+        if unknown or not given:
+            raise ValueError(
+                f"Expected inputs for a non-empty subset of modalities {self.modalities}. "
+                f"Received keys: {sorted(inputs)}"
+            )
+        batch_sizes = {m: inputs[m].shape[0] for m in given}
+        known = {size for size in batch_sizes.values() if size is not None}
+        if len(known) > 1:
+            raise ValueError(
+                "Expected every modality to have the same batch size. "
+                f"Received batch sizes: {batch_sizes}"
+            )
+        return given
+
+    def embed(self, modality, inputs, training=None):
+        """Embeds one modality's raw input into unit-norm `[B, projection_dim]` vectors."""
+        sequence = self.tokenizers[modality](inputs)
+        if self.shared_encoder:
+            index = self.modalities.index(modality)
+            tokens = sequence["tokens"] + self.modality_embedding[index]
+            sequence = {"tokens": tokens, "mask": sequence["mask"]}
+        sequence = self._encoder(modality)(sequence, training=training)
+        pooled = self.pooling(sequence["tokens"], mask=sequence["mask"])
+        return ops.normalize(self.projections[modality](pooled), axis=-1)
+
+    def call(self, inputs, training=None):
+        given = self._check_inputs(inputs)
+        return {m: self.embed(m, inputs[m], training=training) for m in given}
+
+    def get_config(self):
+        config = super().get_config()
+        serialize = keras.saving.serialize_keras_object
+        config.update(
+            {
+                "tokenizers": {m: serialize(t) for m, t in self.tokenizers.items()},
+                "encoders": (
+                    serialize(self.encoders)
+                    if self.shared_encoder
+                    else {m: serialize(e) for m, e in self.encoders.items()}
+                ),
+                "projection_dim": self.projection_dim,
+                "logit_scale_init": self.logit_scale_init,
+                "logit_bias_init": self.logit_bias_init,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        deserialize = keras.saving.deserialize_keras_object
+        config["tokenizers"] = {
+            m: deserialize(t, custom_objects=custom_objects)
+            for m, t in config["tokenizers"].items()
+        }
+        encoders = config["encoders"]
+        if isinstance(encoders, dict) and "class_name" not in encoders:
+            config["encoders"] = {
+                m: deserialize(e, custom_objects=custom_objects) for m, e in encoders.items()
+            }
+        else:
+            config["encoders"] = deserialize(encoders, custom_objects=custom_objects)
+        return cls(**config)

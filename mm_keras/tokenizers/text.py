@@ -1,0 +1,214 @@
+"""Text tokenization: strings → padded WordPiece ids → token sequences."""
+
+import keras
+import keras_hub
+import tensorflow as tf
+
+PAD_TOKEN = "[PAD]"
+UNK_TOKEN = "[UNK]"
+RESERVED_TOKENS = (PAD_TOKEN, UNK_TOKEN)
+
+
+@keras.saving.register_keras_serializable(package="mm_keras")
+class TextTokenizer(keras.layers.Layer):
+    """WordPiece tokenizer that turns strings into fixed-length ids and a padding mask.
+
+    A thin layer over keras-hub's `WordPieceTokenizer` (Wu et al., 2016, "Google's Neural
+    Machine Translation System"), lowercasing and splitting on whitespace and punctuation.
+    It runs in a `tf.data` pipeline or eagerly; it holds string ops, so it stays outside
+    models compiled with XLA and outside TFLite graphs. Id 0 is always `[PAD]`.
+
+    Args:
+        vocabulary: list of strings, or a path to a vocabulary file with one token per line.
+            Its first two tokens must be `[PAD]` and `[UNK]`.
+        sequence_length: int, length every output is padded or truncated to.
+        lowercase: bool, whether to lowercase the input before splitting.
+
+    Returns (from `call`): `{"token_ids": int32 [B, L], "mask": bool [B, L]}`, the mask
+    `True` on real tokens.
+
+    Example:
+    >>> tokenizer = TextTokenizer.train(["a handwritten seven", "the digit 7"],
+    ...                                 vocabulary_size=40, sequence_length=8)
+    >>> tokenizer(["the digit seven"])["token_ids"].shape
+    TensorShape([1, 8])
+    """
+
+    def __init__(self, vocabulary, sequence_length=16, lowercase=True, **kwargs):
+        kwargs.setdefault("trainable", False)
+        kwargs.setdefault("dtype", "int32")
+        super().__init__(**kwargs)
+        if sequence_length < 1:
+            raise ValueError(
+                f"`sequence_length` must be >= 1. Received: sequence_length={sequence_length}"
+            )
+        if isinstance(vocabulary, str):
+            with open(vocabulary, encoding="utf-8") as f:
+                vocabulary = [line.rstrip("\n") for line in f if line.rstrip("\n")]
+        vocabulary = list(vocabulary)
+        if tuple(vocabulary[: len(RESERVED_TOKENS)]) != RESERVED_TOKENS:
+            raise ValueError(
+                f"The vocabulary must start with {list(RESERVED_TOKENS)}. "
+                f"Received: {vocabulary[: len(RESERVED_TOKENS)]}"
+            )
+        self.vocabulary = vocabulary
+        self.sequence_length = sequence_length
+        self.lowercase = lowercase
+        self.wordpiece = keras_hub.tokenizers.WordPieceTokenizer(
+            vocabulary=vocabulary,
+            sequence_length=sequence_length,
+            lowercase=lowercase,
+            oov_token=UNK_TOKEN,
+            dtype="int32",
+        )
+        self.pad_id = 0
+        self._allow_non_tensor_positional_args = True
+
+    @classmethod
+    def train(cls, corpus, vocabulary_size, sequence_length=16, lowercase=True):
+        """Learns a WordPiece vocabulary from a corpus and returns a tokenizer using it.
+
+        Args:
+            corpus: a non-empty list of strings, or a `tf.data.Dataset` of scalar strings.
+            vocabulary_size: int, the largest vocabulary to learn (reserved tokens
+                included); a small corpus may give fewer tokens.
+            sequence_length: int, see the class arguments.
+            lowercase: bool, see the class arguments.
+        """
+        if isinstance(corpus, tf.data.Dataset):
+            if corpus.cardinality() == 0:
+                raise ValueError("`corpus` must hold at least one string. Received: 0 strings")
+        else:
+            corpus = list(corpus)
+            if not corpus:
+                raise ValueError("`corpus` must hold at least one string. Received: 0 strings")
+            corpus = tf.data.Dataset.from_tensor_slices(corpus)
+        vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
+            corpus.batch(1024),
+            vocabulary_size=vocabulary_size,
+            lowercase=lowercase,
+            reserved_tokens=list(RESERVED_TOKENS),
+        )
+        return cls(vocabulary, sequence_length=sequence_length, lowercase=lowercase)
+
+    @property
+    def vocabulary_size(self):
+        return len(self.vocabulary)
+
+    def save_vocabulary(self, path):
+        """Writes the vocabulary to `path`, one token per line (via a temporary file)."""
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(f"{token}\n" for token in self.vocabulary)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+
+    def call(self, inputs):
+        inputs = tf.convert_to_tensor(inputs, dtype=tf.string)
+        if inputs.shape.rank == 1 and inputs.shape[0] == 0:
+            raise ValueError("Expected at least one string to tokenize. Received: 0 strings")
+        token_ids = self.wordpiece(inputs)
+        return {"token_ids": token_ids, "mask": token_ids != self.pad_id}
+
+    def compute_output_spec(self, inputs):
+        shape = (*inputs.shape, self.sequence_length)
+        return {
+            "token_ids": keras.KerasTensor(shape, dtype="int32"),
+            "mask": keras.KerasTensor(shape, dtype="bool"),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary": self.vocabulary,
+                "sequence_length": self.sequence_length,
+                "lowercase": self.lowercase,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mm_keras")
+class TextEmbedding(keras.layers.Layer):
+    """Turns WordPiece ids into a token sequence: token embedding plus learned positions.
+
+    The embedding half of text tokenization (Devlin et al., 2019, "BERT"): ids from
+    `TextTokenizer` become `{"tokens": [B, L, D], "mask": [B, L]}`, the DESIGN.md
+    token-sequence contract, where the mask is `token_ids != 0` (id 0 is `[PAD]`).
+
+    Args:
+        vocabulary_size: int, number of ids.
+        sequence_length: int, the longest sequence (number of learned positions).
+        hidden_dim: int, width D of each token.
+
+    Example:
+    >>> layer = TextEmbedding(vocabulary_size=100, sequence_length=8, hidden_dim=32)
+    >>> out = layer(np.array([[5, 9, 0, 0, 0, 0, 0, 0]]))
+    >>> out["tokens"].shape, out["mask"].numpy()[0, :3].tolist()
+    ((1, 8, 32), [True, True, False])
+    """
+
+    def __init__(self, vocabulary_size, sequence_length, hidden_dim, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (
+            ("vocabulary_size", vocabulary_size),
+            ("sequence_length", sequence_length),
+            ("hidden_dim", hidden_dim),
+        ):
+            if value < 1:
+                raise ValueError(f"`{name}` must be >= 1. Received: {name}={value}")
+        self.vocabulary_size = vocabulary_size
+        self.sequence_length = sequence_length
+        self.hidden_dim = hidden_dim
+        self.token_embedding = keras.layers.Embedding(
+            vocabulary_size,
+            hidden_dim,
+            embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            dtype=self.dtype_policy,
+            name="token_embedding",
+        )
+
+    @property
+    def default_input_shape(self):
+        """The input shape this layer is built for when no input has been seen."""
+        return (None, self.sequence_length)
+
+    def build(self, token_ids_shape):
+        if len(token_ids_shape) != 2:
+            raise ValueError(
+                "Expected token ids of rank 2, [batch, length]. "
+                f"Received: shape={tuple(token_ids_shape)}"
+            )
+        if token_ids_shape[1] is not None and token_ids_shape[1] > self.sequence_length:
+            raise ValueError(
+                f"Expected at most sequence_length={self.sequence_length} ids per example. "
+                f"Received: shape={tuple(token_ids_shape)}"
+            )
+        self.token_embedding.build(token_ids_shape)
+        self.position_embedding = self.add_weight(
+            shape=(self.sequence_length, self.hidden_dim),
+            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            name="position_embedding",
+        )
+
+    def call(self, token_ids):
+        length = keras.ops.shape(token_ids)[1]
+        tokens = self.token_embedding(token_ids) + self.position_embedding[:length]
+        return {"tokens": tokens, "mask": keras.ops.not_equal(token_ids, 0)}
+
+    def compute_output_spec(self, token_ids):
+        return {
+            "tokens": keras.KerasTensor((*token_ids.shape, self.hidden_dim), self.compute_dtype),
+            "mask": keras.KerasTensor(token_ids.shape, "bool"),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "sequence_length": self.sequence_length,
+                "hidden_dim": self.hidden_dim,
+            }
+        )
+        return config

@@ -1,0 +1,3 @@
+"""`keras.Model` subclasses that train through `fit`."""
+
+from mm_keras.trainers.contrastive import ContrastiveTrainer

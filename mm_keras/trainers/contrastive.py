@@ -1,0 +1,133 @@
+"""`fit`-based contrastive training of two modalities of a dual encoder."""
+
+import keras
+import tensorflow as tf
+
+from mm_keras.losses.contrastive import clip_loss, in_batch_accuracy, siglip_loss
+
+LOSSES = ("clip", "siglip")
+
+
+@keras.saving.register_keras_serializable(package="mm_keras")
+class ContrastiveTrainer(keras.Model):
+    """Aligns two modalities of a dual encoder with a contrastive loss, through `fit`.
+
+    Wraps a model that maps a batch dict to unit-norm embeddings per modality and owns
+    `logit_scale` (and `logit_bias` for SigLIP), such as `mm_keras.models.DualEncoder`.
+    `train_step` computes the CLIP InfoNCE (Radford et al., 2021) or SigLIP (Zhai et al.,
+    2023) loss over the batch, plus any loss the model adds with `add_loss`; `test_step`
+    computes the same without updating weights. Logs `loss` and `accuracy` (in-batch
+    retrieval accuracy, both directions averaged), and works with every Keras callback.
+
+    Args:
+        model: the dual encoder to train.
+        modalities: pair of modality names to align, e.g. `("image", "text")`.
+        loss: `"clip"` or `"siglip"`.
+        label_aware: bool. When the batch has a `"label"`, treat every same-label pair in the
+            batch as a positive, not only the paired items. Use it where one item fits every
+            example of its class (the embedded digits dataset); a batch without labels is
+            paired by index either way.
+
+    Example:
+    >>> trainer = ContrastiveTrainer(dual_encoder, modalities=("image", "text"))
+    >>> trainer.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    >>> history = trainer.fit(train_ds, validation_data=val_ds, epochs=10)
+    """
+
+    def __init__(
+        self, model, modalities=("image", "text"), loss="clip", label_aware=True, **kwargs
+    ):
+        super().__init__(**kwargs)
+        modalities = tuple(modalities)
+        if len(modalities) != 2 or modalities[0] == modalities[1]:
+            raise ValueError(
+                f"`modalities` must name two different modalities. Received: {modalities}"
+            )
+        if loss not in LOSSES:
+            raise ValueError(f"`loss` must be one of {LOSSES}. Received: loss={loss!r}")
+        self.model = model
+        self.modalities = modalities
+        self.loss_name = loss
+        self.label_aware = label_aware
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker]
+
+    def build(self, input_shape=None):
+        if not self.model.built:
+            self.model.build(input_shape)
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def _split(self, data):
+        missing = [m for m in self.modalities if m not in data]
+        if missing:
+            raise ValueError(
+                f"Expected a batch dict with modalities {self.modalities}. "
+                f"Received keys: {sorted(data)}"
+            )
+        labels = data.get("label") if self.label_aware else None
+        return {m: data[m] for m in self.modalities}, labels
+
+    def _loss_and_accuracy(self, inputs, labels, training):
+        embeddings = self.model(inputs, training=training)
+        x, y = (embeddings[m] for m in self.modalities)
+        if self.loss_name == "clip":
+            loss = clip_loss(x, y, self.model.logit_scale, labels=labels)
+        else:
+            loss = siglip_loss(
+                x, y, self.model.logit_scale, self.model.logit_bias, labels=labels
+            )
+        if self.model.losses:
+            loss = loss + tf.add_n(self.model.losses)
+        accuracy = 0.5 * (in_batch_accuracy(x, y, labels) + in_batch_accuracy(y, x, labels))
+        return loss, accuracy
+
+    def train_step(self, data):
+        inputs, labels = self._split(data)
+        with tf.GradientTape() as tape:
+            loss, accuracy = self._loss_and_accuracy(inputs, labels, training=True)
+            # Gradients are summed over replicas, so each replica contributes 1/R of its loss.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled_loss = self.optimizer.scale_loss(loss / replicas)
+        variables = self.trainable_variables
+        if self.loss_name == "clip":  # CLIP has no bias term; leave SigLIP's bias untouched.
+            bias = self.model.logit_bias_variable
+            variables = [v for v in variables if v is not bias]
+        gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply(gradients, variables)
+        return self._update_metrics(loss, accuracy)
+
+    def test_step(self, data):
+        inputs, labels = self._split(data)
+        loss, accuracy = self._loss_and_accuracy(inputs, labels, training=False)
+        return self._update_metrics(loss, accuracy)
+
+    def _update_metrics(self, loss, accuracy):
+        self.loss_tracker.update_state(loss)
+        self.accuracy_tracker.update_state(accuracy)
+        return {m.name: m.result() for m in self.metrics}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "model": keras.saving.serialize_keras_object(self.model),
+                "modalities": self.modalities,
+                "loss": self.loss_name,
+                "label_aware": self.label_aware,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(
+            config["model"], custom_objects=custom_objects
+        )
+        return cls(**config)

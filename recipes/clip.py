@@ -1,0 +1,194 @@
+"""Train a CLIP-style image-text dual encoder on the embedded digits dataset.
+
+    python recipes/clip.py                      # or: make demo
+    python recipes/clip.py --loss=siglip --shared_encoder --output_dir=runs/siglip
+
+Trains two small Transformer towers (width 64, 2 layers) with `ContrastiveTrainer.fit`,
+then evaluates on the held-out test split: zero-shot classification from text prompts that
+no training caption uses verbatim, and image<->text recall@1/5/10. Captions fit every image
+of their digit, so training treats same-digit pairs in a batch as positives
+(`--label_aware`) and recall is label-aware: a hit is any item of the query's digit.
+
+Writes to `--output_dir` (default `runs/clip/`): `model.keras` (the `DualEncoder`),
+`vocabulary.txt` (the text tokenizer), `metrics.json` and `training_curves.png`.
+
+On 2 CPU cores with the defaults: zero-shot top-1 ≈ 0.98, recall@1 ≈ 0.98 (image→text) and
+1.0 (text→image), about 50 s of training.
+"""
+
+import json
+import os
+import time
+
+from absl import app, flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt  # noqa: E402
+
+from mm_keras.data import datasets, make_batches  # noqa: E402
+from mm_keras.encoders import TransformerEncoder  # noqa: E402
+from mm_keras.eval import recall_at_k, zero_shot_accuracy, zero_shot_classifier  # noqa: E402
+from mm_keras.models import DualEncoder  # noqa: E402
+from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding, TextTokenizer  # noqa: E402
+from mm_keras.trainers import ContrastiveTrainer  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output_dir", "runs/clip", "Where model, metrics and plot are written.")
+flags.DEFINE_integer("epochs", 30, "Training epochs.")
+flags.DEFINE_integer("batch_size", 64, "Examples per batch.")
+flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate of the warm-up/cosine schedule.")
+flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay.")
+flags.DEFINE_enum("loss", "clip", ["clip", "siglip"], "Contrastive loss.")
+flags.DEFINE_bool("label_aware", True, "Treat same-digit pairs in a batch as positives.")
+flags.DEFINE_bool("shared_encoder", False, "One Transformer encoder for both towers.")
+flags.DEFINE_integer("hidden_dim", 64, "Token width of both towers.")
+flags.DEFINE_integer("num_layers", 2, "Transformer blocks per encoder.")
+flags.DEFINE_integer("num_heads", 4, "Attention heads.")
+flags.DEFINE_integer("projection_dim", 64, "Size of the joint embedding.")
+flags.DEFINE_integer("patch_size", 8, "Side of an image patch in pixels (images are 32x32).")
+flags.DEFINE_integer("vocabulary_size", 200, "Largest WordPiece vocabulary to learn.")
+flags.DEFINE_integer("sequence_length", 12, "Text ids per caption.")
+flags.DEFINE_integer("seed", 0, "Seed of weights and shuffling.")
+
+MODALITIES = ("image", "text")
+
+
+def build_model(vocabulary_size):
+    tokenizers = {
+        "image": ImagePatchTokenizer(
+            image_size=datasets.IMAGE_SHAPE[:2],
+            patch_size=FLAGS.patch_size,
+            hidden_dim=FLAGS.hidden_dim,
+            num_channels=datasets.IMAGE_SHAPE[2],
+        ),
+        "text": TextEmbedding(vocabulary_size, FLAGS.sequence_length, FLAGS.hidden_dim),
+    }
+
+    def encoder():
+        return TransformerEncoder(FLAGS.num_layers, FLAGS.num_heads, 2 * FLAGS.hidden_dim)
+
+    encoders = encoder() if FLAGS.shared_encoder else {m: encoder() for m in MODALITIES}
+    return DualEncoder(tokenizers, encoders, FLAGS.projection_dim)
+
+
+def evaluate(model, tokenizer, test):
+    embeddings = model.predict(
+        {"image": test["image"], "text": tokenizer(test["text"].tolist())["token_ids"]},
+        batch_size=256,
+        verbose=0,
+    )
+    classifier = zero_shot_classifier(model, tokenizer, datasets.class_prompts())
+    metrics = {"zero_shot_top1": zero_shot_accuracy(embeddings["image"], classifier, test["label"])}
+    for query, key in (("image", "text"), ("text", "image")):
+        recall = recall_at_k(embeddings[query], embeddings[key], (1, 5, 10), test["label"], test["label"])
+        for k, value in recall.items():
+            metrics[f"recall_at_{k}_{query}_to_{key}"] = value
+    return metrics, embeddings
+
+
+def save_atomically(model, path):
+    tmp = f"{path}.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def plot_history(history, path):
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, name in zip(axes, ("loss", "accuracy")):
+        epochs = np.arange(1, len(history[name]) + 1)
+        ax.plot(epochs, history[name], label="train")
+        ax.plot(epochs, history[f"val_{name}"], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title("contrastive loss" if name == "loss" else "in-batch accuracy")
+        ax.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main(argv):
+    del argv
+    keras.utils.set_random_seed(FLAGS.seed)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+
+    captions = datasets.load_digits_arrays("train", ("text",))["text"].tolist()
+    tokenizer = TextTokenizer.train(captions, FLAGS.vocabulary_size, FLAGS.sequence_length)
+    train = make_batches(
+        datasets.load_digits("train", MODALITIES),
+        FLAGS.batch_size,
+        tokenizer,
+        shuffle=True,
+        seed=FLAGS.seed,
+        drop_remainder=True,
+    )
+    validation = make_batches(datasets.load_digits("validation", MODALITIES), 256, tokenizer)
+
+    model = build_model(tokenizer.vocabulary_size)
+    trainer = ContrastiveTrainer(
+        model, modalities=MODALITIES, loss=FLAGS.loss, label_aware=FLAGS.label_aware
+    )
+    total_steps = FLAGS.epochs * int(train.cardinality())
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0,
+        total_steps,
+        warmup_target=FLAGS.learning_rate,
+        warmup_steps=max(1, total_steps // 10),
+    )
+    trainer.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=FLAGS.weight_decay)
+    )
+
+    start = time.perf_counter()
+    history = trainer.fit(train, validation_data=validation, epochs=FLAGS.epochs, verbose=1)
+    train_seconds = time.perf_counter() - start
+
+    test = datasets.load_digits_arrays("test", MODALITIES)
+    metrics, embeddings = evaluate(model, tokenizer, test)
+
+    model_path = os.path.join(FLAGS.output_dir, "model.keras")
+    save_atomically(model, model_path)
+    tokenizer.save_vocabulary(os.path.join(FLAGS.output_dir, "vocabulary.txt"))
+    reloaded = keras.saving.load_model(model_path, safe_mode=True)
+    _, reloaded_embeddings = evaluate(reloaded, tokenizer, test)
+    reload_error = max(
+        float(np.max(np.abs(embeddings[m] - reloaded_embeddings[m]))) for m in MODALITIES
+    )
+    if reload_error >= 1e-5:
+        raise RuntimeError(
+            f"The reloaded model's embeddings differ from the trained model's by {reload_error}"
+        )
+
+    metrics.update(
+        {
+            "num_params": float(model.count_params()),
+            "train_seconds": train_seconds,
+            "epochs": float(FLAGS.epochs),
+            "final_train_loss": float(history.history["loss"][-1]),
+            "final_validation_accuracy": float(history.history["val_accuracy"][-1]),
+            "logit_scale": float(model.logit_scale),
+            "reload_max_abs_diff": reload_error,
+        }
+    )
+    with open(os.path.join(FLAGS.output_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True)
+    plot_history(history.history, os.path.join(FLAGS.output_dir, "training_curves.png"))
+
+    print(f"\nTest split ({len(test['label'])} examples), written to {FLAGS.output_dir}/:")
+    print(f"  zero-shot top-1 (image→text prompts): {metrics['zero_shot_top1']:.4f}")
+    for query, key in (("image", "text"), ("text", "image")):
+        recalls = ", ".join(
+            f"R@{k} {metrics[f'recall_at_{k}_{query}_to_{key}']:.4f}" for k in (1, 5, 10)
+        )
+        print(f"  {query}→{key} label-aware recall: {recalls}")
+    print(f"  parameters: {int(metrics['num_params'])}, training: {train_seconds:.1f} s")
+    print(f"  reloaded model.keras (safe_mode=True): max abs embedding diff {reload_error:.2e}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+
+from mm_keras.encoders import TransformerEncoder
+from tests.roundtrip import check_layer_roundtrip
+
+
+def _sequence():
+    rng = np.random.default_rng(0)
+    return {
+        "tokens": rng.normal(size=(2, 5, 32)).astype("float32"),
+        "mask": np.array([[True] * 5, [True] * 2 + [False] * 3]),
+    }
+
+
+def test_roundtrip():
+    check_layer_roundtrip(
+        TransformerEncoder,
+        {"num_layers": 2, "num_heads": 4, "intermediate_dim": 64},
+        _sequence(),
+        expected_output_shape={"tokens": (2, 5, 32), "mask": (2, 5)},
+    )
+
+
+def test_mask_passes_through_and_blocks_are_separate():
+    encoder = TransformerEncoder(num_layers=2, num_heads=4, intermediate_dim=64)
+    sequence = _sequence()
+    out = encoder(sequence)
+    np.testing.assert_array_equal(np.asarray(out["mask"]), sequence["mask"])
+    kernels = [np.asarray(b.mlp_in.kernel) for b in encoder.blocks]
+    assert not np.array_equal(kernels[0], kernels[1])
+
+
+def test_zero_layers_raises():
+    with pytest.raises(ValueError, match="num_layers=0"):
+        TransformerEncoder(num_layers=0, num_heads=2, intermediate_dim=8)

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from mm_keras.layers import MultiHeadSelfAttention
+from tests.roundtrip import check_layer_roundtrip
+
+
+def _inputs(batch=2, length=6, width=32):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, length, width)).astype("float32")
+    mask = np.arange(length)[None, :] < np.array([[length], [length - 2]])
+    return x, mask
+
+
+def test_roundtrip():
+    x, mask = _inputs()
+    check_layer_roundtrip(
+        MultiHeadSelfAttention,
+        {"num_heads": 4, "key_dim": 8},
+        x,
+        call_kwargs={"padding_mask": mask},
+        expected_output_shape=(2, 6, 32),
+    )
+
+
+def _reference(layer, x, mask):
+    """softmax(Q K^T / sqrt(d) + mask) V per head, in NumPy, from the layer's own weights."""
+    qkv_kernel, qkv_bias = (np.asarray(w) for w in layer.qkv_projection.weights)
+    out_kernel, out_bias = (np.asarray(w) for w in layer.output_projection.weights)
+    qkv = np.einsum("bnd,dthk->bnthk", x, qkv_kernel) + qkv_bias
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    scores = np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(q.shape[-1])
+    scores = np.where(mask[:, None, None, :], scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("bhqs,bshk->bqhk", weights, v).reshape(*x.shape[:2], -1) @ out_kernel.reshape(
+        -1, x.shape[-1]
+    ) + out_bias
+
+
+def test_matches_numpy_reference_with_padding():
+    x, mask = _inputs()
+    layer = MultiHeadSelfAttention(num_heads=4, key_dim=8)
+    out = np.asarray(layer(x, padding_mask=mask))
+    np.testing.assert_allclose(out, _reference(layer, x, mask), rtol=1e-5, atol=1e-5)
+
+
+def test_padded_keys_change_nothing():
+    x, mask = _inputs()
+    layer = MultiHeadSelfAttention(num_heads=2, key_dim=16)
+    before = np.asarray(layer(x, padding_mask=mask))
+    x_changed = x.copy()
+    x_changed[1, -2:] = 100.0  # the padded positions of the second example
+    after = np.asarray(layer(x_changed, padding_mask=mask))
+    np.testing.assert_allclose(after[1, :-2], before[1, :-2], atol=1e-6)
+    np.testing.assert_array_equal(after[0], before[0])
+
+
+@pytest.mark.parametrize("kwargs", [{"num_heads": 0, "key_dim": 8}, {"num_heads": 2, "key_dim": 8, "dropout": 1.0}])
+def test_bad_arguments_raise(kwargs):
+    with pytest.raises(ValueError, match="Received"):
+        MultiHeadSelfAttention(**kwargs)

@@ -1,0 +1,34 @@
+import numpy as np
+import pytest
+
+from mm_keras.layers import TransformerBlock
+from tests.roundtrip import check_layer_roundtrip
+
+
+def test_roundtrip():
+    x = np.random.default_rng(0).normal(size=(2, 5, 32)).astype("float32")
+    mask = np.array([[True] * 5, [True] * 3 + [False] * 2])
+    check_layer_roundtrip(
+        TransformerBlock,
+        {"num_heads": 4, "intermediate_dim": 64, "dropout": 0.1},
+        x,
+        call_kwargs={"padding_mask": mask},
+        expected_output_shape=(2, 5, 32),
+    )
+
+
+def test_padding_does_not_leak_into_real_tokens():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1, 6, 32)).astype("float32")
+    mask = np.array([[True] * 4 + [False] * 2])
+    block = TransformerBlock(num_heads=4, intermediate_dim=64)
+    before = np.asarray(block(x, padding_mask=mask))
+    x[:, 4:] = rng.normal(size=(1, 2, 32)) * 50
+    after = np.asarray(block(x, padding_mask=mask))
+    np.testing.assert_allclose(after[:, :4], before[:, :4], atol=1e-5)
+
+
+def test_width_not_divisible_by_heads_raises():
+    block = TransformerBlock(num_heads=3, intermediate_dim=64)
+    with pytest.raises(ValueError, match="divisible by num_heads=3"):
+        block(np.zeros((1, 4, 32), "float32"))

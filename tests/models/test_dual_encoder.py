@@ -1,0 +1,117 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from mm_keras.encoders import TransformerEncoder
+from mm_keras.models import DualEncoder
+from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding
+from tests.roundtrip import check_layer_roundtrip
+
+
+def _tokenizers(width=32):
+    return {
+        "image": ImagePatchTokenizer(image_size=16, patch_size=8, hidden_dim=width),
+        "text": TextEmbedding(vocabulary_size=20, sequence_length=6, hidden_dim=width),
+    }
+
+
+def _encoder():
+    return TransformerEncoder(num_layers=1, num_heads=2, intermediate_dim=64)
+
+
+def _inputs(batch=3):
+    rng = np.random.default_rng(0)
+    text = rng.integers(1, 20, size=(batch, 6)).astype("int32")
+    text[0, 3:] = 0
+    return {
+        "image": rng.integers(0, 256, size=(batch, 16, 16, 1)).astype("uint8"),
+        "text": text,
+    }
+
+
+def _model(shared=True):
+    encoders = _encoder() if shared else {"image": _encoder(), "text": _encoder()}
+    return DualEncoder(_tokenizers(), encoders, projection_dim=16)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_roundtrip(shared):
+    encoders = _encoder() if shared else {"image": _encoder(), "text": _encoder()}
+    check_layer_roundtrip(
+        DualEncoder,
+        {"tokenizers": _tokenizers(), "encoders": encoders, "projection_dim": 16},
+        _inputs(),
+        expected_output_shape={"image": (3, 16), "text": (3, 16)},
+        weights_unused_by_call=("log_logit_scale", "logit_bias"),
+    )
+
+
+def test_embeddings_are_unit_norm_and_subsets_of_modalities_work():
+    model = _model()
+    both = model(_inputs())
+    for emb in both.values():
+        np.testing.assert_allclose(np.linalg.norm(np.asarray(emb), axis=1), 1.0, rtol=1e-5)
+    images_only = model({"image": _inputs()["image"], "label": np.zeros(3)})
+    assert list(images_only) == ["image"]
+    np.testing.assert_allclose(np.asarray(images_only["image"]), np.asarray(both["image"]), atol=1e-6)
+
+
+def test_shared_encoder_shares_weights_but_not_projections():
+    shared, separate = _model(shared=True), _model(shared=False)
+    shared(_inputs()), separate(_inputs())
+    assert len(separate.trainable_weights) > len(shared.trainable_weights)
+    assert shared.encoders is shared._encoder("image") is shared._encoder("text")
+    names = {w.path for w in shared.trainable_weights}
+    assert any("modality_embedding" in n for n in names)
+
+
+def test_saved_model_reloads_with_same_embeddings(tmp_path):
+    model = _model(shared=False)
+    expected = model(_inputs())
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    for m in ("image", "text"):
+        np.testing.assert_allclose(np.asarray(reloaded(_inputs())[m]), np.asarray(expected[m]), atol=1e-6)
+    assert float(reloaded.logit_scale) == pytest.approx(float(model.logit_scale))
+
+
+def test_logit_scale_is_clipped_at_100():
+    model = _model()
+    model(_inputs())
+    np.testing.assert_allclose(float(model.logit_scale), 1 / 0.07, rtol=1e-5)
+    model.log_logit_scale.assign(np.log(1e4))
+    assert float(model.logit_scale) == pytest.approx(100.0)
+
+
+def test_modalities_with_different_batch_sizes_raise():
+    inputs = _inputs()
+    inputs["text"] = inputs["text"][:2]
+    with pytest.raises(ValueError, match=r"same batch size.*'image': 3, 'text': 2"):
+        _model()(inputs)
+
+
+def test_unknown_modality_raises():
+    with pytest.raises(ValueError, match=r"subset of modalities \('image', 'text'\).*'audio'"):
+        _model()({"audio": np.zeros((2, 100), "float32")})
+
+
+def test_image_of_wrong_rank_raises_from_the_model():
+    inputs = _inputs()
+    inputs["image"] = inputs["image"][0]
+    with pytest.raises(ValueError, match=r"rank 4.*Received: shape=\(16, 16, 1\)"):
+        _model()(inputs)
+
+
+def test_mismatched_encoders_raise():
+    with pytest.raises(ValueError, match=r"same modalities.*\['image'\]"):
+        DualEncoder(_tokenizers(), {"image": _encoder()}, projection_dim=8)
+
+
+def test_shared_encoder_needs_one_width():
+    tokenizers = _tokenizers()
+    tokenizers["text"] = TextEmbedding(vocabulary_size=20, sequence_length=6, hidden_dim=48)
+    with pytest.raises(ValueError, match="one width.*'text': 48"):
+        DualEncoder(tokenizers, _encoder(), projection_dim=8)(_inputs())

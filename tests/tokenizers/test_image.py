@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from mm_keras.tokenizers import ImagePatchTokenizer
+from tests.roundtrip import check_layer_roundtrip
+
+
+def _images(shape=(2, 16, 16, 1)):
+    return np.random.default_rng(0).integers(0, 256, size=shape).astype("uint8")
+
+
+def test_roundtrip():
+    check_layer_roundtrip(
+        ImagePatchTokenizer,
+        {"image_size": 16, "patch_size": 4, "hidden_dim": 32},
+        _images(),
+        expected_output_shape={"tokens": (2, 16, 32), "mask": (2, 16)},
+    )
+
+
+def test_tokens_are_linear_patch_projections_plus_positions():
+    layer = ImagePatchTokenizer(image_size=(8, 12), patch_size=4, hidden_dim=16, num_channels=3)
+    images = _images((1, 8, 12, 3))
+    out = layer(images)
+    kernel, bias = (np.asarray(w) for w in layer.patch_projection.weights)
+    pixels = images.astype("float32") / 127.5 - 1.0
+    patches = pixels.reshape(1, 2, 4, 3, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(1, 6, 48)
+    expected = patches @ kernel.reshape(48, 16) + bias + np.asarray(layer.position_embedding)
+    np.testing.assert_allclose(np.asarray(out["tokens"]), expected, rtol=1e-5, atol=1e-5)
+    assert np.asarray(out["mask"]).all()
+
+
+def test_resizes_other_sizes():
+    layer = ImagePatchTokenizer(image_size=16, patch_size=8, hidden_dim=8)
+    assert layer(_images((3, 40, 24, 1)))["tokens"].shape == (3, 4, 8)
+
+
+def test_wrong_rank_raises():
+    layer = ImagePatchTokenizer(image_size=16, patch_size=8, hidden_dim=8)
+    with pytest.raises(ValueError, match=r"rank 4.*Received: shape=\(16, 16, 1\)"):
+        layer(_images((16, 16, 1)))
+
+
+def test_wrong_channel_count_raises():
+    layer = ImagePatchTokenizer(image_size=16, patch_size=8, hidden_dim=8, num_channels=1)
+    with pytest.raises(ValueError, match=r"num_channels=1.*Received: shape=\(2, 16, 16, 3\)"):
+        layer(_images((2, 16, 16, 3)))
+
+
+def test_patch_size_must_divide_image():
+    with pytest.raises(ValueError, match="patch_size=5, image_size=\\(16, 16\\)"):
+        ImagePatchTokenizer(image_size=16, patch_size=5, hidden_dim=8)
