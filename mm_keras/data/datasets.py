@@ -40,14 +40,15 @@ AUDIO_SAMPLES = 4000
 MODALITIES = ("image", "text", "audio")
 SPLITS = ("train", "validation", "test")
 
-# `{word}` is the digit spelled out, `{numeral}` its figure.
+# `{word}` is the digit spelled out, `{a_word}` the same with its article ("an eight"),
+# `{numeral}` its figure.
 CAPTION_TEMPLATES = (
     "a handwritten {word}",
     "the digit {numeral}",
     "number {word}, written by hand",
     "a scan of the digit {word}",
     "the handwritten number {numeral}",
-    "a {word} written by hand",
+    "{a_word} written by hand",
     "digit {numeral}, handwritten",
     "an image of the number {word}",
     "a hand-drawn {numeral}",
@@ -56,10 +57,10 @@ CAPTION_TEMPLATES = (
 
 # Prompts for zero-shot classification: phrasings that no caption uses verbatim.
 PROMPT_TEMPLATES = (
-    "a {word}",
+    "{a_word}",
     "the digit {word}",
     "a handwritten number {numeral}",
-    "an image of a {word}",
+    "an image of {a_word}",
 )
 
 # ITU-T Q.23 keypad frequencies in Hz: (low group, high group) for each digit.
@@ -77,7 +78,9 @@ _DATA_PATH = os.path.join(os.path.dirname(__file__), "digits", "digits.csv.gz")
 
 
 def _fill(template, label):
-    return template.format(word=CLASS_WORDS[label], numeral=str(label))
+    word = CLASS_WORDS[label]
+    a_word = f"an {word}" if word[0] in "aeiou" else f"a {word}"
+    return template.format(word=word, a_word=a_word, numeral=str(label))
 
 
 def class_prompts(templates=PROMPT_TEMPLATES):

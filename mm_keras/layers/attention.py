@@ -39,40 +39,37 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.dropout = dropout
-        self.qkv_projection = keras.layers.EinsumDense(
-            "bnd,dthk->bnthk",
-            output_shape=(None, 3, num_heads, key_dim),
-            bias_axes="thk",
-            kernel_initializer="glorot_uniform",
-            dtype=self.dtype_policy,
-            name="qkv_projection",
-        )
         self.attention_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, inputs_shape):
-        hidden_dim = inputs_shape[-1]
-        self.qkv_projection.build(inputs_shape)
-        self.output_projection = keras.layers.EinsumDense(
-            "bnhk,hkd->bnd",
-            output_shape=(None, hidden_dim),
-            bias_axes="d",
-            dtype=self.dtype_policy,
-            name="output_projection",
+        hidden_dim, heads, key_dim = inputs_shape[-1], self.num_heads, self.key_dim
+        self.qkv_kernel = self.add_weight(
+            shape=(hidden_dim, 3, heads, key_dim), initializer="glorot_uniform", name="qkv_kernel"
         )
-        self.output_projection.build((*inputs_shape[:-1], self.num_heads, self.key_dim))
+        # Shaped to broadcast over the [3, B, H, N, d_k] projections.
+        self.qkv_bias = self.add_weight(
+            shape=(3, 1, heads, 1, key_dim), initializer="zeros", name="qkv_bias"
+        )
+        self.output_kernel = self.add_weight(
+            shape=(heads, key_dim, hidden_dim), initializer="glorot_uniform", name="output_kernel"
+        )
+        self.output_bias = self.add_weight(
+            shape=(hidden_dim,), initializer="zeros", name="output_bias"
+        )
 
     def call(self, inputs, padding_mask=None, training=None):
-        qkv = self.qkv_projection(inputs)  # [B, N, 3, H, d_k]
-        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        scores = ops.einsum("bqhk,bshk->bhqs", query, key) * (1.0 / math.sqrt(self.key_dim))
-        scores = ops.cast(scores, "float32")
+        # Heads-first layout, so the two attention products are plain batched matmuls.
+        qkv = ops.einsum("bnd,dthk->tbhnk", inputs, self.qkv_kernel) + self.qkv_bias
+        query, key, value = qkv[0], qkv[1], qkv[2]  # [B, H, N, d_k] each
+        scores = ops.matmul(query, ops.swapaxes(key, -1, -2)) * (1.0 / math.sqrt(self.key_dim))
+        scores = ops.cast(scores, "float32")  # [B, H, N, N]
         if padding_mask is not None:
             key_mask = ops.cast(padding_mask, "bool")[:, None, None, :]  # [B, 1, 1, S]
             scores = ops.where(key_mask, scores, -1e9)
         weights = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
         weights = self.attention_dropout(weights, training=training)
-        attended = ops.einsum("bhqs,bshk->bqhk", weights, value)  # [B, N, H, d_k]
-        return self.output_projection(attended)
+        attended = ops.matmul(weights, value)  # [B, H, N, d_k]
+        return ops.einsum("bhnk,hkd->bnd", attended, self.output_kernel) + self.output_bias
 
     def compute_output_shape(self, inputs_shape):
         return inputs_shape

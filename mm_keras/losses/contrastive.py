@@ -58,6 +58,7 @@ def clip_loss(x, y, logit_scale, labels=None, gather_fn=None):
         Scalar float32: the mean loss over this replica's rows.
     """
     x, y = ops.cast(x, "float32"), ops.cast(y, "float32")
+    logit_scale = ops.cast(logit_scale, "float32")
     gather_fn = gather_fn or _local_only
     y_all, labels_all, offset = _gather_columns(y, labels, gather_fn)
     x_all, _ = gather_fn(x)
@@ -93,6 +94,7 @@ def siglip_loss(x, y, logit_scale, logit_bias, labels=None, gather_fn=None):
         Scalar float32: the loss summed over columns, averaged over this replica's rows.
     """
     x, y = ops.cast(x, "float32"), ops.cast(y, "float32")
+    logit_scale, logit_bias = ops.cast(logit_scale, "float32"), ops.cast(logit_bias, "float32")
     y_all, labels_all, offset = _gather_columns(y, labels, gather_fn or _local_only)
     positives = _positives(ops.shape(x)[0], ops.shape(y_all)[0], offset, labels, labels_all)
     signs = 2.0 * positives - 1.0  # z: +1 positive, -1 negative

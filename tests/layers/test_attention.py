@@ -25,22 +25,27 @@ def test_roundtrip():
 
 def _reference(layer, x, mask):
     """softmax(Q K^T / sqrt(d) + mask) V per head, in NumPy, from the layer's own weights."""
-    qkv_kernel, qkv_bias = (np.asarray(w) for w in layer.qkv_projection.weights)
-    out_kernel, out_bias = (np.asarray(w) for w in layer.output_projection.weights)
-    qkv = np.einsum("bnd,dthk->bnthk", x, qkv_kernel) + qkv_bias
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    scores = np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(q.shape[-1])
-    scores = np.where(mask[:, None, None, :], scores, -np.inf)
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    weights /= weights.sum(-1, keepdims=True)
-    return np.einsum("bhqs,bshk->bqhk", weights, v).reshape(*x.shape[:2], -1) @ out_kernel.reshape(
-        -1, x.shape[-1]
-    ) + out_bias
+    w_qkv, b_qkv = np.asarray(layer.qkv_kernel), np.asarray(layer.qkv_bias)[:, 0, :, 0, :]
+    w_out, b_out = np.asarray(layer.output_kernel), np.asarray(layer.output_bias)
+    heads, key_dim = w_qkv.shape[2:]
+    outputs = []
+    for h in range(heads):
+        q, k, v = (x @ w_qkv[:, i, h] + b_qkv[i, h] for i in range(3))  # [B, N, d_k]
+        scores = q @ k.transpose(0, 2, 1) / np.sqrt(key_dim)
+        scores = np.where(mask[:, None, :], scores, -np.inf)
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        outputs.append(weights @ v @ w_out[h])  # this head's share of the output projection
+    return sum(outputs) + b_out
 
 
 def test_matches_numpy_reference_with_padding():
     x, mask = _inputs()
     layer = MultiHeadSelfAttention(num_heads=4, key_dim=8)
+    layer.build(x.shape)
+    rng = np.random.default_rng(1)
+    for weight in layer.weights:  # random biases too, not just the zero initialization
+        weight.assign(rng.normal(scale=0.3, size=weight.shape))
     out = np.asarray(layer(x, padding_mask=mask))
     np.testing.assert_allclose(out, _reference(layer, x, mask), rtol=1e-5, atol=1e-5)
 

@@ -1,0 +1,31 @@
+# `make demo` and `make test` each set themselves up: they create .venv if it is missing and
+# install the package (with its test extra) into it whenever setup.cfg or pyproject.toml changes.
+
+PYTHON_SYSTEM ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test test-all benchmark clean
+
+$(INSTALLED): setup.cfg pyproject.toml
+	test -x $(PYTHON) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $(INSTALLED)
+
+demo: $(INSTALLED)
+	$(PYTHON) recipes/clip.py --output_dir=runs/clip
+
+test: $(INSTALLED)
+	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
+
+test-all: $(INSTALLED)
+	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) -m "" tests
+
+benchmark: $(INSTALLED)
+	$(PYTHON) benchmarks/train_step.py
+
+clean:
+	rm -rf runs build *.egg-info
