@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_recipe_writes_model_vocabulary_metrics_and_plot(tmp_path):
     output_dir = str(tmp_path / "clip")
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", "clip.py"), "--epochs=2", f"--output_dir={output_dir}"],
+        [sys.executable, os.path.join(ROOT, "recipes", "clip.py"), "--epochs=6", f"--output_dir={output_dir}"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -36,7 +36,7 @@ def test_recipe_writes_model_vocabulary_metrics_and_plot(tmp_path):
     ):
         assert isinstance(metrics[key], float), key
     assert 0.0 <= metrics["zero_shot_top1"] <= 1.0
-    assert metrics["zero_shot_top1"] > 0.3  # two epochs already beat chance (0.1) by far
+    assert metrics["zero_shot_top1"] > 0.5  # six epochs reach ~0.8; chance is 0.1
     assert metrics["reload_max_abs_diff"] < 1e-5
 
     with open(os.path.join(output_dir, "training_curves.png"), "rb") as f:

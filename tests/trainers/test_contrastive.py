@@ -12,12 +12,10 @@ from mm_keras.trainers import ContrastiveTrainer
 
 
 def _data(n=48, batch=16):
-    """Images whose brightness pattern and text token both encode one of 4 classes."""
+    """Images whose brightness and texts whose first token both encode one of 4 classes."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, n).astype("int32")
-    images = rng.integers(0, 60, size=(n, 16, 16, 1))
-    for i, label in enumerate(labels):
-        images[i, 8 * (label // 2) : 8 * (label // 2) + 8, 8 * (label % 2) : 8 * (label % 2) + 8] += 190
+    images = rng.integers(0, 40, size=(n, 16, 16, 1)) + 60 * labels[:, None, None, None]
     text = np.zeros((n, 4), "int32")
     text[:, 0], text[:, 1] = labels + 2, rng.integers(6, 10, n)
     batch_dict = {"image": images.astype("uint8"), "text": text, "label": labels}
@@ -41,7 +39,7 @@ def _trainer(loss="clip", label_aware=True):
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
 def test_fit_lowers_loss_and_learns_the_classes(loss):
     trainer = _trainer(loss)
-    history = trainer.fit(_data(), epochs=40, verbose=0)
+    history = trainer.fit(_data(), epochs=20, verbose=0)
     assert history.history["loss"][-1] < 0.7 * history.history["loss"][0]
     assert history.history["accuracy"][-1] > 0.9
     assert set(trainer.evaluate(_data(), return_dict=True, verbose=0)) == {"loss", "accuracy"}
