@@ -13,8 +13,10 @@ Each configuration is timed with `jit_compile` on and off, in alternating rounds
 on a shared machine is noisy (here a round of the same work takes either ~1.4 s or ~2.5 s,
 at equal CPU time, when the process is descheduled), so the best round is the figure, as
 `timeit` recommends, and the median is recorded beside it. Steps per CPU second (all cores,
-median), which descheduling does not touch, are recorded as a cross-check. Writes `benchmarks/results/train_step.json`; prints the ratio
-(mm_keras steps/s over keras-hub steps/s, XLA on, Keras' default on TF) last.
+median), which descheduling does not touch, are recorded as a cross-check.
+
+Writes `benchmarks/results/train_step.json` and prints the ratio (mm_keras steps/s over
+keras-hub steps/s, XLA on, which is Keras' default on TF) last.
 """
 
 import math
@@ -186,9 +188,17 @@ def main(argv):
         "config": {
             key: getattr(FLAGS, key)
             for key in (
-                "batch_size", "hidden_dim", "num_layers", "num_heads", "image_size",
-                "patch_size", "sequence_length", "vocabulary_size", "projection_dim",
-                "steps", "rounds",
+                "batch_size",
+                "hidden_dim",
+                "num_layers",
+                "num_heads",
+                "image_size",
+                "patch_size",
+                "sequence_length",
+                "vocabulary_size",
+                "projection_dim",
+                "steps",
+                "rounds",
             )
         },  # fmt: skip
         "mm_keras": figures("mm_keras"),
@@ -200,7 +210,8 @@ def main(argv):
     }
     path = write_results("train_step", results, FLAGS.output_dir)
 
-    print(f"\n{'':10s} {'steps/s (jit)':>14s} {'steps/s (no jit)':>17s} {'jit speedup':>12s} {'params':>8s}")
+    header = ("steps/s (jit)", "steps/s (no jit)", "jit speedup", "params")
+    print(f"\n{'':10s} {header[0]:>14s} {header[1]:>17s} {header[2]:>12s} {header[3]:>8s}")
     for name in contenders:
         f = results[name]
         print(

@@ -87,7 +87,9 @@ def evaluate(model, tokenizer, test):
     classifier = zero_shot_classifier(model, tokenizer, datasets.class_prompts())
     metrics = {"zero_shot_top1": zero_shot_accuracy(embeddings["image"], classifier, test["label"])}
     for query, key in (("image", "text"), ("text", "image")):
-        recall = recall_at_k(embeddings[query], embeddings[key], (1, 5, 10), test["label"], test["label"])
+        recall = recall_at_k(
+            embeddings[query], embeddings[key], (1, 5, 10), test["label"], test["label"]
+        )
         for k, value in recall.items():
             metrics[f"recall_at_{k}_{query}_to_{key}"] = value
     return metrics, embeddings
@@ -129,7 +131,10 @@ def main(argv):
         seed=FLAGS.seed,
         drop_remainder=True,
     )
-    validation = make_batches(datasets.load_digits("validation", MODALITIES), 256, tokenizer)
+    # Same batch size as training: the contrastive loss depends on it, so the curves compare.
+    validation = make_batches(
+        datasets.load_digits("validation", MODALITIES), FLAGS.batch_size, tokenizer
+    )
 
     model = build_model(tokenizer.vocabulary_size)
     trainer = ContrastiveTrainer(
@@ -142,12 +147,13 @@ def main(argv):
         warmup_target=FLAGS.learning_rate,
         warmup_steps=max(1, total_steps // 10),
     )
-    trainer.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=FLAGS.weight_decay)
-    )
+    trainer.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=FLAGS.weight_decay))
 
     start = time.perf_counter()
-    history = trainer.fit(train, validation_data=validation, epochs=FLAGS.epochs, verbose=1)
+    # `make_batches` shuffles; fit's own `shuffle` does not apply to a tf.data.Dataset.
+    history = trainer.fit(
+        train, validation_data=validation, epochs=FLAGS.epochs, shuffle=False, verbose=1
+    )
     train_seconds = time.perf_counter() - start
 
     test = datasets.load_digits_arrays("test", MODALITIES)

@@ -50,7 +50,9 @@ class LayerModel(keras.Model):
 
 def _float_leaves(outputs):
     return [
-        x for x in tf.nest.flatten(outputs) if keras.backend.standardize_dtype(x.dtype).startswith("float")
+        x
+        for x in tf.nest.flatten(outputs)
+        if keras.backend.standardize_dtype(x.dtype).startswith("float")
     ]
 
 
@@ -109,9 +111,7 @@ def check_layer_roundtrip(
     # a normalization).
     rng = np.random.default_rng(0)
     targets = [rng.normal(size=x.shape).astype("float32") for x in _float_leaves(outputs)]
-    variables = [
-        v for v in model.trainable_variables if v.name not in set(weights_unused_by_call)
-    ]
+    variables = [v for v in model.trainable_variables if v.name not in set(weights_unused_by_call)]
     before = [np.array(v) for v in variables]
     with tf.GradientTape() as tape:
         out = _float_leaves(model(model_inputs, training=True))

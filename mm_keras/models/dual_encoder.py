@@ -141,8 +141,7 @@ class DualEncoder(keras.Model):
     def _check_inputs(self, inputs):
         if not isinstance(inputs, dict):
             raise ValueError(
-                "Expected a dict keyed by modality name. "
-                f"Received: {type(inputs).__name__}"
+                f"Expected a dict keyed by modality name. Received: {type(inputs).__name__}"
             )
         given = [key for key in inputs if key not in _NON_MODALITY_KEYS]
         unknown = [key for key in given if key not in self.modalities]

@@ -13,7 +13,8 @@ class ContrastiveTrainer(keras.Model):
     """Aligns two modalities of a dual encoder with a contrastive loss, through `fit`.
 
     Wraps a model that maps a batch dict to unit-norm embeddings per modality and owns
-    `logit_scale` (and `logit_bias` for SigLIP), such as `mm_keras.models.DualEncoder`.
+    `logit_scale` (and `logit_bias` for SigLIP), such as `mm_keras.models.DualEncoder`. A
+    model's `logit_bias_variable`, if any, is not updated by the CLIP loss, which has no bias.
     `train_step` computes the CLIP InfoNCE (Radford et al., 2021) or SigLIP (Zhai et al.,
     2023) loss over the batch, plus any loss the model adds with `add_loss`; `test_step`
     computes the same without updating weights. Logs `loss` and `accuracy` (in-batch
@@ -79,9 +80,7 @@ class ContrastiveTrainer(keras.Model):
         if self.loss_name == "clip":
             loss = clip_loss(x, y, self.model.logit_scale, labels=labels)
         else:
-            loss = siglip_loss(
-                x, y, self.model.logit_scale, self.model.logit_bias, labels=labels
-            )
+            loss = siglip_loss(x, y, self.model.logit_scale, self.model.logit_bias, labels=labels)
         if self.model.losses:
             loss = loss + tf.add_n(self.model.losses)
         accuracy = 0.5 * (in_batch_accuracy(x, y, labels) + in_batch_accuracy(y, x, labels))
@@ -95,8 +94,8 @@ class ContrastiveTrainer(keras.Model):
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled_loss = self.optimizer.scale_loss(loss / replicas)
         variables = self.trainable_variables
-        if self.loss_name == "clip":  # CLIP has no bias term; leave SigLIP's bias untouched.
-            bias = self.model.logit_bias_variable
+        bias = getattr(self.model, "logit_bias_variable", None)
+        if self.loss_name == "clip" and bias is not None:  # CLIP has no bias: leave it be.
             variables = [v for v in variables if v is not bias]
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)

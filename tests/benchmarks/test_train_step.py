@@ -2,30 +2,20 @@
 
 import json
 import os
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.scripts import run_script
 
 
 def test_benchmark_writes_ratio_and_both_jit_settings(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "benchmarks", "train_step.py"),
-            "--steps=2",
-            "--rounds=1",
-            "--batch_size=8",
-            "--hidden_dim=32",
-            "--num_layers=1",
-            f"--output_dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
+    result = run_script(
+        "benchmarks/train_step.py",
+        "--steps=2",
+        "--rounds=1",
+        "--batch_size=8",
+        "--hidden_dim=32",
+        "--num_layers=1",
+        f"--output_dir={tmp_path}",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1].startswith("ratio_vs_keras_hub")
     with open(os.path.join(tmp_path, "train_step.json")) as f:
         results = json.load(f)

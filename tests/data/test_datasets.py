@@ -48,7 +48,10 @@ def test_audio_holds_the_dtmf_pair_of_its_digit():
         low = freqs[low_band][np.argmax(spectrum[low_band])]
         high = freqs[high_band][np.argmax(spectrum[high_band])]
         expected_low, expected_high = datasets.DTMF_FREQUENCIES[int(label)]
-        correct += abs(low - expected_low) < 0.03 * expected_low and abs(high - expected_high) < 0.03 * expected_high
+        correct += (
+            abs(low - expected_low) < 0.03 * expected_low
+            and abs(high - expected_high) < 0.03 * expected_high
+        )
     assert correct / len(audio) > 0.9  # the noisiest clips (SNR near 0 dB) may hide a tone
 
 

@@ -20,7 +20,9 @@ def test_batches_have_token_ids_in_place_of_text(tokenizer):
 
 
 def test_shuffle_reorders_each_epoch_with_a_seed_and_drop_remainder(tokenizer):
-    ds = make_batches(load_digits("validation", ("image",)), 32, shuffle=True, seed=1, drop_remainder=True)
+    ds = make_batches(
+        load_digits("validation", ("image",)), 32, shuffle=True, seed=1, drop_remainder=True
+    )
     first, second = ([b["label"].numpy() for b in ds] for _ in range(2))
     assert len(first) == 5
     assert not all(np.array_equal(a, b) for a, b in zip(first, second))

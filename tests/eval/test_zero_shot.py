@@ -42,7 +42,9 @@ def test_accuracy_is_argmax_over_classes():
 
 def test_empty_prompt_lists_raise(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    with pytest.raises(ValueError, match=r"non-empty list of prompts per class. Received: \[1, 0\]"):
+    with pytest.raises(
+        ValueError, match=r"non-empty list of prompts per class. Received: \[1, 0\]"
+    ):
         zero_shot_classifier(model, tokenizer, [["a one"], []])
     with pytest.raises(ValueError, match="Received: \\[\\]"):
         zero_shot_classifier(model, tokenizer, [])

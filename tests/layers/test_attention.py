@@ -61,7 +61,9 @@ def test_padded_keys_change_nothing():
     np.testing.assert_array_equal(after[0], before[0])
 
 
-@pytest.mark.parametrize("kwargs", [{"num_heads": 0, "key_dim": 8}, {"num_heads": 2, "key_dim": 8, "dropout": 1.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"num_heads": 0, "key_dim": 8}, {"num_heads": 2, "key_dim": 8, "dropout": 1.0}]
+)
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError, match="Received"):
         MultiHeadSelfAttention(**kwargs)

@@ -61,9 +61,7 @@ def test_clip_matches_reference(with_labels):
     rng = np.random.default_rng(0)
     x, y, t = _unit(rng, (12, 16)), _unit(rng, (12, 16)), 10.0
     labels = rng.integers(0, 4, 12) if with_labels else None
-    value, grads = _tf_value_and_grads(
-        lambda x, y, t: clip_loss(x, y, t, labels=labels), x, y, t
-    )
+    value, grads = _tf_value_and_grads(lambda x, y, t: clip_loss(x, y, t, labels=labels), x, y, t)
     ref_value, ref_grads = clip_reference(x, y, t, labels)
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     for grad, ref in zip(grads, ref_grads):

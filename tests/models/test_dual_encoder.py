@@ -55,7 +55,9 @@ def test_embeddings_are_unit_norm_and_subsets_of_modalities_work():
         np.testing.assert_allclose(np.linalg.norm(np.asarray(emb), axis=1), 1.0, rtol=1e-5)
     images_only = model({"image": _inputs()["image"], "label": np.zeros(3)})
     assert list(images_only) == ["image"]
-    np.testing.assert_allclose(np.asarray(images_only["image"]), np.asarray(both["image"]), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(images_only["image"]), np.asarray(both["image"]), atol=1e-6
+    )
 
 
 def test_shared_encoder_shares_weights_but_not_projections():
@@ -74,7 +76,9 @@ def test_saved_model_reloads_with_same_embeddings(tmp_path):
     model.save(path)
     reloaded = keras.saving.load_model(path, safe_mode=True)
     for m in ("image", "text"):
-        np.testing.assert_allclose(np.asarray(reloaded(_inputs())[m]), np.asarray(expected[m]), atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(reloaded(_inputs())[m]), np.asarray(expected[m]), atol=1e-6
+        )
     assert float(reloaded.logit_scale) == pytest.approx(float(model.logit_scale))
 
 

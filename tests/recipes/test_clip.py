@@ -2,27 +2,17 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 
 from mm_keras.tokenizers import TextTokenizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.scripts import run_script
 
 
 def test_recipe_writes_model_vocabulary_metrics_and_plot(tmp_path):
     output_dir = str(tmp_path / "clip")
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", "clip.py"), "--epochs=6", f"--output_dir={output_dir}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script("recipes/clip.py", "--epochs=6", f"--output_dir={output_dir}")
     assert "zero-shot top-1" in result.stdout
 
     with open(os.path.join(output_dir, "metrics.json")) as f:

@@ -46,9 +46,7 @@ def test_vocabulary_save_and_load_gives_same_ids(tokenizer, tmp_path):
     tokenizer.save_vocabulary(path)
     loaded = TextTokenizer(path, sequence_length=8)
     assert loaded.vocabulary == tokenizer.vocabulary
-    np.testing.assert_array_equal(
-        loaded(CORPUS)["token_ids"], tokenizer(CORPUS)["token_ids"]
-    )
+    np.testing.assert_array_equal(loaded(CORPUS)["token_ids"], tokenizer(CORPUS)["token_ids"])
 
 
 def test_config_roundtrip_keeps_vocabulary(tokenizer):

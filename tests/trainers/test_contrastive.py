@@ -68,7 +68,9 @@ def test_works_with_standard_callbacks(tmp_path):
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0),
         keras.callbacks.TensorBoard(os.path.join(tmp_path, "logs")),
     ]
-    history = trainer.fit(_data(), validation_data=_data(), epochs=10, callbacks=callbacks, verbose=0)
+    history = trainer.fit(
+        _data(), validation_data=_data(), epochs=10, callbacks=callbacks, verbose=0
+    )
     assert len(history.history["loss"]) == 2  # EarlyStopping stopped it
     assert os.listdir(os.path.join(tmp_path, "logs"))
     restored = keras.saving.load_model(checkpoint, safe_mode=True)
@@ -89,5 +91,7 @@ def test_bad_arguments_raise():
     model = _trainer().model
     with pytest.raises(ValueError, match="loss='triplet'"):
         ContrastiveTrainer(model, loss="triplet")
-    with pytest.raises(ValueError, match=r"two different modalities. Received: \('image', 'image'\)"):
+    with pytest.raises(
+        ValueError, match=r"two different modalities. Received: \('image', 'image'\)"
+    ):
         ContrastiveTrainer(model, modalities=("image", "image"))
