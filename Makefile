@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test test-all benchmark clean
+.PHONY: demo test benchmark clean
 
 $(INSTALLED): setup.cfg pyproject.toml
 	test -x $(PYTHON) || $(PYTHON_SYSTEM) -m venv $(VENV)
@@ -20,9 +20,6 @@ demo: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
-
-test-all: $(INSTALLED)
-	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) -m "" tests
 
 benchmark: $(INSTALLED)
 	$(PYTHON) benchmarks/train_step.py

@@ -1,6 +1,7 @@
 """Regenerates `mm_keras/export/tf_text_ops.json`: which TF Text ops the stock server knows.
 
-    python export/tf_text_ops.py --stock_wheel=tensorflow_text-2.12.0-cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+    python export/tf_text_ops.py \
+        --stock_wheel=tensorflow_text-2.12.0-cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
 
 The stock `tensorflow/serving` image embeds TF Text 2.12 (tensorflow/serving PR #4057). This
 lists the ops the installed TF Text registers (the registry before and after importing it)

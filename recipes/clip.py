@@ -7,7 +7,8 @@ Trains two small Transformer towers (width 64, 2 layers) with `ContrastiveTraine
 then evaluates on the held-out test split: zero-shot classification from text prompts that
 no training caption uses verbatim, and image<->text recall@1/5/10. Captions fit every image
 of their digit, so training treats same-digit pairs in a batch as positives
-(`--label_aware`) and recall is label-aware: a hit is any item of the query's digit.
+(`--label_aware`) and recall is label-aware: a hit is any item of the query's digit, and
+text queries and keys are the test split's distinct captions.
 
 Writes to `--output_dir` (default `runs/clip/`): `model.keras` (the `DualEncoder`),
 `vocabulary.txt` (the text tokenizer), `metrics.json` and `training_curves.png`.
@@ -37,7 +38,7 @@ from mm_keras.encoders import TransformerEncoder  # noqa: E402
 from mm_keras.eval import recall_at_k, zero_shot_accuracy, zero_shot_classifier  # noqa: E402
 from mm_keras.models import DualEncoder  # noqa: E402
 from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding, TextTokenizer  # noqa: E402
-from mm_keras.trainers import ContrastiveTrainer  # noqa: E402
+from mm_keras.trainers import ContrastiveTrainer, adamw  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "runs/clip", "Where model, metrics and plot are written.")
@@ -75,20 +76,29 @@ def build_model(vocabulary_size):
         return TransformerEncoder(FLAGS.num_layers, FLAGS.num_heads, 2 * FLAGS.hidden_dim)
 
     encoders = encoder() if FLAGS.shared_encoder else {m: encoder() for m in MODALITIES}
-    return DualEncoder(tokenizers, encoders, FLAGS.projection_dim)
+    # Initial temperature of each paper: CLIP t = 1/0.07; SigLIP t = 10 with bias -10.
+    scale = 10.0 if FLAGS.loss == "siglip" else 1.0 / 0.07
+    return DualEncoder(tokenizers, encoders, FLAGS.projection_dim, logit_scale_init=scale)
 
 
 def evaluate(model, tokenizer, test):
-    embeddings = model.predict(
-        {"image": test["image"], "text": tokenizer(test["text"].tolist())["token_ids"]},
-        batch_size=256,
-        verbose=0,
-    )
+    """Zero-shot top-1 and label-aware recall@1/5/10 in both directions on the test split.
+
+    Many test captions are copies of each other (10 templates x 10 digits), so retrieval
+    runs over the distinct captions: otherwise an image's top 10 would be 10 copies of one
+    caption and recall@5/10 would only repeat recall@1.
+    """
+    captions, first = np.unique(test["text"], return_index=True)
+    inputs = {"image": test["image"], "text": tokenizer(captions.tolist())["token_ids"]}
+    embeddings = {  # one modality at a time: the two sets differ in size
+        m: model.predict({m: x}, batch_size=256, verbose=0)[m] for m, x in inputs.items()
+    }
     classifier = zero_shot_classifier(model, tokenizer, datasets.class_prompts())
     metrics = {"zero_shot_top1": zero_shot_accuracy(embeddings["image"], classifier, test["label"])}
+    labels = {"image": test["label"], "text": test["label"][first]}
     for query, key in (("image", "text"), ("text", "image")):
         recall = recall_at_k(
-            embeddings[query], embeddings[key], (1, 5, 10), test["label"], test["label"]
+            embeddings[query], embeddings[key], (1, 5, 10), labels[query], labels[key]
         )
         for k, value in recall.items():
             metrics[f"recall_at_{k}_{query}_to_{key}"] = value
@@ -147,7 +157,7 @@ def main(argv):
         warmup_target=FLAGS.learning_rate,
         warmup_steps=max(1, total_steps // 10),
     )
-    trainer.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=FLAGS.weight_decay))
+    trainer.compile(optimizer=adamw(schedule, weight_decay=FLAGS.weight_decay))
 
     start = time.perf_counter()
     # `make_batches` shuffles; fit's own `shuffle` does not apply to a tf.data.Dataset.

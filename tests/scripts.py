@@ -10,14 +10,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_script(path, *flags, timeout=300):
     """Runs `python <ROOT>/<path> <flags>` from the project root; fails the test on error.
 
-    Returns the `subprocess.CompletedProcess`, with `stdout` and `stderr` as text.
+    The project root is on the script's `PYTHONPATH`, so helper scripts under `tests/` can
+    import `tests.*`. Returns the `subprocess.CompletedProcess`, with text output.
     """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, path), *flags],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result

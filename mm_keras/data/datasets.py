@@ -79,7 +79,7 @@ _DATA_PATH = os.path.join(os.path.dirname(__file__), "digits", "digits.csv.gz")
 
 def _fill(template, label):
     word = CLASS_WORDS[label]
-    a_word = f"an {word}" if word[0] in "aeiou" else f"a {word}"
+    a_word = f"an {word}" if word == "eight" else f"a {word}"  # "a one", "an eight"
     return template.format(word=word, a_word=a_word, numeral=str(label))
 
 

@@ -12,7 +12,9 @@ class TransformerEncoder(keras.layers.Layer):
     Takes and returns the DESIGN.md token-sequence contract, `{"tokens": [B, N, D],
     "mask": [B, N]}`, so it never knows which modality it encodes: the same encoder serves an
     image tower, a text tower, or both at once (a shared, modality-agnostic encoder as in
-    VATT, Akbari et al., 2021). Padded positions are ignored by attention and pass through.
+    VATT, Akbari et al., 2021). Padded positions get no attention weight, so they do not
+    change the real tokens; their own outputs are meaningless and the mask is passed on so
+    that pooling drops them.
 
     Args:
         num_layers: int, number of Transformer blocks.

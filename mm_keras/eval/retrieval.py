@@ -56,6 +56,12 @@ def recall_at_k(
             )
         query_labels, key_labels = np.arange(len(queries)), np.arange(len(keys))
     query_labels, key_labels = np.asarray(query_labels), np.asarray(key_labels)
+    if len(query_labels) != len(queries) or len(key_labels) != len(keys):
+        raise ValueError(
+            "Expected one label per query and per key. Received: "
+            f"{len(queries)} queries with {len(query_labels)} labels, "
+            f"{len(keys)} keys with {len(key_labels)} labels"
+        )
     top = min(ks[-1], len(keys))
     hits = {k: 0 for k in ks}
     for start in range(0, len(queries), chunk_size):

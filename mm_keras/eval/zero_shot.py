@@ -25,10 +25,13 @@ def zero_shot_classifier(model, tokenizer, class_prompts, modality="text", batch
     >>> weights.shape
     (2, 64)
     """
-    if not class_prompts or any(len(prompts) == 0 for prompts in class_prompts):
+    if not class_prompts or any(
+        not isinstance(prompts, (list, tuple)) or not prompts for prompts in class_prompts
+    ):
         raise ValueError(
-            "Expected one non-empty list of prompts per class. "
-            f"Received: {[len(prompts) for prompts in class_prompts]} prompts per class"
+            "Expected one non-empty list of prompts per class. Received: "
+            f"{[p if isinstance(p, str) else len(p) for p in class_prompts]} "
+            "(a prompt count per class, or a bare string where a list was expected)"
         )
     flat = [prompt for prompts in class_prompts for prompt in prompts]
     token_ids = tokenizer(flat)["token_ids"]

@@ -64,7 +64,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         scores = ops.matmul(query, ops.swapaxes(key, -1, -2)) * (1.0 / math.sqrt(self.key_dim))
         scores = ops.cast(scores, "float32")  # [B, H, N, N]
         if padding_mask is not None:
-            key_mask = ops.cast(padding_mask, "bool")[:, None, None, :]  # [B, 1, 1, S]
+            key_mask = ops.cast(padding_mask, "bool")[:, None, None, :]  # [B, 1, 1, N]
             scores = ops.where(key_mask, scores, -1e9)
         weights = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
         weights = self.attention_dropout(weights, training=training)

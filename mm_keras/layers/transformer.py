@@ -38,9 +38,10 @@ class TransformerBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if intermediate_dim < 1:
+        if num_heads < 1 or intermediate_dim < 1:
             raise ValueError(
-                f"`intermediate_dim` must be >= 1. Received: intermediate_dim={intermediate_dim}"
+                "`num_heads` and `intermediate_dim` must be >= 1. "
+                f"Received: num_heads={num_heads}, intermediate_dim={intermediate_dim}"
             )
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim

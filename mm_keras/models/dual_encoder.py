@@ -25,7 +25,10 @@ class DualEncoder(keras.Model):
 
     `call` takes a dict keyed by modality name (any subset of the towers; `"label"` is
     ignored) and returns a dict of `[B, projection_dim]` unit-norm embeddings for the
-    modalities given, so `model.predict({"image": images})` embeds images only.
+    modalities given, so `model.predict({"image": images})` embeds images only. Modalities
+    whose batch sizes differ raise a `ValueError` where the sizes are known when the call is
+    traced (eager calls, fixed-size batches); inside a graph with an unknown batch size the
+    mismatch surfaces as TensorFlow's own shape error in the loss.
 
     Args:
         tokenizers: dict, modality name → layer that returns `{"tokens", "mask"}`, such as

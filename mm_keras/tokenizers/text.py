@@ -31,7 +31,7 @@ class TextTokenizer(keras.layers.Layer):
     >>> tokenizer = TextTokenizer.train(["a handwritten seven", "the digit 7"],
     ...                                 vocabulary_size=40, sequence_length=8)
     >>> tokenizer(["the digit seven"])["token_ids"].shape
-    TensorShape([1, 8])
+    (1, 8)
     """
 
     def __init__(self, vocabulary, sequence_length=16, lowercase=True, **kwargs):
@@ -107,7 +107,23 @@ class TextTokenizer(keras.layers.Layer):
         if inputs.shape.rank == 1 and inputs.shape[0] == 0:
             raise ValueError("Expected at least one string to tokenize. Received: 0 strings")
         token_ids = self.wordpiece(inputs)
-        return {"token_ids": token_ids, "mask": token_ids != self.pad_id}
+        mask = token_ids != self.pad_id
+        # A string without tokens would pool over nothing downstream (0 / 0 = NaN).
+        has_tokens = tf.reshape(tf.reduce_any(mask, axis=-1), [-1])
+        if tf.executing_eagerly():
+            empty = [int(i) for i in tf.where(~has_tokens)[:, 0]]
+            if empty:
+                raise ValueError(
+                    "Expected every string to hold at least one token. Received empty or "
+                    f"blank strings at positions {empty[:10]}"
+                )
+        else:
+            check = tf.debugging.assert_equal(
+                has_tokens, True, message="Expected every string to hold at least one token"
+            )
+            with tf.control_dependencies([check]):
+                token_ids = tf.identity(token_ids)
+        return {"token_ids": token_ids, "mask": mask}
 
     def compute_output_spec(self, inputs):
         shape = (*inputs.shape, self.sequence_length)

@@ -1,3 +1,4 @@
-"""`keras.Model` subclasses that train through `fit`."""
+"""`keras.Model` subclasses that train through `fit`, and their optimizer."""
 
 from mm_keras.trainers.contrastive import ContrastiveTrainer
+from mm_keras.trainers.optimizers import adamw

@@ -26,8 +26,12 @@ class ContrastiveTrainer(keras.Model):
         loss: `"clip"` or `"siglip"`.
         label_aware: bool. When the batch has a `"label"`, treat every same-label pair in the
             batch as a positive, not only the paired items. Use it where one item fits every
-            example of its class (the embedded digits dataset); a batch without labels is
-            paired by index either way.
+            example of its class (the embedded digits dataset). Off by default: items are
+            paired by index, as in CLIP.
+
+    Under a distribution strategy each replica contrasts its examples against its own
+    local batch only; a cross-replica gather (`gather_fn` of the losses) is not wired in
+    yet.
 
     Example:
     >>> trainer = ContrastiveTrainer(dual_encoder, modalities=("image", "text"))
@@ -36,7 +40,7 @@ class ContrastiveTrainer(keras.Model):
     """
 
     def __init__(
-        self, model, modalities=("image", "text"), loss="clip", label_aware=True, **kwargs
+        self, model, modalities=("image", "text"), loss="clip", label_aware=False, **kwargs
     ):
         super().__init__(**kwargs)
         modalities = tuple(modalities)

@@ -49,5 +49,7 @@ def test_bad_inputs_raise():
         recall_at_k(x, x[:, :2])
     with pytest.raises(ValueError, match="both `query_labels` and `key_labels`"):
         recall_at_k(x, x, query_labels=[0, 1, 2])
+    with pytest.raises(ValueError, match="3 queries with 2 labels, 3 keys with 3 labels"):
+        recall_at_k(x, x, query_labels=[0, 1], key_labels=[0, 1, 2])
     with pytest.raises(ValueError, match="ks=\\[0\\]"):
         recall_at_k(x, x, ks=(0,))

@@ -48,5 +48,7 @@ def test_empty_prompt_lists_raise(model_and_tokenizer):
         zero_shot_classifier(model, tokenizer, [["a one"], []])
     with pytest.raises(ValueError, match="Received: \\[\\]"):
         zero_shot_classifier(model, tokenizer, [])
+    with pytest.raises(ValueError, match=r"Received: \['a one', 'a two'\]"):
+        zero_shot_classifier(model, tokenizer, ["a one", "a two"])  # strings, not lists
     with pytest.raises(ValueError, match="Received: 2 embeddings and 1 labels"):
         zero_shot_accuracy(np.eye(2), np.eye(2), [0])

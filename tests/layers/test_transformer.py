@@ -28,6 +28,11 @@ def test_padding_does_not_leak_into_real_tokens():
     np.testing.assert_allclose(after[:, :4], before[:, :4], atol=1e-5)
 
 
+def test_zero_heads_raises():
+    with pytest.raises(ValueError, match="num_heads=0"):
+        TransformerBlock(num_heads=0, intermediate_dim=64)
+
+
 def test_width_not_divisible_by_heads_raises():
     block = TransformerBlock(num_heads=3, intermediate_dim=64)
     with pytest.raises(ValueError, match="divisible by num_heads=3"):

@@ -1,4 +1,4 @@
-"""The demo recipe end to end, shortened: it trains, evaluates, saves and reports."""
+"""The demo recipe end to end, as `make demo` runs it: trains, evaluates, saves, reports."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from tests.scripts import run_script
 
 def test_recipe_writes_model_vocabulary_metrics_and_plot(tmp_path):
     output_dir = str(tmp_path / "clip")
-    result = run_script("recipes/clip.py", "--epochs=6", f"--output_dir={output_dir}")
+    result = run_script("recipes/clip.py", f"--output_dir={output_dir}")
     assert "zero-shot top-1" in result.stdout
 
     with open(os.path.join(output_dir, "metrics.json")) as f:
@@ -26,7 +26,10 @@ def test_recipe_writes_model_vocabulary_metrics_and_plot(tmp_path):
     ):
         assert isinstance(metrics[key], float), key
     assert 0.0 <= metrics["zero_shot_top1"] <= 1.0
-    assert metrics["zero_shot_top1"] > 0.5  # six epochs reach ~0.8; chance is 0.1
+    # The issue's bar; seeds 0-3 gave 0.97-0.99.
+    assert metrics["zero_shot_top1"] >= 0.93
+    assert metrics["recall_at_1_image_to_text"] >= 0.9
+    assert metrics["recall_at_1_text_to_image"] >= 0.9
     assert metrics["reload_max_abs_diff"] < 1e-5
 
     with open(os.path.join(output_dir, "training_curves.png"), "rb") as f:

@@ -74,6 +74,14 @@ def test_empty_caption_list_raises(tokenizer):
         TextTokenizer.train([], vocabulary_size=10)
 
 
+def test_empty_caption_raises_in_eager_and_in_graph(tokenizer):
+    with pytest.raises(ValueError, match=r"at least one token. Received .* positions \[1\]"):
+        tokenizer(["a seven", "  "])
+    graph_fn = tf.function(lambda text: tokenizer(text)["token_ids"])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least one token"):
+        graph_fn(tf.constant(["a seven", ""]))
+
+
 def test_vocabulary_without_reserved_tokens_raises():
     with pytest.raises(ValueError, match=r"must start with \['\[PAD\]', '\[UNK\]'\]"):
         TextTokenizer(["hello", "world"])

@@ -1,3 +1,4 @@
+import json
 import os
 
 import keras
@@ -9,6 +10,7 @@ from mm_keras.encoders import TransformerEncoder
 from mm_keras.models import DualEncoder
 from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding
 from mm_keras.trainers import ContrastiveTrainer
+from tests.scripts import run_script
 
 
 def _data(n=48, batch=16):
@@ -45,7 +47,7 @@ def test_fit_lowers_loss_and_learns_the_classes(loss):
     assert set(trainer.evaluate(_data(), return_dict=True, verbose=0)) == {"loss", "accuracy"}
 
 
-def test_logit_scale_and_bias_are_trained():
+def test_siglip_trains_logit_scale_and_bias():
     trainer = _trainer("siglip")
     trainer.fit(_data(), epochs=1, verbose=0)
     model = trainer.model
@@ -54,10 +56,20 @@ def test_logit_scale_and_bias_are_trained():
 
 
 def test_label_aware_accuracy_counts_same_class_hits():
-    data = _data()
-    aware = _trainer(label_aware=True).evaluate(data, return_dict=True, verbose=0)
-    paired = _trainer(label_aware=False).evaluate(data, return_dict=True, verbose=0)
+    trainer, data = _trainer(), _data()
+    aware = trainer.evaluate(data, return_dict=True, verbose=0)
+    trainer.label_aware = False
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))  # retrace test_step
+    paired = trainer.evaluate(data, return_dict=True, verbose=0)
     assert aware["accuracy"] > paired["accuracy"]
+    assert aware["loss"] != pytest.approx(paired["loss"])
+
+
+def test_clip_leaves_the_siglip_bias_alone():
+    trainer = _trainer("clip")
+    trainer.fit(_data(), epochs=1, verbose=0)
+    assert float(trainer.model.logit_bias) == -10.0
+    assert float(trainer.model.logit_scale) != pytest.approx(1 / 0.07, rel=1e-6)
 
 
 def test_works_with_standard_callbacks(tmp_path):
@@ -95,3 +107,10 @@ def test_bad_arguments_raise():
         ValueError, match=r"two different modalities. Received: \('image', 'image'\)"
     ):
         ContrastiveTrainer(model, modalities=("image", "image"))
+
+
+def test_mirrored_step_descends_the_mean_of_replica_losses():
+    result = run_script("tests/trainers/mirrored_step.py", timeout=120)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["max_update"] > 1e-3  # the step did move the weights
+    assert figures["max_abs_difference"] < 1e-5
