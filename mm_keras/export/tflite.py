@@ -1,0 +1,198 @@
+"""TFLite export of each tower of a dual encoder, in four precision modes, builtins only."""
+
+import os
+import re
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.tools import flatbuffer_utils
+
+from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding
+
+MODES = ("float32", "dynamic", "float16", "int8")
+
+# In "int8" mode only these run in int8: the weight-carrying matmuls and the embedding
+# lookup (a copy). The rest (LayerNorm's MEAN, SQUARED_DIFFERENCE, RSQRT, elementwise
+# ADD/MUL, attention's BATCH_MATMUL, ...) stays float: the TFLite CPU kernels for those in
+# int8 are slow and the QUANTIZE/DEQUANTIZE between them costs more than they save
+# (measured on a width-256 tower: all-int8 1.1x the float32 latency, matmuls-only 0.33x).
+INT8_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "GATHER")
+
+_OP_NAMES = {
+    code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")
+}
+
+
+def tower_input_spec(model, modality, batch_size=1):
+    """The fixed-shape input a tower's TFLite file takes: uint8 pixels or int32 token ids."""
+    layer = model.tokenizers[modality]
+    if isinstance(layer, ImagePatchTokenizer):
+        dtype = tf.uint8
+    elif isinstance(layer, TextEmbedding):
+        dtype = tf.int32
+    else:
+        raise ValueError(
+            "Expected a tower built on ImagePatchTokenizer or TextEmbedding. "
+            f"Received: {modality!r} uses {type(layer).__name__}"
+        )
+    return tf.TensorSpec((batch_size, *layer.default_input_shape[1:]), dtype, name=modality)
+
+
+def tflite_ops(tflite_model):
+    """Sorted names of the operators in a TFLite flatbuffer (custom ops by their code)."""
+    model = schema.Model.GetRootAs(tflite_model, 0)
+    names = set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            names.add(code.CustomCode().decode())
+        else:
+            names.add(_OP_NAMES[builtin])
+    return sorted(names)
+
+
+def int8_ops(tflite_model):
+    """Sorted names of the operators that run on int8 tensors in a TFLite flatbuffer."""
+    model = schema.Model.GetRootAs(tflite_model, 0)
+    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+    names = set()
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for o in range(graph.OperatorsLength()):
+            op = graph.Operators(o)
+            inputs = [op.Inputs(i) for i in range(op.InputsLength()) if op.Inputs(i) >= 0]
+            if any(graph.Tensors(t).Type() == schema.TensorType.INT8 for t in inputs):
+                code = codes[op.OpcodeIndex()]
+                names.add(_OP_NAMES[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())])
+    return sorted(names - {"QUANTIZE", "DEQUANTIZE"})
+
+
+def _flex_ops_from_error(message):
+    return sorted(set(re.findall(r"tf\.(\w+)", message)))
+
+
+def convert_tower(model, modality, mode="float32", representative_inputs=None, allow_flex=False):
+    """Converts one tower of a dual encoder to a TFLite flatbuffer.
+
+    The tower maps a batch of one raw input (uint8 pixels `[1, H, W, C]` or int32 token ids
+    `[1, L]`, from `TextTokenizer`) to its unit-norm embedding, output `"embedding"`. The
+    fixed batch of one keeps shape arithmetic out of the graph.
+
+    Modes: `"float32"`; `"dynamic"` (weights int8, activations float); `"float16"` (weights
+    float16); `"int8"` (weights and activations int8 for `INT8_OPS`, calibrated on
+    `representative_inputs`, every other op in float).
+
+    Args:
+        model: a `DualEncoder`.
+        modality: the tower to convert.
+        mode: one of `MODES`.
+        representative_inputs: for `"int8"`, an iterable of single-example inputs in the
+            tower's input format (a few hundred from the training data).
+        allow_flex: bool, allow TensorFlow (Flex) ops the builtin runtime lacks.
+
+    Returns:
+        The `.tflite` file's bytes.
+    """
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+    if mode == "int8" and representative_inputs is None:
+        raise ValueError("`int8` mode calibrates on `representative_inputs`. Received: None")
+    spec = tower_input_spec(model, modality)
+    with tempfile.TemporaryDirectory() as saved_model_dir:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            "embed",
+            lambda x: {"embedding": model.embed(modality, x)},
+            input_signature=[spec],
+        )
+        archive.write_out(saved_model_dir, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, ["embed"])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if allow_flex:
+            converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+        if mode != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        try:
+            if mode == "int8":
+                tflite_model = _selective_int8(converter, spec, representative_inputs)
+            else:
+                tflite_model = converter.convert()
+        except Exception as error:  # the converter raises several error types
+            flex = _flex_ops_from_error(str(error))
+            if "Flex" in str(error) or "not supported by the native TFLite runtime" in str(error):
+                raise ValueError(
+                    f"Converting the {modality!r} tower needs TensorFlow (Flex) ops, which "
+                    f"the builtin TFLite runtime lacks. Expected builtin ops only. Received "
+                    f"ops: {flex}. Pass allow_flex=True to ship them with the Flex delegate."
+                ) from error
+            raise
+    return strip_tensor_names(tflite_model)
+
+
+def strip_tensor_names(tflite_model):
+    """Drops tensor names, the file's largest non-weight part; signatures stay usable."""
+    model = flatbuffer_utils.convert_bytearray_to_object(tflite_model)
+    model.description = None
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            tensor.name = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _selective_int8(converter, spec, representative_inputs):
+    examples = [
+        np.asarray(x, spec.dtype.as_numpy_dtype).reshape(spec.shape) for x in representative_inputs
+    ]
+    if not examples:
+        raise ValueError("`representative_inputs` must hold at least one example. Received: 0")
+
+    def dataset():
+        for example in examples:
+            yield {spec.name: example}
+
+    converter.representative_dataset = dataset
+    # One scale per weight tensor, not per output channel: per-channel scales and int64
+    # zero points of weights and biases are ~20 KB of a 120 KB demo tower, and per-tensor
+    # scales keep the embeddings within cosine 0.999 here.
+    converter._experimental_disable_per_channel = True
+    float_ops = tflite_ops(_float_model(converter))
+    denylisted = [op for op in float_ops if op not in INT8_OPS]
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter,
+        debug_dataset=dataset,
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=denylisted),
+    )
+    return debugger.get_nondebug_quantized_model()
+
+
+def _float_model(converter):
+    optimizations, converter.optimizations = converter.optimizations, []
+    try:
+        return converter.convert()
+    finally:
+        converter.optimizations = optimizations
+
+
+def write_tflite(tflite_model, path, allow_flex=False):
+    """Writes a flatbuffer to `path` via a temporary file; refuses Flex ops unless allowed.
+
+    Returns:
+        The sorted op names of the file.
+    """
+    ops = tflite_ops(tflite_model)
+    flex = [op for op in ops if op.startswith("Flex")]
+    if flex and not allow_flex:
+        raise ValueError(f"Expected TFLite builtin ops only. Received Flex ops: {flex} (in {path})")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(tflite_model)
+    os.replace(tmp, path)
+    return ops
