@@ -36,12 +36,24 @@ def zero_shot_classifier(model, tokenizer, class_prompts, modality="text", batch
     flat = [prompt for prompts in class_prompts for prompt in prompts]
     token_ids = tokenizer(flat)["token_ids"]
     embeddings = model.predict({modality: token_ids}, batch_size=batch_size, verbose=0)
-    embeddings = embeddings[modality]
+    return prompt_ensemble(embeddings[modality], [len(prompts) for prompts in class_prompts])
+
+
+def prompt_ensemble(prompt_embeddings, prompts_per_class):
+    """Class weights from prompt embeddings listed class by class: normalized means.
+
+    Args:
+        prompt_embeddings: float `[sum(prompts_per_class), D]`, class 0's prompts first.
+        prompts_per_class: list of ints, how many prompts each class has.
+
+    Returns:
+        float32 `[num_classes, D]`, one unit-norm row per class.
+    """
     weights, start = [], 0
-    for prompts in class_prompts:
-        mean = embeddings[start : start + len(prompts)].mean(axis=0)
+    for count in prompts_per_class:
+        mean = np.asarray(prompt_embeddings[start : start + count]).mean(axis=0)
         weights.append(mean / np.linalg.norm(mean))
-        start += len(prompts)
+        start += count
     return np.stack(weights).astype(np.float32)
 
 

@@ -31,8 +31,8 @@ def decode_images(encoded, image_size, num_channels):
     )
 
 
-def _towers(model, tokenizer):
-    """(text modality, image modality) of a dual encoder, checked against what we export."""
+def text_and_image_towers(model):
+    """(text modality, image modality) of a dual encoder: the towers an export serves."""
     kinds = {type(layer): m for m, layer in model.tokenizers.items()}
     text, image = kinds.get(TextEmbedding), kinds.get(ImagePatchTokenizer)
     if text is None or image is None:
@@ -40,12 +40,6 @@ def _towers(model, tokenizer):
             "Expected a dual encoder with a TextEmbedding tower and an ImagePatchTokenizer "
             f"tower. Received towers: "
             f"{ {m: type(t).__name__ for m, t in model.tokenizers.items()} }"
-        )
-    if tokenizer.sequence_length > model.tokenizers[text].sequence_length:
-        raise ValueError(
-            "The tokenizer's sequence_length must fit the text tower. Received: "
-            f"tokenizer sequence_length={tokenizer.sequence_length}, tower "
-            f"sequence_length={model.tokenizers[text].sequence_length}"
         )
     return text, image
 
@@ -62,7 +56,13 @@ def build_archive(model, tokenizer):
       embeddings and `logits` `[N, M]` (the scaled similarities). TF Serving's row
       ("instances") format needs N == M; the columnar ("inputs") format does not.
     """
-    text, image = _towers(model, tokenizer)
+    text, image = text_and_image_towers(model)
+    if tokenizer.sequence_length > model.tokenizers[text].sequence_length:
+        raise ValueError(
+            "The tokenizer's sequence_length must fit the text tower. Received: "
+            f"tokenizer sequence_length={tokenizer.sequence_length}, tower "
+            f"sequence_length={model.tokenizers[text].sequence_length}"
+        )
     image_layer = model.tokenizers[image]
     image_size, channels = image_layer.image_size, image_layer.num_channels
 
