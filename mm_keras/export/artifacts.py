@@ -83,4 +83,3 @@ def export_artifacts(
             int8_ops=sorted(int8_ops),
         )
     return artifacts
-

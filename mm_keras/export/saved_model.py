@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from mm_keras.export import ops as graph_ops
+from mm_keras.export.serving_tokenizer import ServingWordPiece
 from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding
 
 VOCABULARY_FILE = "vocabulary.txt"
@@ -44,8 +45,11 @@ def text_and_image_towers(model):
     return text, image
 
 
-def build_archive(model, tokenizer):
+def build_archive(model, text_tokenizer):
     """A `keras.export.ExportArchive` with the serving endpoints of a dual encoder.
+
+    `text_tokenizer` maps `tf.string [N]` to token ids inside the graph: a
+    `ServingWordPiece`, whose lookup table (and vocabulary asset) the archive tracks.
 
     Endpoints, each a TF Serving signature with named inputs and outputs:
 
@@ -57,23 +61,18 @@ def build_archive(model, tokenizer):
       ("instances") format needs N == M; the columnar ("inputs") format does not.
     """
     text, image = text_and_image_towers(model)
-    if tokenizer.sequence_length > model.tokenizers[text].sequence_length:
-        raise ValueError(
-            "The tokenizer's sequence_length must fit the text tower. Received: "
-            f"tokenizer sequence_length={tokenizer.sequence_length}, tower "
-            f"sequence_length={model.tokenizers[text].sequence_length}"
-        )
     image_layer = model.tokenizers[image]
     image_size, channels = image_layer.image_size, image_layer.num_channels
 
     def embed_text(strings):
-        return model.embed(text, tokenizer(strings)["token_ids"])
+        return model.embed(text, text_tokenizer(strings))
 
     def embed_encoded_images(encoded):
         return model.embed(image, decode_images(encoded, image_size, channels))
 
     archive = keras.export.ExportArchive()
-    archive.track(model)  # the tokenizer holds no variables or tables to track
+    archive.track(model)
+    archive.track(text_tokenizer)
     archive.add_endpoint(
         "embed_text",
         lambda text: {"text_embedding": embed_text(text)},
@@ -117,8 +116,10 @@ def export_saved_model(
 
     The version is written to a temporary directory beside it and renamed into place, so a
     server polling `base_dir` never sees half a version, and an existing version is never
-    overwritten. The vocabulary is saved as the asset `assets/vocabulary.txt`. Every op of
-    the graph that is not core TensorFlow is listed, and one the stock `tensorflow/serving`
+    overwritten. Text is tokenized in the graph by `ServingWordPiece` (core TensorFlow ops,
+    the same ids as `tokenizer`), with the vocabulary as the asset `assets/vocabulary.txt`,
+    so the SavedModel loads in any TensorFlow or TF Serving build. Every op of the graph
+    that is not core TensorFlow is still listed, and one the stock `tensorflow/serving`
     image lacks is refused unless named in `allow_ops` (see `mm_keras.export.ops`).
 
     Args:
@@ -136,8 +137,8 @@ def export_saved_model(
 
     Example:
     >>> path, non_core = export_saved_model(model, tokenizer, "runs/clip/export/clip")
-    >>> path
-    'runs/clip/export/clip/1'
+    >>> path, non_core
+    ('runs/clip/export/clip/1', [])
     """
     if not isinstance(version, int) or version < 1:
         raise ValueError(f"`version` must be an int >= 1. Received: version={version!r}")
@@ -147,17 +148,21 @@ def export_saved_model(
             f"Expected a new version number: TF Serving versions are immutable. "
             f"Received: version={version}, and {final} already exists"
         )
-    archive = build_archive(model, tokenizer)
+    text, _ = text_and_image_towers(model)
+    if tokenizer.sequence_length > model.tokenizers[text].sequence_length:
+        raise ValueError(
+            "The tokenizer's sequence_length must fit the text tower. Received: "
+            f"tokenizer sequence_length={tokenizer.sequence_length}, tower "
+            f"sequence_length={model.tokenizers[text].sequence_length}"
+        )
     os.makedirs(base_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir)
     try:
-        vocabulary = os.path.join(tmp, VOCABULARY_FILE)
-        tokenizer.save_vocabulary(vocabulary)
-        # ExportArchive tracks variables and lookup tables only; an Asset on its root
-        # trackable is copied into `assets/` like any SavedModel asset.
-        archive._tf_trackable.vocabulary = tf.saved_model.Asset(vocabulary)
-        archive.write_out(tmp, verbose=verbose)
-        os.remove(vocabulary)
+        with tempfile.TemporaryDirectory() as scratch:
+            vocabulary = os.path.join(scratch, VOCABULARY_FILE)
+            tokenizer.save_vocabulary(vocabulary)
+            serving_tokenizer = ServingWordPiece(vocabulary, tokenizer.sequence_length)
+            build_archive(model, serving_tokenizer).write_out(tmp, verbose=verbose)
         non_core = graph_ops.check_stock_serving_ops(graph_ops.saved_model_ops(tmp), allow_ops)
         if warmup_requests is not None:
             warmup_requests(tmp)
