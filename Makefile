@@ -17,6 +17,7 @@ $(INSTALLED): setup.cfg pyproject.toml
 
 demo: $(INSTALLED)
 	$(PYTHON) recipes/clip.py --output_dir=runs/clip
+	$(PYTHON) export/export_model.py --model=runs/clip/model.keras --output_dir=runs/clip/export
 
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests

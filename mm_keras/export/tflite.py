@@ -71,10 +71,6 @@ def int8_ops(tflite_model):
     return sorted(names - {"QUANTIZE", "DEQUANTIZE"})
 
 
-def _flex_ops_from_error(message):
-    return sorted(set(re.findall(r"tf\.(\w+)", message)))
-
-
 def convert_tower(model, modality, mode="float32", representative_inputs=None, allow_flex=False):
     """Converts one tower of a dual encoder to a TFLite flatbuffer.
 
@@ -112,28 +108,37 @@ def convert_tower(model, modality, mode="float32", representative_inputs=None, a
         )
         archive.write_out(saved_model_dir, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, ["embed"])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if allow_flex:
-            converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
         if mode != "float32":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if mode == "float16":
             converter.target_spec.supported_types = [tf.float16]
-        try:
-            if mode == "int8":
-                tflite_model = _selective_int8(converter, spec, representative_inputs)
-            else:
-                tflite_model = converter.convert()
-        except Exception as error:  # the converter raises several error types
-            flex = _flex_ops_from_error(str(error))
-            if "Flex" in str(error) or "not supported by the native TFLite runtime" in str(error):
-                raise ValueError(
-                    f"Converting the {modality!r} tower needs TensorFlow (Flex) ops, which "
-                    f"the builtin TFLite runtime lacks. Expected builtin ops only. Received "
-                    f"ops: {flex}. Pass allow_flex=True to ship them with the Flex delegate."
-                ) from error
+        if mode == "int8":
+            convert = lambda: _selective_int8(converter, spec, representative_inputs)  # noqa: E731
+        else:
+            convert = converter.convert
+        return strip_tensor_names(_convert(converter, convert, modality, allow_flex))
+
+
+def _convert(converter, convert, modality, allow_flex):
+    """Runs `convert()` on builtin ops (plus Flex if allowed), naming missing ops if any."""
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if allow_flex:
+        converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+    try:
+        return convert()
+    except Exception as error:  # the converter raises several error types
+        message = str(error)
+        missing = sorted(set(re.findall(r"'tf\.(\w+)' op is neither", message)))
+        if "ERROR_NEEDS_CUSTOM_OPS" in message:
+            hint = "Some of them have no Flex kernel either: rewrite them with builtin ops."
+        elif "ERROR_NEEDS_FLEX_OPS" in message:
+            hint = "Pass allow_flex=True to ship them with the Flex delegate."
+        else:
             raise
-    return strip_tensor_names(tflite_model)
+        raise ValueError(
+            f"Converting the {modality!r} tower needs ops the builtin TFLite runtime lacks. "
+            f"Expected builtin ops only. Received ops: {missing}. {hint}"
+        ) from error
 
 
 def strip_tensor_names(tflite_model):

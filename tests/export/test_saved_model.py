@@ -1,0 +1,100 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mm_keras.export import export_saved_model
+from mm_keras.serving import warmup
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, tokenizer, examples, tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("serving") / "clip")
+    write_warmup = warmup.writer("clip", examples["image"][:2], examples["text"][:2])
+    path, non_core = export_saved_model(tiny_model, tokenizer, base, warmup_requests=write_warmup)
+    return base, path, non_core
+
+
+def _png(images):
+    return tf.stack([tf.io.encode_png(image) for image in images])
+
+
+def test_versioned_layout_with_vocabulary_asset_and_warmup(exported, examples):
+    base, path, non_core = exported
+    assert path == os.path.join(base, "1") and os.listdir(base) == ["1"]
+    assert os.path.exists(os.path.join(path, "assets", "vocabulary.txt"))
+    requests = warmup.read_requests(path)
+    assert [r.model_spec.signature_name for r in requests] == [
+        "serving_default", "embed_image", "embed_image_pixels", "embed_text"
+    ]  # fmt: skip
+    assert non_core == []
+
+
+def test_signatures_take_raw_inputs_and_match_keras(exported, tiny_model, tokenizer, examples):
+    loaded = tf.saved_model.load(exported[1])
+    assert set(loaded.signatures) == {
+        "serving_default", "embed_text", "embed_image", "embed_image_pixels"
+    }  # fmt: skip
+    expected = tiny_model(
+        {"image": examples["image"], "text": tokenizer(examples["text"])["token_ids"]}
+    )
+    texts = tf.constant(examples["text"])
+    out = loaded.signatures["serving_default"](image=_png(examples["image"]), text=texts)
+    np.testing.assert_allclose(out["image_embedding"], expected["image"], atol=1e-5)
+    np.testing.assert_allclose(out["text_embedding"], expected["text"], atol=1e-5)
+    assert out["logits"].shape == (6, 6)
+    pixels = loaded.signatures["embed_image_pixels"](pixels=tf.constant(examples["image"]))
+    np.testing.assert_allclose(pixels["image_embedding"], expected["image"], atol=1e-5)
+    text = loaded.signatures["embed_text"](text=texts)
+    np.testing.assert_allclose(text["text_embedding"], expected["text"], atol=1e-5)
+
+
+def test_saved_model_cli_runs_serving_default_on_raw_inputs(exported, examples, tmp_path):
+    images = np.array([tf.io.encode_png(examples["image"][0]).numpy()], dtype=object)
+    np.save(tmp_path / "image.npy", images, allow_pickle=True)
+    cli = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+    shown = subprocess.run(
+        [*cli, "show", "--dir", exported[1], "--all"], capture_output=True, text=True, timeout=120
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for name in ("serving_default", "embed_text", "embed_image", "embed_image_pixels"):
+        assert f"signature_def['{name}']" in shown.stdout
+    run = subprocess.run(
+        [
+            *cli, "run", "--dir", exported[1], "--tag_set", "serve",
+            "--signature_def", "serving_default",
+            "--inputs", f"image={tmp_path / 'image.npy'}",
+            "--input_exprs", "text=['the digit seven', 'a zero']",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Result for output key logits" in run.stdout
+
+
+def test_existing_version_is_never_overwritten(exported, tiny_model, tokenizer):
+    base, path, _ = exported
+    before = os.path.getmtime(os.path.join(path, "saved_model.pb"))
+    with pytest.raises(ValueError, match="Received: version=1, and .* already exists"):
+        export_saved_model(tiny_model, tokenizer, base, version=1)
+    assert os.path.getmtime(os.path.join(path, "saved_model.pb")) == before
+
+
+def test_failed_export_leaves_no_partial_version(tiny_model, tokenizer, tmp_path):
+    def broken_warmup(version_dir):
+        raise RuntimeError("disk full")
+
+    base = str(tmp_path / "clip")
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_saved_model(tiny_model, tokenizer, base, version=3, warmup_requests=broken_warmup)
+    assert os.listdir(base) == []
+
+
+def test_bad_version_raises(tiny_model, tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="version=0"):
+        export_saved_model(tiny_model, tokenizer, str(tmp_path), version=0)

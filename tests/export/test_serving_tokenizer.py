@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mm_keras.data import datasets
+from mm_keras.export import ops
+from mm_keras.export.serving_tokenizer import ServingWordPiece
+from mm_keras.export.wordpiece import WordPieceTokenizer
+
+ODD_TEXTS = [
+    "THE Digit   7!!",
+    "hand-drawn (eight)",
+    "zebra crossing, 42",
+    "a\tb\nc",
+    "café Ünïcode",
+    "数字七",
+    "x" * 150,
+    "numberseven",
+    "a,b;c.d",
+    "  spaced  out  ",
+    "one two three four five six seven eight nine zero one two three",
+    "##seven",
+    "[UNK]",
+]
+
+
+@pytest.fixture(scope="module")
+def texts():
+    captions = sorted(set(datasets.load_digits_arrays("train", ("text",))["text"]))
+    prompts = [p for ps in datasets.class_prompts() for p in ps]
+    return captions + prompts + ODD_TEXTS
+
+
+@pytest.fixture(scope="module")
+def vocabulary(tokenizer, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("vocab") / "vocabulary.txt")
+    tokenizer.save_vocabulary(path)
+    return path
+
+
+def test_core_op_tokenizer_gives_the_keras_hub_ids(tokenizer, vocabulary, texts):
+    expected = np.asarray(tokenizer(texts)["token_ids"])
+    actual = ServingWordPiece(vocabulary, 12)(tf.constant(texts)).numpy()
+    np.testing.assert_array_equal(actual, expected)
+
+
+def test_pure_python_tokenizer_gives_the_keras_hub_ids(tokenizer, vocabulary, texts):
+    expected = np.asarray(tokenizer(texts)["token_ids"])
+    np.testing.assert_array_equal(np.array(WordPieceTokenizer(vocabulary, 12)(texts)), expected)
+
+
+def test_serving_tokenizer_graph_uses_core_ops_only(vocabulary):
+    tokenize = ServingWordPiece(vocabulary, 12)
+    graph = tokenize.__call__.get_concrete_function(tf.TensorSpec([None], tf.string)).graph
+    names = {node.op for node in graph.as_graph_def().node}
+    for function in graph.as_graph_def().library.function:
+        names.update(node.op for node in function.node_def)
+    assert ops.non_core_ops(names) == []
+    assert "LookupTableFindV2" in names
+
+
+def test_empty_string_fails_in_graph(vocabulary):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least one token"):
+        ServingWordPiece(vocabulary, 12)(tf.constant(["a seven", "   "]))
