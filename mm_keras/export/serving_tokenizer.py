@@ -104,13 +104,11 @@ class ServingWordPiece(tf.Module):
                 tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None]),
             ),
         )
-        # [W, steps + 1]: -1 after a word's last piece (the extra column keeps it 2-D when
-        # the loop never ran).
+        # [W, steps + 1]: -1 after a word's last piece. The loop may not have run at all
+        # (no words, or only over-long ones), hence the guarded stack and the extra column.
+        steps = tf.cond(pieces.size() > 0, pieces.stack, lambda: tf.zeros([0, num_words], tf.int32))
         pieces = tf.concat(
-            [
-                tf.reshape(tf.transpose(pieces.stack()), [num_words, -1]),
-                -tf.ones([num_words, 1], tf.int32),
-            ],
+            [tf.transpose(tf.reshape(steps, [-1, num_words])), -tf.ones([num_words, 1], tf.int32)],
             axis=1,
         )
         unknown = tf.one_hot(0, tf.shape(pieces)[1], on_value=self.unk_id, off_value=-1)

@@ -60,5 +60,9 @@ def test_serving_tokenizer_graph_uses_core_ops_only(vocabulary):
 
 
 def test_empty_string_fails_in_graph(vocabulary):
-    with pytest.raises(tf.errors.InvalidArgumentError, match="at least one token"):
-        ServingWordPiece(vocabulary, 12)(tf.constant(["a seven", "   "]))
+    tokenize = ServingWordPiece(vocabulary, 12)
+    for batch in (["a seven", "   "], ["   "], [""]):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="at least one token"):
+            tokenize(tf.constant(batch))
+    only_long = tokenize(tf.constant(["x" * 150])).numpy()
+    np.testing.assert_array_equal(only_long[0, :2], [1, 0])  # [UNK], then padding
