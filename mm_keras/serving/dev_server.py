@@ -267,14 +267,12 @@ class DevServer:
                             HTTPStatus.LENGTH_REQUIRED,
                             {"error": "Expected a Content-Length header"},
                         )
-                    if int(length) > server.max_request_bytes:
+                    limit = server.max_request_bytes
+                    if int(length) > limit:
                         self.close_connection = True  # the unread body is not drained
+                        message = f"Expected at most {limit} bytes. Received: {length} bytes"
                         return self._respond(
-                            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                            {
-                                "error": f"Expected a request of at most {server.max_request_bytes} "
-                                f"bytes. Received: {length} bytes"
-                            },
+                            HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": message}
                         )
                     body = self.rfile.read(int(length))
                 status, payload = server.handle(method, self.path, body)
