@@ -3,12 +3,14 @@
     python export/export_model.py --model=runs/clip/model.keras       # or: make demo
 
 Reads `model.keras` and the `vocabulary.txt` beside it. Writes to `--output_dir` (default:
-`export/` beside the model) the SavedModel `saved_model/<name>/<version>/` for TF Serving
-(with warm-up requests), one `.tflite` file per tower for each mode (`float32`, `dynamic`,
-`float16`, `int8`) with the vocabulary and a pure-Python tokenizer, and `report.json`:
-size, error and cosine against the Keras model, zero-shot accuracy and latency of each
-artifact, measured on the embedded dataset's test split. `int8` calibrates on training
-examples.
+`export/` beside the model):
+
+* `saved_model/<name>/<version>/`, the SavedModel for TF Serving, with warm-up requests,
+  and `saved_model/models.config` and `saved_model/batching.config` for the server;
+* `tflite/<tower>_<mode>.tflite` for each mode (`float32`, `dynamic`, `float16`, `int8`,
+  which calibrates on training examples), with the vocabulary and a pure-Python tokenizer;
+* `report.json`: size, error and cosine against the Keras model, zero-shot accuracy and
+  latency of each artifact, measured on the embedded dataset's test split.
 """
 
 import os
@@ -24,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 from mm_keras.data import datasets  # noqa: E402
 from mm_keras.export import MODES, export_artifacts, verify  # noqa: E402
 from mm_keras.export.saved_model import text_and_image_towers  # noqa: E402
-from mm_keras.serving import warmup  # noqa: E402
+from mm_keras.serving import warmup, write_batching_parameters, write_model_config  # noqa: E402
 from mm_keras.tokenizers import TextTokenizer  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -81,6 +83,13 @@ def main(argv):
             FLAGS.name, images=test["image"][:4], texts=test["text"][:4].tolist()
         ),
     )
+    # TF Serving's configuration, for `serving/docker-compose.yml`, which mounts
+    # `saved_model/` at /models.
+    serving_dir = os.path.join(output_dir, "saved_model")
+    write_model_config(
+        os.path.join(serving_dir, "models.config"), {FLAGS.name: f"/models/{FLAGS.name}"}
+    )
+    write_batching_parameters(os.path.join(serving_dir, "batching.config"))
     report_path = os.path.join(output_dir, "report.json")
     verify(model, tokenizer, artifacts, examples, report_path, FLAGS.latency_examples)
     print(f"wrote {output_dir}/ (SavedModel version {version}) and {report_path}")

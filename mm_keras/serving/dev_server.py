@@ -325,17 +325,9 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model_name", "clip", "Name the model is served under.")
-flags.DEFINE_string("model_base_path", "runs/clip/export/saved_model/clip", "Versions' parent.")
-flags.DEFINE_string("host", "127.0.0.1", "Interface to bind.")
-flags.DEFINE_integer("rest_api_port", 8501, "REST port (TF Serving's default).")
-flags.DEFINE_integer("port", None, "gRPC port (TF Serving uses 8500); off when unset.")
-flags.DEFINE_integer("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES, "Largest request body.")
-
-
 def main(argv):
     del argv
+    FLAGS = flags.FLAGS
     server = DevServer(
         {FLAGS.model_name: FLAGS.model_base_path},
         host=FLAGS.host,
@@ -343,11 +335,9 @@ def main(argv):
         grpc_port=FLAGS.port,
         max_request_bytes=FLAGS.max_request_bytes,
     ).start()
-    print(
-        f"Serving {FLAGS.model_name} versions {server.store.versions(FLAGS.model_name)} "
-        f"at {server.url}"
-        + (f" and gRPC {FLAGS.host}:{server.grpc_port}" if FLAGS.port is not None else "")
-    )
+    grpc_address = f" and gRPC {FLAGS.host}:{server.grpc_port}" if FLAGS.port is not None else ""
+    versions = server.store.versions(FLAGS.model_name)
+    print(f"Serving {FLAGS.model_name} versions {versions} at {server.url}{grpc_address}")
     try:
         server.wait()
     except KeyboardInterrupt:
@@ -355,4 +345,13 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Flags are defined here, not at import, so importing the module defines none.
+    flags.DEFINE_string("model_name", "clip", "Name the model is served under.")
+    flags.DEFINE_string(
+        "model_base_path", "runs/clip/export/saved_model/clip", "The versions' parent."
+    )
+    flags.DEFINE_string("host", "127.0.0.1", "Interface to bind.")
+    flags.DEFINE_integer("rest_api_port", 8501, "REST port (TF Serving's default).")
+    flags.DEFINE_integer("port", None, "gRPC port (TF Serving uses 8500); off when unset.")
+    flags.DEFINE_integer("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES, "Largest request body.")
     app.run(main)
