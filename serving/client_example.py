@@ -43,7 +43,7 @@ def main(argv):
     scores = image_embedding @ classes.T
     print(
         f"image {FLAGS.index} (label {test['label'][FLAGS.index]}): predicted digit "
-        f"{int(np.argmax(scores))}, scores {np.round(scores[0], 3).tolist()}"
+        f"{int(np.argmax(scores))}, scores {[round(float(s), 3) for s in scores[0]]}"
     )
 
 
