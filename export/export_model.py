@@ -15,7 +15,7 @@ Reads `model.keras` and the `vocabulary.txt` beside it. Writes to `--output_dir`
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -51,6 +51,7 @@ def next_version(base_dir):
 def main(argv):
     del argv
     tf.get_logger().setLevel("ERROR")
+    logging.set_verbosity(logging.ERROR)  # TF's SavedModel writer logs every step at INFO
     model_dir = os.path.dirname(os.path.abspath(FLAGS.model))
     output_dir = FLAGS.output_dir or os.path.join(model_dir, "export")
     vocabulary = FLAGS.vocabulary or os.path.join(model_dir, "vocabulary.txt")

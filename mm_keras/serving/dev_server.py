@@ -334,6 +334,8 @@ def main(argv):
         rest_port=FLAGS.rest_api_port,
         grpc_port=FLAGS.port,
         max_request_bytes=FLAGS.max_request_bytes,
+        max_requests=FLAGS.max_requests,
+        max_seconds=FLAGS.max_seconds,
     ).start()
     grpc_address = f" and gRPC {FLAGS.host}:{server.grpc_port}" if FLAGS.port is not None else ""
     versions = server.store.versions(FLAGS.model_name)
@@ -354,4 +356,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("rest_api_port", 8501, "REST port (TF Serving's default).")
     flags.DEFINE_integer("port", None, "gRPC port (TF Serving uses 8500); off when unset.")
     flags.DEFINE_integer("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES, "Largest request body.")
+    flags.DEFINE_integer("max_requests", None, "Stop after this many REST requests.")
+    flags.DEFINE_float("max_seconds", None, "Stop after this many seconds.")
     app.run(main)

@@ -1,0 +1,191 @@
+"""TFLite latency per mode against float32, and SavedModel latency against Keras.
+
+    python benchmarks/export.py
+
+Two dual encoders, untrained (latency does not depend on the weights): the demo model
+(width 64, 2 layers, 16 image patches, 12 text tokens) and a mobile-size one (width 256,
+4 layers, MLP 1024, 64 image patches from 64x64 images, 64 text tokens). Each tower is
+converted in every mode (`int8` calibrated on 32 dataset-like inputs) and run by the
+`ai_edge_litert` interpreter with one thread, one example at a time; the figure is the
+median latency per example, best of alternating rounds. The mobile image tower's
+SavedModel `embed_image_pixels` signature is timed against calling the Keras model
+directly (`model({"image": x})`), and against the same Keras call inside a `tf.function`.
+
+Writes `benchmarks/results/export.json` with `latency_ratio_dynamic`,
+`latency_ratio_int8` and `latency_ratio_saved_model` for the image tower of the last
+`--configs` entry (the mobile-size one by default), and prints those ratios last.
+"""
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+from absl import app, flags, logging
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from common import RESULTS_DIR, write_results  # noqa: E402
+
+from mm_keras.encoders import TransformerEncoder  # noqa: E402
+from mm_keras.export import MODES, convert_tower, export_saved_model  # noqa: E402
+from mm_keras.export.tflite import int8_ops, tower_input_spec  # noqa: E402
+from mm_keras.models import DualEncoder  # noqa: E402
+from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding, TextTokenizer  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("invocations", 200, "Timed invocations per round.")
+flags.DEFINE_integer("rounds", 3, "Alternating rounds; the best median is kept.")
+flags.DEFINE_list("configs", ["demo", "mobile"], "Model sizes; the headline is the last.")
+flags.DEFINE_string("output_dir", RESULTS_DIR, "Where export.json is written.")
+
+CONFIGS = {
+    "demo": dict(width=64, layers=2, mlp=128, image=32, patch=8, text=12),
+    "mobile": dict(width=256, layers=4, mlp=1024, image=64, patch=8, text=64),
+}
+VOCABULARY_SIZE = 1000
+
+
+def build(config):
+    keras.utils.set_random_seed(0)
+    width = config["width"]
+    model = DualEncoder(
+        {
+            "image": ImagePatchTokenizer(config["image"], config["patch"], width),
+            "text": TextEmbedding(VOCABULARY_SIZE, config["text"], width),
+        },
+        {m: TransformerEncoder(config["layers"], 4, config["mlp"]) for m in ("image", "text")},
+        projection_dim=128,
+    )
+    model.build()
+    return model
+
+
+def sample_inputs(model, modality, count, seed=0):
+    """Dataset-like inputs: random pixels, or ids with a random number of padded positions."""
+    rng = np.random.default_rng(seed)
+    spec = tower_input_spec(model, modality)
+    shape = (count, *spec.shape[1:])
+    if modality == "image":
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    ids = rng.integers(2, VOCABULARY_SIZE, shape, dtype=np.int32)
+    lengths = rng.integers(3, shape[1] + 1, count)
+    ids[np.arange(shape[1])[None, :] >= lengths[:, None]] = 0
+    return ids
+
+
+def median_ms(fn, n):
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def tflite_invoker(tflite_model, example):
+    interpreter = Interpreter(model_content=tflite_model, num_threads=1)
+    interpreter.allocate_tensors()
+    (detail,) = interpreter.get_input_details()
+    interpreter.set_tensor(detail["index"], example[None])
+    return interpreter.invoke
+
+
+def tflite_latencies(model, modality):
+    example = sample_inputs(model, modality, 1, seed=1)[0]
+    calibration = sample_inputs(model, modality, 32)
+    invokers, details = {}, {}
+    for mode in MODES:
+        tflite_model = convert_tower(model, modality, mode, representative_inputs=calibration)
+        invokers[mode] = tflite_invoker(tflite_model, example)
+        details[mode] = {"size_bytes": len(tflite_model)}
+        if mode == "int8":
+            details[mode]["int8_ops"] = int8_ops(tflite_model)
+    best = {mode: float("inf") for mode in MODES}
+    for _ in range(FLAGS.rounds):
+        for mode in MODES:
+            best[mode] = min(best[mode], median_ms(invokers[mode], FLAGS.invocations))
+    for mode in MODES:
+        details[mode]["latency_ms_p50"] = best[mode]
+        details[mode]["latency_ratio"] = best[mode] / best["float32"]
+    return details
+
+
+def saved_model_latencies(model):
+    """SavedModel `embed_image_pixels` vs the Keras model, one image per call."""
+    pixels = tf.constant(sample_inputs(model, "image", 1, seed=1))
+    vocabulary = ["[PAD]", "[UNK]"] + [f"w{i}" for i in range(VOCABULARY_SIZE - 2)]
+    tokenizer = TextTokenizer(vocabulary, sequence_length=model.tokenizers["text"].sequence_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = export_saved_model(model, tokenizer, os.path.join(tmp, "m"))
+        signature = tf.saved_model.load(path).signatures["embed_image_pixels"]
+        keras_graph = tf.function(lambda x: model({"image": x})["image"])
+        calls = {
+            "saved_model": lambda: signature(pixels=pixels)["image_embedding"].numpy(),
+            "keras_direct": lambda: np.asarray(model({"image": pixels})["image"]),
+            "keras_tf_function": lambda: keras_graph(pixels).numpy(),
+        }
+        best = {name: float("inf") for name in calls}
+        for _ in range(FLAGS.rounds):
+            for name, call in calls.items():
+                best[name] = min(best[name], median_ms(call, max(20, FLAGS.invocations // 4)))
+    return {f"{name}_latency_ms_p50": value for name, value in best.items()} | {
+        "ratio_vs_keras_direct": best["saved_model"] / best["keras_direct"],
+        "ratio_vs_keras_tf_function": best["saved_model"] / best["keras_tf_function"],
+    }
+
+
+def main(argv):
+    del argv
+    tf.get_logger().setLevel("ERROR")
+    logging.set_verbosity(logging.ERROR)  # TF's SavedModel writer logs every step at INFO
+    results = {"config": {"invocations": FLAGS.invocations, "rounds": FLAGS.rounds, "threads": 1}}
+    for name in FLAGS.configs:
+        model = build(CONFIGS[name])
+        results[name] = {
+            "config": CONFIGS[name],
+            "num_params": model.count_params(),
+            **{modality: tflite_latencies(model, modality) for modality in ("image", "text")},
+        }
+        print(f"\n{name} model ({model.count_params()} parameters), TFLite ms per example:")
+        for modality in ("image", "text"):
+            figures = results[name][modality]
+            cells = [
+                f"{m} {figures[m]['latency_ms_p50']:.3f} ({figures[m]['latency_ratio']:.2f}x)"
+                for m in MODES
+            ]
+            row = ", ".join(cells)
+            print(f"  {modality}: {row}")
+    headline = FLAGS.configs[-1]
+    results["headline_config"] = headline
+    results[headline]["saved_model"] = saved_model_latencies(build(CONFIGS[headline]))
+    image = results[headline]["image"]
+    results["latency_ratio_dynamic"] = image["dynamic"]["latency_ratio"]
+    results["latency_ratio_int8"] = image["int8"]["latency_ratio"]
+    results["latency_ratio_saved_model"] = results[headline]["saved_model"]["ratio_vs_keras_direct"]
+    path = write_results("export", results, FLAGS.output_dir)
+    saved = results[headline]["saved_model"]
+    print(
+        f"\n{headline} image tower, SavedModel {saved['saved_model_latency_ms_p50']:.2f} ms, "
+        f"Keras direct {saved['keras_direct_latency_ms_p50']:.2f} ms, "
+        f"Keras tf.function {saved['keras_tf_function_latency_ms_p50']:.2f} ms"
+    )
+    print(f"wrote {path}")
+    print(
+        f"{headline} image tower vs float32: "
+        f"latency_ratio_dynamic {results['latency_ratio_dynamic']:.3f}, "
+        f"latency_ratio_int8 {results['latency_ratio_int8']:.3f}; "
+        f"latency_ratio_saved_model (vs Keras direct) {results['latency_ratio_saved_model']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
