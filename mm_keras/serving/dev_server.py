@@ -119,6 +119,8 @@ class DevServer:
         self.max_seconds = max_seconds
         self.requests_served = 0
         self._lock = threading.Lock()
+        self._started = False
+        self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._http = ThreadingHTTPServer((host, rest_port), self._handler_class())
         self._http.daemon_threads = True
@@ -138,6 +140,7 @@ class DevServer:
 
     def start(self):
         """Serves in background threads and returns `self`."""
+        self._started = True
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
         if self._grpc is not None:
             self._grpc.start()
@@ -148,16 +151,24 @@ class DevServer:
         return self
 
     def wait(self):
-        """Blocks until the server stops."""
+        """Blocks until the server has stopped and closed its sockets."""
         self._stopped.wait()
 
     def stop(self):
-        if self._stopped.is_set():
+        """Stops serving (from any thread, a request handler's included) and returns."""
+        if self._stopping.is_set():
             return
-        self._stopped.set()
-        threading.Thread(target=self._http.shutdown, daemon=True).start()
+        self._stopping.set()
+        # `shutdown` waits for the serving loop, so it cannot run on a handler's thread.
+        threading.Thread(target=self._shut_down, daemon=True).start()
+
+    def _shut_down(self):
+        if self._started:  # `shutdown` would wait forever for a loop that never ran
+            self._http.shutdown()
+        self._http.server_close()
         if self._grpc is not None:
-            self._grpc.stop(grace=1)
+            self._grpc.stop(grace=1).wait()
+        self._stopped.set()
 
     def _count_request(self):
         with self._lock:
