@@ -6,8 +6,8 @@
     python serving/client_example.py --grpc=127.0.0.1:8500   # gRPC: TF Serving, or the dev
                                                               # server started with --port=8500
 
-Sends one test image as PNG bytes and the class prompts as text to `serving_default`, and
-prints the most similar prompt's digit.
+Embeds one test image, sent as PNG bytes, with the `embed_image` signature and the class
+prompts with `embed_text`, and prints the digit whose prompts are most similar.
 """
 
 import numpy as np
@@ -36,10 +36,9 @@ def main(argv):
     else:
         client = RestClient(FLAGS.url, FLAGS.model_name)
     # Columnar inputs: one image, many prompts (the row format needs equal counts).
-    image_embedding = client.predict({"image": [image]}, "embed_image")
-    text_embedding = client.predict({"text": texts}, "embed_text")
-    image_embedding = next(iter(image_embedding.values()))
-    classes = prompt_ensemble(next(iter(text_embedding.values())), [len(p) for p in prompts])
+    image_embedding = client.predict({"image": [image]}, "embed_image")["image_embedding"]
+    text_embedding = client.predict({"text": texts}, "embed_text")["text_embedding"]
+    classes = prompt_ensemble(text_embedding, [len(p) for p in prompts])
     scores = image_embedding @ classes.T
     print(
         f"image {FLAGS.index} (label {test['label'][FLAGS.index]}): predicted digit "

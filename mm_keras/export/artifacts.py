@@ -2,9 +2,14 @@
 
 import os
 import shutil
+import tempfile
 
 from mm_keras.export import tflite, verify, wordpiece
-from mm_keras.export.saved_model import export_saved_model, text_and_image_towers
+from mm_keras.export.saved_model import (
+    check_exportable_tokenizer,
+    export_saved_model,
+    text_and_image_towers,
+)
 
 
 def export_artifacts(
@@ -48,6 +53,7 @@ def export_artifacts(
         `"saved_model"` and `"tflite_<mode>"` per mode.
     """
     text, image = text_and_image_towers(model)
+    check_exportable_tokenizer(tokenizer)
     path, non_core = export_saved_model(
         model,
         tokenizer,
@@ -58,28 +64,52 @@ def export_artifacts(
     )
     artifacts = {"saved_model": verify.saved_model_artifact(path, non_core)}
 
+    # All TFLite files are written to a staging directory that then replaces `tflite/`
+    # whole, so a failed conversion never leaves a mix of new and old files.
     tflite_dir = os.path.join(output_dir, "tflite")
-    os.makedirs(tflite_dir, exist_ok=True)
-    vocabulary = os.path.join(tflite_dir, "vocabulary.txt")
-    tokenizer.save_vocabulary(vocabulary)
-    shutil.copyfile(wordpiece.__file__, os.path.join(tflite_dir, "text_tokenizer.py"))
+    staging = tempfile.mkdtemp(prefix=".tflite-", dir=output_dir)
+    try:
+        tokenizer.save_vocabulary(os.path.join(staging, "vocabulary.txt"))
+        shutil.copyfile(wordpiece.__file__, os.path.join(staging, "text_tokenizer.py"))
+        int8_ops = set()
+        for mode in modes:
+            for modality in (image, text):
+                tflite_model = tflite.convert_tower(
+                    model,
+                    modality,
+                    mode,
+                    representative_inputs=representative_inputs.get(modality),
+                    allow_flex=allow_flex,
+                )
+                path = os.path.join(staging, f"{modality}_{mode}.tflite")
+                tflite.write_tflite(tflite_model, path, allow_flex=allow_flex)
+                if mode == "int8":
+                    int8_ops.update(tflite.int8_ops(tflite_model))
+        os.chmod(staging, 0o755)
+        _replace_directory(staging, tflite_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     for mode in modes:
-        paths, int8_ops = {}, set()
-        for modality in (image, text):
-            tflite_model = tflite.convert_tower(
-                model,
-                modality,
-                mode,
-                representative_inputs=representative_inputs.get(modality),
-                allow_flex=allow_flex,
-            )
-            paths[modality] = os.path.join(tflite_dir, f"{modality}_{mode}.tflite")
-            tflite.write_tflite(tflite_model, paths[modality], allow_flex=allow_flex)
-            int8_ops.update(tflite.int8_ops(tflite_model))
+        paths = {
+            "image": os.path.join(tflite_dir, f"{image}_{mode}.tflite"),
+            "text": os.path.join(tflite_dir, f"{text}_{mode}.tflite"),
+        }
         artifacts[f"tflite_{mode}"] = verify.tflite_artifact(
-            {"image": paths[image], "text": paths[text]},
-            vocabulary,
+            paths,
+            os.path.join(tflite_dir, "vocabulary.txt"),
             tokenizer.sequence_length,
-            int8_ops=sorted(int8_ops),
+            int8_ops=sorted(int8_ops) if mode == "int8" else None,
         )
     return artifacts
+
+
+def _replace_directory(new, target):
+    """Moves `new` to `target`, replacing any directory there with two renames."""
+    if os.path.exists(target):
+        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(target))
+        os.rename(target, os.path.join(old, "previous"))
+        os.rename(new, target)
+        shutil.rmtree(old)
+    else:
+        os.rename(new, target)

@@ -2,9 +2,10 @@
 
 The stock `tensorflow/serving` image embeds an old TF Text (see `tf_text_ops.json`, made by
 `export/tf_text_ops.py`): a SavedModel using a TF Text op added later fails to load there
-with "Op type not registered". mm_keras tokenizes inside the serving graph with keras-hub's
-TF Text ops, so every export lists the graph's non-core ops and refuses those the stock
-server lacks, unless the caller allows them (for a server built with a newer TF Text).
+with "Op type not registered". mm_keras tokenizes in the serving graph with core ops only
+(`ServingWordPiece`), and every export still lists the graph's non-core ops and refuses
+those the stock server lacks unless the caller allows them (for a server built with a
+newer TF Text), so a tower that brings TF Text ops in is caught at export time.
 """
 
 import functools

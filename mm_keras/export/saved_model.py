@@ -45,6 +45,15 @@ def text_and_image_towers(model):
     return text, image
 
 
+def check_exportable_tokenizer(tokenizer):
+    """The serving and on-device tokenizers re-implement `lowercase=True` WordPiece only."""
+    if not tokenizer.lowercase:
+        raise ValueError(
+            "Expected a TextTokenizer with lowercase=True: the serving graph and the "
+            "on-device tokenizer reproduce that WordPiece only. Received: lowercase=False"
+        )
+
+
 def build_archive(model, text_tokenizer):
     """A `keras.export.ExportArchive` with the serving endpoints of a dual encoder.
 
@@ -149,6 +158,7 @@ def export_saved_model(
             f"Received: version={version}, and {final} already exists"
         )
     text, _ = text_and_image_towers(model)
+    check_exportable_tokenizer(tokenizer)
     if tokenizer.sequence_length > model.tokenizers[text].sequence_length:
         raise ValueError(
             "The tokenizer's sequence_length must fit the text tower. Received: "
@@ -166,6 +176,7 @@ def export_saved_model(
         non_core = graph_ops.check_stock_serving_ops(graph_ops.saved_model_ops(tmp), allow_ops)
         if warmup_requests is not None:
             warmup_requests(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; a server may run as another user
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,23 +8,45 @@ this class instead: the same ids, from string, regex and lookup-table ops that e
 TensorFlow build registers, with the vocabulary as a SavedModel asset. A test checks it
 id-for-id against `TextTokenizer`.
 
-The algorithm is keras-hub's `WordPieceTokenizer(lowercase=True)`: lowercase, split on
-whitespace and control characters, split off punctuation and CJK characters as words of
-their own, then greedy longest-match-first subwords (`##` before all but the first), and
-`[UNK]` for a word that cannot be matched or is over 100 bytes. Lowercasing uses
-`tf.strings.lower` (Unicode lowercase) where TF Text applies NFKC case folding: they agree
-on ASCII and on precomposed Latin letters, and may differ on ligatures or "ß".
+The algorithm is keras-hub's `WordPieceTokenizer(lowercase=True)` as TensorFlow runs it:
+split the raw text on ASCII whitespace and control/format characters, split off
+punctuation and CJK characters as words of their own, NFKC-case-fold each word, then
+greedy longest-match-first subwords (`##` before all but the first), and `[UNK]` for a
+word that cannot be matched or is over 100 bytes. Case folding is `tf.strings.lower` plus a
+lookup table of the ~9,300 characters whose NFKC case folding differs from lowercasing
+(full-width forms, ligatures, superscripts, default-ignorable code points...), built from
+`wordpiece.casefold`. It folds character by character, so a letter followed by a combining
+accent is not recomposed as NFKC would; precomposed text is unaffected.
 """
+
+import functools
 
 import tensorflow as tf
 
+from mm_keras.export.wordpiece import casefold
+
 MAX_BYTES_PER_WORD = 100
-_WHITESPACE = r"[\s\p{Cc}\p{Cf}]"
+_WHITESPACE = r"[\t\n\f\r \p{Cc}\p{Cf}]"  # RE2's \s is ASCII-only, as in TF Text's split
 _KEPT = (
     r"([!-/:-@\[-`{-~\p{P}\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}"
     r"\x{2A700}-\x{2B73F}\x{2B740}-\x{2B81F}\x{2B820}-\x{2CEAF}\x{F900}-\x{FAFF}"
     r"\x{2F800}-\x{2FA1F}])"
 )
+_NOT_AN_EXCEPTION = "\uffff"  # a noncharacter: no character folds to it
+
+
+@functools.lru_cache(maxsize=1)
+def fold_exceptions():
+    """(characters, their NFKC case folding) where that differs from `tf.strings.lower`."""
+    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    lowered = tf.strings.lower(tf.constant(chars), encoding="utf-8").numpy()
+    keys, values = [], []
+    for char, lower in zip(chars, lowered):
+        folded = casefold(char)
+        if folded.encode("utf-8") != lower:
+            keys.append(char)
+            values.append(folded)
+    return keys, values
 
 
 class ServingWordPiece(tf.Module):
@@ -55,13 +77,34 @@ class ServingWordPiece(tf.Module):
             default_value=-1,
         )
         self.unk_id = 1
+        keys, values = fold_exceptions()
+        self.fold_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, values), default_value=_NOT_AN_EXCEPTION
+        )
+
+    def _casefold(self, words):
+        chars = tf.strings.unicode_split(words, "UTF-8")  # ragged [W, (chars)]
+        exceptions = self.fold_table.lookup(chars.flat_values)
+        folded = tf.where(
+            exceptions == _NOT_AN_EXCEPTION,
+            tf.strings.lower(chars.flat_values, encoding="utf-8"),
+            exceptions,
+        )
+        return tf.strings.reduce_join(chars.with_flat_values(folded), axis=1)
 
     def split_words(self, strings):
-        """Lowercased words, punctuation and CJK split off: ragged `[N, (words)]`."""
-        text = tf.strings.lower(strings, encoding="utf-8")
-        text = tf.strings.regex_replace(text, _WHITESPACE, " ")
+        """Case-folded words, punctuation and CJK split off: ragged `[N, (words)]`.
+
+        Only the first `sequence_length` words of a string are kept: each yields at least
+        one id, so the rest would be truncated anyway, and this bounds the work per string.
+        """
+        text = tf.strings.regex_replace(strings, _WHITESPACE, " ")
         text = tf.strings.regex_replace(text, _KEPT, r" \1 ")
-        return tf.strings.split(text)
+        words = tf.strings.split(text, sep=" ")
+        words = tf.ragged.boolean_mask(words, words != "")
+        words = words.with_flat_values(self._casefold(words.flat_values))
+        words = tf.ragged.boolean_mask(words, words != "")  # words of ignorables only
+        return words[:, : self.sequence_length]
 
     def _word_pieces(self, words):
         """Greedy longest-match-first over a flat batch of words: ragged `[W, (pieces)]`.
@@ -69,7 +112,8 @@ class ServingWordPiece(tf.Module):
         Each loop step takes, for every unfinished word, the longest vocabulary entry that
         starts at its current position (all candidate lengths looked up at once).
         """
-        chars = tf.strings.length(words, unit="UTF8_CHAR")
+        too_long = tf.strings.length(words) > MAX_BYTES_PER_WORD  # [UNK] without matching
+        chars = tf.where(too_long, 0, tf.strings.length(words, unit="UTF8_CHAR"))
         num_words = tf.shape(words)[0]
         max_chars = tf.reduce_max(tf.concat([chars, [0]], axis=0))
         lengths = tf.range(1, max_chars + 1)  # candidate piece lengths [K]
@@ -100,7 +144,7 @@ class ServingWordPiece(tf.Module):
             step,
             (
                 tf.zeros_like(chars),
-                tf.strings.length(words) > MAX_BYTES_PER_WORD,
+                too_long,
                 tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None]),
             ),
         )

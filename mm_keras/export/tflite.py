@@ -195,9 +195,15 @@ def write_tflite(tflite_model, path, allow_flex=False):
     flex = [op for op in ops if op.startswith("Flex")]
     if flex and not allow_flex:
         raise ValueError(f"Expected TFLite builtin ops only. Received Flex ops: {flex} (in {path})")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(tflite_model)
-    os.replace(tmp, path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=".tflite-", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(tflite_model)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise
     return ops

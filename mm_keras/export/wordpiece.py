@@ -9,12 +9,13 @@ graph. The export copies this file beside the `.tflite` files as `text_tokenizer
     tokenizer = WordPieceTokenizer("vocabulary.txt", sequence_length=12)
     ids = tokenizer.encode("the digit seven")       # list of sequence_length ints
 
-It follows keras-hub's `WordPieceTokenizer` with `lowercase=True`: NFKC case folding, split
-on whitespace, control characters, punctuation and CJK characters (punctuation and CJK
-kept as tokens), greedy longest-match-first subwords with a `##` prefix after the first,
-`[UNK]` for a word that cannot be matched or is over 100 bytes, then truncation or padding
-with id 0 to `sequence_length`. Ids match the TensorFlow tokenizer exactly on ASCII text
-(tested); exotic Unicode (default-ignorable code points) may split differently.
+It follows keras-hub's `WordPieceTokenizer(lowercase=True)` as it runs in TensorFlow: split
+the raw text on ASCII whitespace and control/format characters, split off punctuation and
+CJK characters as words of their own, NFKC-case-fold each word (dropping default-ignorable
+code points), then greedy longest-match-first subwords with a `##` prefix after the first,
+`[UNK]` for a word that cannot be matched or is over 100 bytes, and truncation or padding
+with id 0 to `sequence_length`. A test checks the ids against the TensorFlow tokenizer on
+ASCII, full-width, compatibility and other Unicode text.
 """
 
 import unicodedata
@@ -32,8 +33,18 @@ _CJK_RANGES = (
 )
 
 
+_DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+    (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)  # fmt: skip
+
+
 def _is_whitespace(char):
-    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf")
+    """RE2's `\\s` (ASCII whitespace) and control and format characters."""
+    return char in "\t\n\f\r " or unicodedata.category(char) in ("Cc", "Cf")
 
 
 def _is_kept_delimiter(char):
@@ -46,14 +57,18 @@ def _is_kept_delimiter(char):
     return any(low <= code <= high for low, high in _CJK_RANGES)
 
 
-def _casefold(text):
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+def casefold(text):
+    """Unicode NFKC_Casefold, as TF Text's `case_fold_utf8` applies it."""
+    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    return "".join(
+        c for c in text if not any(low <= ord(c) <= high for low, high in _DEFAULT_IGNORABLE)
+    )
 
 
 def split_words(text):
-    """Lowercases and splits a string into words, keeping punctuation and CJK as words."""
+    """Splits raw text into words (punctuation and CJK kept as words), then case-folds each."""
     words, current = [], []
-    for char in _casefold(text):
+    for char in text:
         if _is_whitespace(char) or _is_kept_delimiter(char):
             if current:
                 words.append("".join(current))
@@ -64,7 +79,7 @@ def split_words(text):
             current.append(char)
     if current:
         words.append("".join(current))
-    return words
+    return [folded for folded in (casefold(word) for word in words) if folded]
 
 
 class WordPieceTokenizer:

@@ -42,6 +42,7 @@ class RestClient:
         self.model_name = model_name
         self.version = version
         self.timeout = timeout
+        self._outputs = None
 
     def _path(self):
         version = f"/versions/{self.version}" if self.version is not None else ""
@@ -68,8 +69,20 @@ class RestClient:
         return self._call(self._path())
 
     def metadata(self):
-        """The signatures with their input and output specs."""
+        """GetModelMetadata: `["metadata"]["signature_def"]["signature_def"]` holds the specs."""
         return self._call(f"{self._path()}/metadata")
+
+    def output_names(self, signature_name):
+        """The output names of a signature (read once from the metadata)."""
+        if self._outputs is None:
+            signatures = self.metadata()["metadata"]["signature_def"]["signature_def"]
+            self._outputs = {key: sorted(sig["outputs"]) for key, sig in signatures.items()}
+        if signature_name not in self._outputs:
+            raise ServingError(
+                400,
+                f"Expected a signature of {sorted(self._outputs)}. Received: {signature_name!r}",
+            )
+        return self._outputs[signature_name]
 
     def predict(self, inputs, signature_name="serving_default", row_format=False):
         """Runs a signature and returns its outputs as NumPy arrays.
@@ -82,7 +95,8 @@ class RestClient:
                 output must share the batch size) instead of the columnar `"inputs"`.
 
         Returns:
-            dict output name → NumPy array.
+            dict output name → NumPy array. A signature with one output is answered
+            without its name; the name is then read from the model's metadata.
         """
         encoded = {key: rest_json.encode(_as_array(value)) for key, value in inputs.items()}
         if row_format:
@@ -96,11 +110,13 @@ class RestClient:
             rows = response["predictions"]
             if rows and isinstance(rows[0], dict):
                 return {key: np.asarray([row[key] for row in rows]) for key in rows[0]}
-            return {"output": np.asarray(rows)}
-        outputs = response["outputs"]
-        if isinstance(outputs, dict):
-            return {key: np.asarray(value) for key, value in outputs.items()}
-        return {"output": np.asarray(outputs)}
+            outputs = rows
+        else:
+            outputs = response["outputs"]
+            if isinstance(outputs, dict):
+                return {key: np.asarray(value) for key, value in outputs.items()}
+        (name,) = self.output_names(signature_name)
+        return {name: np.asarray(outputs)}
 
 
 class GrpcClient:

@@ -53,7 +53,10 @@ def batching_parameters_text(
     }
     for name, value in values.items():
         if not isinstance(value, int) or value < (0 if name == "batch_timeout_micros" else 1):
-            raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+            raise ValueError(
+                f"`{name}` must be an int >= {0 if name == 'batch_timeout_micros' else 1}. "
+                f"Received: {name}={value!r}"
+            )
     # Fields of TF Serving's BatchingParameters (session_bundle_config.proto).
     return "".join(f"{name} {{ value: {value} }}\n" for name, value in values.items())
 

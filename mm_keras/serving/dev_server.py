@@ -43,12 +43,6 @@ _ROUTE = re.compile(
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 
-class _HTTPError(Exception):
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-
-
 def _rows_to_columns(instances, input_names):
     """Row format → one stacked value per input."""
     if not isinstance(instances, list) or not instances:
@@ -94,6 +88,8 @@ class DevServer:
         max_request_bytes: int, larger request bodies are refused with 413.
         max_requests: optional int, stop after this many REST requests.
         max_seconds: optional float, stop after this long.
+        max_concurrent: int, requests handled at once; more are answered 503.
+        socket_timeout: float, seconds a connection may sit idle or half-sent.
 
     Example:
     >>> server = DevServer({"clip": "runs/clip/export/saved_model/clip"}).start()
@@ -111,8 +107,12 @@ class DevServer:
         max_request_bytes=DEFAULT_MAX_REQUEST_BYTES,
         max_requests=None,
         max_seconds=None,
+        max_concurrent=32,
+        socket_timeout=30.0,
     ):
         self.store = ModelStore(models)
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self.socket_timeout = socket_timeout
         self.host = host
         self.max_request_bytes = max_request_bytes
         self.max_requests = max_requests
@@ -192,12 +192,14 @@ class DevServer:
             if method == "POST" and match["verb"] == "predict":
                 return HTTPStatus.OK, self._predict(name, version, body)
             raise NotFoundError(f"Unknown route {method} {path}")
-        except _HTTPError as error:
-            return error.status, {"error": str(error)}
         except NotFoundError as error:
             return HTTPStatus.NOT_FOUND, {"error": str(error)}
-        except (InvalidArgumentError, ValueError) as error:
+        except (InvalidArgumentError, ValueError, TypeError) as error:
             return HTTPStatus.BAD_REQUEST, {"error": str(error)}
+        except RecursionError:
+            return HTTPStatus.BAD_REQUEST, {"error": "The request nests too deeply"}
+        except Exception as error:  # whatever else fails still gets a JSON answer
+            return HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(error).__name__}: {error}"}
 
     def _status(self, name, version):
         versions = self.store.versions(name)
@@ -212,16 +214,20 @@ class DevServer:
         }
 
     def _metadata(self, name, version):
+        """GetModelMetadata as TF Serving's REST API returns it (its JSON of the protos)."""
         version, _ = self.store.signature(name, version, "serving_default")
         signatures = {}
         for key, function in self.store.models[name][version].signatures.items():
             specs = function.structured_input_signature[1]
-            outputs = function.structured_outputs
             signatures[key] = {
-                "inputs": {k: _spec_json(s) for k, s in specs.items()},
-                "outputs": {k: _spec_json(s) for k, s in outputs.items()},
+                "inputs": {k: _tensor_info(k, s) for k, s in specs.items()},
+                "outputs": {k: _tensor_info(k, s) for k, s in function.structured_outputs.items()},
+                "method_name": "tensorflow/serving/predict",
             }
-        return {"model_spec": {"name": name, "version": str(version)}, "signature_def": signatures}
+        return {
+            "model_spec": {"name": name, "signature_name": "", "version": str(version)},
+            "metadata": {"signature_def": {"signature_def": signatures}},
+        }
 
     def _predict(self, name, version, body):
         try:
@@ -259,6 +265,7 @@ class DevServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = server.socket_timeout  # a stalled client frees its thread
 
             def _respond(self, status, payload):
                 data = json.dumps(payload).encode("utf-8")
@@ -269,6 +276,18 @@ class DevServer:
                 self.wfile.write(data)
 
             def _serve(self, method):
+                if not server._slots.acquire(blocking=False):
+                    self.close_connection = True
+                    return self._respond(
+                        HTTPStatus.SERVICE_UNAVAILABLE,
+                        {"error": "Too many requests in flight; retry later"},
+                    )
+                try:
+                    self._serve_one(method)
+                finally:
+                    server._slots.release()
+
+            def _serve_one(self, method):
                 body = b""
                 if method == "POST":
                     length = self.headers.get("Content-Length")
@@ -285,7 +304,11 @@ class DevServer:
                         return self._respond(
                             HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": message}
                         )
-                    body = self.rfile.read(int(length))
+                    try:
+                        body = self.rfile.read(int(length))
+                    except TimeoutError:  # the client stalled mid-body: drop it
+                        self.close_connection = True
+                        return
                 status, payload = server.handle(method, self.path, body)
                 self._respond(status, payload)
                 server._count_request()
@@ -302,11 +325,13 @@ class DevServer:
         return Handler
 
 
-def _spec_json(spec):
-    return {
-        "dtype": spec.dtype.name,
-        "shape": spec.shape.as_list() if spec.shape.rank is not None else None,
-    }
+def _tensor_info(name, spec):
+    if spec.shape.rank is None:
+        shape = {"unknown_rank": True}
+    else:
+        shape = {"dim": [{"size": str(-1 if d is None else d), "name": ""} for d in spec.shape]}
+    dtype = "DT_" + tf.dtypes.as_dtype(spec.dtype).name.upper()
+    return {"dtype": dtype, "tensor_shape": shape, "name": name}
 
 
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):

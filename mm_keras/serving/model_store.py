@@ -80,6 +80,10 @@ class ModelStore:
             outputs = function(**tensors)
         except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as error:
             raise InvalidArgumentError(error.message.splitlines()[0]) from None
+        except tf.errors.ResourceExhaustedError as error:
+            raise InvalidArgumentError(
+                f"The request needs more memory than the server has: {error.message[:200]}"
+            ) from None
         return version, {key: value.numpy() for key, value in outputs.items()}
 
 

@@ -7,6 +7,8 @@ or `"outputs"` (columnar).
 """
 
 import base64
+import binascii
+import json
 
 import numpy as np
 
@@ -28,11 +30,15 @@ def encode(value):
 
 def _decode_strings(value):
     if isinstance(value, dict):
-        if set(value) != {"b64"}:
+        if set(value) != {"b64"} or not isinstance(value["b64"], str):
             raise ValueError(
-                f'Expected {{"b64": ...}} for binary data. Received keys: {sorted(value)}'
+                'Expected {"b64": "<base64 string>"} for binary data. '
+                f"Received: {json.dumps(value)[:100]}"
             )
-        return base64.b64decode(value["b64"], validate=True)
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except binascii.Error as error:
+            raise ValueError(f"Expected valid base64 in a b64 value. Received: {error}") from None
     if isinstance(value, list):
         return [_decode_strings(v) for v in value]
     return value.encode("utf-8") if isinstance(value, str) else value

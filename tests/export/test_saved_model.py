@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from mm_keras.export import export_saved_model
 from mm_keras.serving import warmup
+from mm_keras.tokenizers import TextTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +99,13 @@ def test_failed_export_leaves_no_partial_version(tiny_model, tokenizer, tmp_path
 def test_bad_version_raises(tiny_model, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="version=0"):
         export_saved_model(tiny_model, tokenizer, str(tmp_path), version=0)
+
+
+def test_version_is_readable_by_other_users(exported):
+    assert os.stat(exported[1]).st_mode & 0o755 == 0o755
+
+
+def test_tokenizer_without_lowercasing_is_refused(tiny_model, tokenizer, tmp_path):
+    cased = TextTokenizer(tokenizer.vocabulary, sequence_length=12, lowercase=False)
+    with pytest.raises(ValueError, match="lowercase=True.*Received: lowercase=False"):
+        export_saved_model(tiny_model, cased, str(tmp_path / "clip"))

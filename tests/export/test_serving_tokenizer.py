@@ -21,6 +21,14 @@ ODD_TEXTS = [
     "one two three four five six seven eight nine zero one two three",
     "##seven",
     "[UNK]",
+    # Unicode that NFKC case folding treats differently from lowercasing or splitting:
+    "a\u00a0seven",  # no-break space: not a delimiter, folds to a space inside the word
+    "a\u2003seven a\u3000seven a\u2028seven",
+    "a＄b a＋b a…b",  # full-width symbols and an ellipsis
+    "ＳＥＶＥＮ ﬁve ² ① ⅰ Ⓐ ß straße",
+    "seven\u200bseven soft\u00adhyphen e\ufe0f",  # format and default-ignorable characters
+    "ÉCRIT À LA MAIN",
+    "\x0bvertical\x0btab",
 ]
 
 

@@ -2,6 +2,8 @@
 
 import http.client
 import json
+import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -50,8 +52,10 @@ def test_rest_round_trip_of_text_and_image_bytes(server, examples, expected):
         np.testing.assert_allclose(out["image_embedding"], expected["image"], atol=1e-5)
         np.testing.assert_allclose(out["text_embedding"], expected["text"], atol=1e-5)
     pixels = client.predict({"pixels": examples["image"]}, "embed_image_pixels")
-    np.testing.assert_allclose(pixels["output"], expected["image"], atol=1e-5)
-    assert set(client.metadata()["signature_def"]) == {
+    np.testing.assert_allclose(pixels["image_embedding"], expected["image"], atol=1e-5)
+    signatures = client.metadata()["metadata"]["signature_def"]["signature_def"]
+    assert signatures["embed_image_pixels"]["inputs"]["pixels"]["dtype"] == "DT_UINT8"
+    assert set(signatures) == {
         "serving_default", "embed_text", "embed_image", "embed_image_pixels"
     }  # fmt: skip
 
@@ -113,8 +117,14 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server, exam
     status, payload = _post(server, path, body)
     assert status == 400 and "at least one token" in payload["error"]
 
+    body = json.dumps({"signature_name": "embed_image", "inputs": {"image": [{"b64": 123}]}})
+    status, payload = _post(server, path, body)
+    assert status == 400 and "b64" in payload["error"]
+    status, payload = _post(server, path, b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and payload["error"]
+
     out = RestClient(server.url, "clip").predict({"text": examples["text"]}, "embed_text")
-    np.testing.assert_allclose(out["output"], expected["text"], atol=1e-5)
+    np.testing.assert_allclose(out["text_embedding"], expected["text"], atol=1e-5)
 
 
 def test_server_stops_itself_after_max_requests(base_path):
@@ -124,3 +134,22 @@ def test_server_stops_itself_after_max_requests(base_path):
     server.wait()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{server.url}/v1/models/clip", timeout=5).read()
+
+
+def test_stalled_clients_cannot_hold_the_server(base_path):
+    server = DevServer(
+        {"clip": base_path}, rest_port=0, max_concurrent=1, socket_timeout=1.0, max_seconds=60
+    ).start()
+    stalled = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=10)
+    stalled.putrequest("POST", "/v1/models/clip:predict")
+    stalled.putheader("Content-Length", "100")
+    stalled.endheaders()  # ...and never sends the body: it holds the only slot
+    time.sleep(0.3)
+    with pytest.raises(urllib.error.HTTPError) as busy:
+        urllib.request.urlopen(f"{server.url}/v1/models/clip", timeout=10)
+    assert busy.value.code == 503
+    time.sleep(1.5)  # the stalled connection times out and frees its slot
+    assert urllib.request.urlopen(f"{server.url}/v1/models/clip", timeout=10).status == 200
+    stalled.close()
+    server.stop()
+    server.wait()

@@ -20,7 +20,11 @@ def test_plain_strings_and_numbers():
 def test_malformed_values_raise():
     with pytest.raises(ValueError, match="rectangular list of numbers"):
         rest_json.decode([[1, 2], [3]])
-    with pytest.raises(ValueError, match=r"Received keys: \['b65'\]"):
+    with pytest.raises(ValueError, match=r'Received: \{"b65": "AA=="\}'):
         rest_json.decode([{"b65": "AA=="}])
+    with pytest.raises(ValueError, match=r'Received: \{"b64": 123\}'):
+        rest_json.decode([{"b64": 123}])
+    with pytest.raises(ValueError, match="valid base64"):
+        rest_json.decode([{"b64": "A"}])
     with pytest.raises(ValueError, match="rectangular list of strings"):
         rest_json.decode(["a", 3])
