@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from mm_keras.export import ops as graph_ops
 from mm_keras.export.serving_tokenizer import ServingWordPiece
-from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding
+from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding, TextTokenizer
 
 VOCABULARY_FILE = "vocabulary.txt"
 
@@ -47,6 +47,11 @@ def text_and_image_towers(model):
 
 def check_exportable_tokenizer(tokenizer):
     """The serving and on-device tokenizers re-implement `lowercase=True` WordPiece only."""
+    if not isinstance(tokenizer, TextTokenizer):
+        raise ValueError(
+            "Expected the WordPiece TextTokenizer: the serving graph and the on-device "
+            f"tokenizer reproduce WordPiece only. Received: {type(tokenizer).__name__}"
+        )
     if not tokenizer.lowercase:
         raise ValueError(
             "Expected a TextTokenizer with lowercase=True: the serving graph and the "

@@ -9,32 +9,38 @@ UNK_TOKEN = "[UNK]"
 RESERVED_TOKENS = (PAD_TOKEN, UNK_TOKEN)
 
 
-@keras.saving.register_keras_serializable(package="mm_keras")
-class TextTokenizer(keras.layers.Layer):
-    """WordPiece tokenizer that turns strings into fixed-length ids and a padding mask.
+def corpus_dataset(corpus):
+    """A non-empty list of strings, or a dataset of scalar strings, as a `tf.data.Dataset`."""
+    if isinstance(corpus, tf.data.Dataset):
+        if corpus.cardinality() == 0:
+            raise ValueError("`corpus` must hold at least one string. Received: 0 strings")
+        return corpus
+    corpus = list(corpus)
+    if not corpus:
+        raise ValueError("`corpus` must hold at least one string. Received: 0 strings")
+    return tf.data.Dataset.from_tensor_slices(corpus)
 
-    A thin layer over keras-hub's `WordPieceTokenizer` (Wu et al., 2016, "Google's Neural
-    Machine Translation System"), lowercasing and splitting on whitespace and punctuation.
-    It runs in a `tf.data` pipeline or eagerly; it holds string ops, so it stays outside
-    models compiled with XLA and outside TFLite graphs. Id 0 is always `[PAD]`.
+
+class BaseTextTokenizer(keras.layers.Layer):
+    """What every mm_keras text tokenizer shares: strings in, padded ids and a mask out.
+
+    Subclasses (WordPiece `TextTokenizer`, `BytePairTextTokenizer`,
+    `SentencePieceTextTokenizer`) wrap a keras-hub tokenizer, learn a vocabulary with
+    `train(corpus, vocabulary_size, sequence_length)`, write it with
+    `save_vocabulary(path)`, and load it by passing that path to their constructor. Id 0
+    is always padding. `call` returns `{"token_ids": int32 [B, L], "mask": bool [B, L]}`
+    and refuses an empty batch or a string without tokens (it would pool over nothing
+    downstream); `detokenize` maps ids back to text. They run in `tf.data` pipelines or
+    eagerly; they hold string ops, so they stay outside XLA-compiled models and TFLite
+    graphs.
 
     Args:
-        vocabulary: list of strings, or a path to a vocabulary file with one token per line.
-            Its first two tokens must be `[PAD]` and `[UNK]`.
         sequence_length: int, length every output is padded or truncated to.
-        lowercase: bool, whether to lowercase the input before splitting.
-
-    Returns (from `call`): `{"token_ids": int32 [B, L], "mask": bool [B, L]}`, the mask
-    `True` on real tokens.
-
-    Example:
-    >>> tokenizer = TextTokenizer.train(["a handwritten seven", "the digit 7"],
-    ...                                 vocabulary_size=40, sequence_length=8)
-    >>> tokenizer(["the digit seven"])["token_ids"].shape
-    (1, 8)
     """
 
-    def __init__(self, vocabulary, sequence_length=16, lowercase=True, **kwargs):
+    pad_id = 0
+
+    def __init__(self, sequence_length=16, **kwargs):
         kwargs.setdefault("trainable", False)
         kwargs.setdefault("dtype", "int32")
         super().__init__(**kwargs)
@@ -42,73 +48,24 @@ class TextTokenizer(keras.layers.Layer):
             raise ValueError(
                 f"`sequence_length` must be >= 1. Received: sequence_length={sequence_length}"
             )
-        if isinstance(vocabulary, str):
-            with open(vocabulary, encoding="utf-8") as f:
-                vocabulary = [line.rstrip("\n") for line in f if line.rstrip("\n")]
-        vocabulary = list(vocabulary)
-        if tuple(vocabulary[: len(RESERVED_TOKENS)]) != RESERVED_TOKENS:
-            raise ValueError(
-                f"The vocabulary must start with {list(RESERVED_TOKENS)}. "
-                f"Received: {vocabulary[: len(RESERVED_TOKENS)]}"
-            )
-        self.vocabulary = vocabulary
         self.sequence_length = sequence_length
-        self.lowercase = lowercase
-        self.wordpiece = keras_hub.tokenizers.WordPieceTokenizer(
-            vocabulary=vocabulary,
-            sequence_length=sequence_length,
-            lowercase=lowercase,
-            oov_token=UNK_TOKEN,
-            dtype="int32",
-        )
-        self.pad_id = 0
         self._allow_non_tensor_positional_args = True
 
-    @classmethod
-    def train(cls, corpus, vocabulary_size, sequence_length=16, lowercase=True):
-        """Learns a WordPiece vocabulary from a corpus and returns a tokenizer using it.
+    def tokenize(self, inputs):
+        """Strings → int32 ids padded with 0 to `sequence_length` (no checks)."""
+        return self.tokenizer(inputs)
 
-        Args:
-            corpus: a non-empty list of strings, or a `tf.data.Dataset` of scalar strings.
-            vocabulary_size: int, the largest vocabulary to learn (reserved tokens
-                included); a small corpus may give fewer tokens.
-            sequence_length: int, see the class arguments.
-            lowercase: bool, see the class arguments.
-        """
-        if isinstance(corpus, tf.data.Dataset):
-            if corpus.cardinality() == 0:
-                raise ValueError("`corpus` must hold at least one string. Received: 0 strings")
-        else:
-            corpus = list(corpus)
-            if not corpus:
-                raise ValueError("`corpus` must hold at least one string. Received: 0 strings")
-            corpus = tf.data.Dataset.from_tensor_slices(corpus)
-        vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
-            corpus.batch(1024),
-            vocabulary_size=vocabulary_size,
-            lowercase=lowercase,
-            reserved_tokens=list(RESERVED_TOKENS),
-        )
-        return cls(vocabulary, sequence_length=sequence_length, lowercase=lowercase)
-
-    @property
-    def vocabulary_size(self):
-        return len(self.vocabulary)
-
-    def save_vocabulary(self, path):
-        """Writes the vocabulary to `path`, one token per line (via a temporary file)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(f"{token}\n" for token in self.vocabulary)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+    def detokenize(self, token_ids):
+        """Ids (padding dropped) → strings, the text's normalized form."""
+        token_ids = tf.ragged.boolean_mask(token_ids, token_ids != self.pad_id)
+        return self.tokenizer.detokenize(token_ids)
 
     def call(self, inputs):
         inputs = tf.convert_to_tensor(inputs, dtype=tf.string)
         if inputs.shape.rank == 1 and inputs.shape[0] == 0:
             raise ValueError("Expected at least one string to tokenize. Received: 0 strings")
-        token_ids = self.wordpiece(inputs)
+        token_ids = tf.cast(self.tokenize(inputs), "int32")
         mask = token_ids != self.pad_id
-        # A string without tokens would pool over nothing downstream (0 / 0 = NaN).
         has_tokens = tf.reshape(tf.reduce_any(mask, axis=-1), [-1])
         if tf.executing_eagerly():
             empty = [int(i) for i in tf.where(~has_tokens)[:, 0]]
@@ -134,13 +91,90 @@ class TextTokenizer(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "vocabulary": self.vocabulary,
-                "sequence_length": self.sequence_length,
-                "lowercase": self.lowercase,
-            }
+        config.update({"sequence_length": self.sequence_length})
+        return config
+
+
+def _write_atomically(path, data):
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+@keras.saving.register_keras_serializable(package="mm_keras")
+class TextTokenizer(BaseTextTokenizer):
+    """WordPiece tokenizer that turns strings into fixed-length ids and a padding mask.
+
+    A thin layer over keras-hub's `WordPieceTokenizer` (Wu et al., 2016, "Google's Neural
+    Machine Translation System"), lowercasing and splitting on whitespace and punctuation.
+    The default text tokenizer of mm_keras, and the one its exports reproduce in serving
+    graphs and on device. See `BaseTextTokenizer` for the shared interface.
+
+    Args:
+        vocabulary: list of strings, or a path to a vocabulary file with one token per line.
+            Its first two tokens must be `[PAD]` and `[UNK]`.
+        sequence_length: int, length every output is padded or truncated to.
+        lowercase: bool, whether to lowercase the input before splitting.
+
+    Example:
+    >>> tokenizer = TextTokenizer.train(["a handwritten seven", "the digit 7"],
+    ...                                 vocabulary_size=40, sequence_length=8)
+    >>> tokenizer(["the digit seven"])["token_ids"].shape
+    (1, 8)
+    """
+
+    def __init__(self, vocabulary, sequence_length=16, lowercase=True, **kwargs):
+        super().__init__(sequence_length=sequence_length, **kwargs)
+        if isinstance(vocabulary, str):
+            with open(vocabulary, encoding="utf-8") as f:
+                vocabulary = [line.rstrip("\n") for line in f if line.rstrip("\n")]
+        vocabulary = list(vocabulary)
+        if tuple(vocabulary[: len(RESERVED_TOKENS)]) != RESERVED_TOKENS:
+            raise ValueError(
+                f"The vocabulary must start with {list(RESERVED_TOKENS)}. "
+                f"Received: {vocabulary[: len(RESERVED_TOKENS)]}"
+            )
+        self.vocabulary = vocabulary
+        self.lowercase = lowercase
+        self.tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
+            vocabulary=vocabulary,
+            sequence_length=sequence_length,
+            lowercase=lowercase,
+            oov_token=UNK_TOKEN,
+            dtype="int32",
         )
+
+    @classmethod
+    def train(cls, corpus, vocabulary_size, sequence_length=16, lowercase=True):
+        """Learns a WordPiece vocabulary from a corpus and returns a tokenizer using it.
+
+        Args:
+            corpus: a non-empty list of strings, or a `tf.data.Dataset` of scalar strings.
+            vocabulary_size: int, the largest vocabulary to learn (reserved tokens
+                included); a small corpus may give fewer tokens.
+            sequence_length: int, see the class arguments.
+            lowercase: bool, see the class arguments.
+        """
+        vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
+            corpus_dataset(corpus).batch(1024),
+            vocabulary_size=vocabulary_size,
+            lowercase=lowercase,
+            reserved_tokens=list(RESERVED_TOKENS),
+        )
+        return cls(vocabulary, sequence_length=sequence_length, lowercase=lowercase)
+
+    @property
+    def vocabulary_size(self):
+        return len(self.vocabulary)
+
+    def save_vocabulary(self, path):
+        """Writes the vocabulary to `path`, one token per line (via a temporary file)."""
+        _write_atomically(path, "".join(f"{token}\n" for token in self.vocabulary).encode())
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"vocabulary": self.vocabulary, "lowercase": self.lowercase})
         return config
 
 

@@ -1,0 +1,97 @@
+"""Byte-level BPE text tokenization, trained with Hugging Face `tokenizers`."""
+
+import json
+
+import keras
+import keras_hub
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+from mm_keras.tokenizers.text import BaseTextTokenizer, _write_atomically, corpus_dataset
+
+PAD_TOKEN = "<pad>"
+
+
+@keras.saving.register_keras_serializable(package="mm_keras")
+class BytePairTextTokenizer(BaseTextTokenizer):
+    """Byte-level byte-pair-encoding tokenizer (GPT-2 style) with id 0 as padding.
+
+    Byte-pair encoding (Sennrich et al., 2016, "Neural Machine Translation of Rare Words
+    with Subword Units") over UTF-8 bytes (Radford et al., 2019, GPT-2): every string is
+    representable, nothing maps to an unknown token, and `detokenize` returns the text
+    exactly. Tokenizes with keras-hub's `BytePairTokenizer`; `train` learns the merges with
+    Hugging Face `tokenizers` (same pre-tokenization regex and byte alphabet). See
+    `BaseTextTokenizer` for the shared interface.
+
+    Args:
+        vocabulary: dict token → id with `<pad>` at id 0, or the path of a file written by
+            `save_vocabulary` (JSON with the vocabulary and the merges).
+        merges: list of `"a b"` merge rules, in order; omit when `vocabulary` is a path.
+        sequence_length: int, length every output is padded or truncated to.
+
+    Example:
+    >>> tokenizer = BytePairTextTokenizer.train(corpus, vocabulary_size=400, sequence_length=16)
+    >>> tokenizer.detokenize(tokenizer(["the digit seven"])["token_ids"])
+    ['the digit seven']
+    """
+
+    def __init__(self, vocabulary, merges=None, sequence_length=16, **kwargs):
+        super().__init__(sequence_length=sequence_length, **kwargs)
+        if isinstance(vocabulary, str):
+            with open(vocabulary, encoding="utf-8") as f:
+                saved = json.load(f)
+            vocabulary, merges = saved["vocabulary"], saved["merges"]
+        if merges is None:
+            raise ValueError("`merges` must be given with a vocabulary dict. Received: None")
+        if vocabulary.get(PAD_TOKEN) != self.pad_id:
+            raise ValueError(
+                f"The vocabulary must map {PAD_TOKEN!r} to id {self.pad_id}. "
+                f"Received: {PAD_TOKEN!r} → {vocabulary.get(PAD_TOKEN)}"
+            )
+        self.vocabulary = dict(vocabulary)
+        self.merges = list(merges)
+        self.tokenizer = keras_hub.tokenizers.BytePairTokenizer(
+            vocabulary=self.vocabulary,
+            merges=self.merges,
+            sequence_length=sequence_length,
+            dtype="int32",
+        )
+
+    @classmethod
+    def train(cls, corpus, vocabulary_size, sequence_length=16):
+        """Learns byte-level BPE merges from a corpus and returns a tokenizer using them.
+
+        Args:
+            corpus: a non-empty list of strings, or a `tf.data.Dataset` of scalar strings.
+            vocabulary_size: int, the largest vocabulary (256 byte tokens and `<pad>`
+                included); a small corpus may give fewer merges.
+            sequence_length: int, see the class arguments.
+        """
+        texts = [t.decode("utf-8") for t in corpus_dataset(corpus).as_numpy_iterator()]
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.train_from_iterator(
+            texts,
+            trainers.BpeTrainer(
+                vocab_size=vocabulary_size,
+                special_tokens=[PAD_TOKEN],
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                show_progress=False,
+            ),
+        )
+        model = json.loads(bpe.to_str())["model"]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+        return cls(model["vocab"], merges, sequence_length=sequence_length)
+
+    @property
+    def vocabulary_size(self):
+        return len(self.vocabulary)
+
+    def save_vocabulary(self, path):
+        """Writes the vocabulary and merges to `path` as JSON (via a temporary file)."""
+        data = json.dumps({"vocabulary": self.vocabulary, "merges": self.merges})
+        _write_atomically(path, data.encode("utf-8"))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"vocabulary": self.vocabulary, "merges": self.merges})
+        return config
