@@ -1,0 +1,118 @@
+"""Checking and decoding raw records with core TF ops: images, WAV audio, frame sequences.
+
+Checks never raise: each returns a boolean, so a pipeline can either fail naming the
+record or skip and count it (see `mm_keras.data.Pipeline`). They are structural: a file
+that claims a format it does not have, or that was cut short, is caught before a decoder
+sees it.
+"""
+
+import tensorflow as tf
+
+# Leading bytes of the image formats `tf.io.decode_image` reads.
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+_PNG_END = b"IEND\xaeB`\x82"  # the last chunk of every complete PNG
+_JPEG_END = b"\xff\xd9"  # JPEG's end-of-image marker
+
+
+def _bytes_at(data, position, count):
+    """Up to `count` bytes from `position`; shorter (or empty) past the end, never an error."""
+    return tf.strings.substr(data, tf.minimum(position, tf.strings.length(data)), count)
+
+
+def _starts_with(data, prefix):
+    return _bytes_at(data, 0, len(prefix)) == prefix
+
+
+def _ends_with(data, suffix):
+    length = tf.strings.length(data)
+    start = tf.maximum(length - len(suffix), 0)
+    return (length >= len(suffix)) & (_bytes_at(data, start, len(suffix)) == suffix)
+
+
+def image_is_valid(data):
+    """True for bytes of a PNG or JPEG that is complete, or of a GIF or BMP."""
+    known = tf.reduce_any(tf.stack([_starts_with(data, magic) for magic in _IMAGE_MAGIC]))
+    png_complete = ~_starts_with(data, _IMAGE_MAGIC[0]) | _ends_with(data, _PNG_END)
+    # Some writers append bytes after a JPEG's end marker: look for it near the end.
+    tail = tf.strings.bytes_split(_bytes_at(data, tf.maximum(tf.strings.length(data) - 64, 0), 64))
+    has_end = tf.reduce_any((tail[:-1] == _JPEG_END[:1]) & (tail[1:] == _JPEG_END[1:]))
+    jpeg_complete = ~_starts_with(data, _IMAGE_MAGIC[1]) | has_end
+    return known & png_complete & jpeg_complete
+
+
+def wav_is_valid(data):
+    """True for a RIFF/WAVE file whose length matches its RIFF header (not truncated)."""
+    riff = _starts_with(data, b"RIFF") & (_bytes_at(data, 8, 4) == b"WAVE")
+    size_bytes = tf.io.decode_raw(_bytes_at(data, 4, 4) + b"\0\0\0\0", tf.uint8)[:4]
+    declared = tf.reduce_sum(tf.cast(size_bytes, tf.int64) * [1, 256, 65536, 16777216]) + 8
+    length = tf.strings.length(data)
+    return (length >= 44) & riff & (declared <= tf.cast(length, tf.int64))
+
+
+def decode_image(data, image_size, num_channels):
+    """Encoded image → uint8 `[H, W, C]` at `image_size` (bilinear, as the tokenizer resizes)."""
+    image = tf.io.decode_image(data, channels=num_channels, expand_animations=False)
+    image.set_shape([None, None, num_channels])
+    resized = tf.image.resize(image, image_size, method="bilinear")
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def augment_image(image, seed, max_shift=2):
+    """Random translation by up to `max_shift` pixels (pad by reflection, random crop).
+
+    Flips are left out on purpose: they change what a digit or a word in an image means.
+    """
+    height, width = image.shape[0], image.shape[1]
+    padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift], [0, 0]], "REFLECT")
+    return tf.image.stateless_random_crop(padded, [height, width, image.shape[2]], seed)
+
+
+def resample(audio, rate, target_rate):
+    """Linear-interpolation resampling of `[T]` float audio from `rate` to `target_rate`.
+
+    Adequate for speech and tones within the target band; downsampling by more than about
+    2x aliases content above the new Nyquist frequency, which this does not filter.
+    """
+    rate = tf.cast(rate, tf.float64)
+    length = tf.shape(audio, out_type=tf.int64)[0]
+    new_length = tf.cast(tf.round(tf.cast(length, tf.float64) * target_rate / rate), tf.int64)
+    positions = tf.cast(tf.range(new_length), tf.float64) * rate / target_rate
+    low = tf.minimum(tf.cast(tf.floor(positions), tf.int64), length - 1)
+    high = tf.minimum(low + 1, length - 1)
+    fraction = tf.cast(positions - tf.cast(low, tf.float64), audio.dtype)
+    return tf.gather(audio, low) * (1 - fraction) + tf.gather(audio, high) * fraction
+
+
+def decode_audio(data, sample_rate, num_samples, offset_fraction=0.5):
+    """16-bit PCM WAV bytes → mono float32 `[num_samples]` at `sample_rate`.
+
+    Channels are averaged; other rates are resampled. A longer clip is cropped at
+    `offset_fraction` of its spare length (0.5 centres it; a random value augments), a
+    shorter one is padded with trailing silence.
+    """
+    audio, rate = tf.audio.decode_wav(data)
+    audio = tf.reduce_mean(audio, axis=-1)
+    audio = tf.cond(
+        tf.equal(rate, sample_rate), lambda: audio, lambda: resample(audio, rate, sample_rate)
+    )
+    spare = tf.maximum(tf.shape(audio)[0] - num_samples, 0)
+    start = tf.cast(tf.round(tf.cast(spare, tf.float32) * offset_fraction), tf.int32)
+    audio = audio[start : start + num_samples]
+    audio = tf.pad(audio, [[0, num_samples - tf.shape(audio)[0]]])
+    return tf.ensure_shape(audio, [num_samples])
+
+
+def frame_indices(count, num_frames):
+    """`num_frames` indices spread evenly over `count` frames (repeats when count is short)."""
+    positions = tf.linspace(0.0, tf.cast(count - 1, tf.float32), num_frames)
+    return tf.cast(tf.round(positions), tf.int32)
+
+
+def decode_video(frames, num_frames, image_size, num_channels):
+    """Encoded frames `[n]` → uint8 `[num_frames, H, W, C]`, sampled evenly over the n."""
+    chosen = tf.gather(frames, frame_indices(tf.shape(frames)[0], num_frames))
+    return tf.map_fn(
+        lambda frame: decode_image(frame, image_size, num_channels),
+        chosen,
+        fn_output_signature=tf.TensorSpec([*image_size, num_channels], tf.uint8),
+    )
