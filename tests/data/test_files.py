@@ -119,3 +119,23 @@ def test_csv_manifest(manifest, tmp_path):
     from_csv = read_manifest(csv_path, MODALITIES)
     assert [r["text"] for r in from_csv.records] == [r["text"] for r in rows]
     assert from_csv.records[2]["source"] == f"{csv_path}:4"
+
+
+def test_input_pipelines_read_disjoint_shares(manifest, tmp_path):
+    shards = manifest_to_tfrecords(
+        manifest, str(tmp_path / "train"), ("text",), num_shards=3, verbose=False
+    )["shards"]
+    for pipeline in (
+        Pipeline.from_manifest(manifest, ("text",)),
+        Pipeline.from_tfrecords(str(tmp_path / "train-*"), ("text",)),
+    ):
+        shares = []
+        for index in range(2):
+            context = tf.distribute.InputContext(
+                num_input_pipelines=2, input_pipeline_id=index, num_replicas_in_sync=2
+            )
+            dataset = pipeline.dataset(4, input_context=context)
+            shares.append([t.decode() for b in dataset for t in np.asarray(b["text"])])
+        assert not set(shares[0]) & set(shares[1])
+        assert sorted(shares[0] + shares[1]) == [f"example number {i}" for i in range(6)]
+    assert len(shards) == 3
