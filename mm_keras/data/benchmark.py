@@ -2,12 +2,14 @@
 
 import time
 
+import tensorflow as tf
+
 
 def examples_per_second(dataset, num_batches=None, warmup_batches=1):
     """Iterates a batched dataset and reports its throughput.
 
     Args:
-        dataset: a batched `tf.data.Dataset` of dicts (or tensors).
+        dataset: a batched `tf.data.Dataset` (of dicts, tuples or tensors).
         num_batches: optional int, batches timed (all, when unset).
         warmup_batches: int, batches read first and not timed (pipeline start-up).
 
@@ -24,8 +26,7 @@ def examples_per_second(dataset, num_batches=None, warmup_batches=1):
     examples = batches = 0
     start = time.perf_counter()
     for batch in iterator:
-        first = next(iter(batch.values())) if isinstance(batch, dict) else batch
-        examples += int(first.shape[0])
+        examples += int(tf.nest.flatten(batch)[0].shape[0])
         batches += 1
         if num_batches is not None and batches >= num_batches:
             break

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from mm_keras.data import records
 from mm_keras.data.manifest import read_manifest
-from mm_keras.data.pipeline import CHECKS, check_record
+from mm_keras.data.pipeline import CHECKS, check_batch
 
 
 def _read_files(record):
@@ -66,8 +66,11 @@ def manifest_to_tfrecords(
     progress = keras.utils.Progbar(len(manifest), verbose=1 if verbose else 0, unit_name="record")
     for record in manifest.records:
         raw = _read_files(record)
-        tensors = {k: tf.constant(v) for k, v in raw.items() if k != "source"}
-        failed = [reason for reason, ok in check_record(tensors, num_classes).items() if not ok]
+        batch = {k: tf.constant([v]) for k, v in raw.items() if k not in ("source", "video")}
+        if "video" in raw:
+            batch["video"] = tf.ragged.constant([raw["video"]])
+        checks = check_batch(batch, num_classes)
+        failed = [reason for reason, ok in checks.items() if not bool(ok[0])]
         if failed:
             if on_error == "raise":
                 raise ValueError(

@@ -1,9 +1,9 @@
 """Checking and decoding raw records with core TF ops: images, WAV audio, frame sequences.
 
-Checks never raise: each returns a boolean, so a pipeline can either fail naming the
-record or skip and count it (see `mm_keras.data.Pipeline`). They are structural: a file
-that claims a format it does not have, or that was cut short, is caught before a decoder
-sees it.
+Checks never raise: each maps a string tensor of any shape (one record or a batch) to
+booleans of the same shape, so a pipeline can either fail naming the record or skip and
+count it (see `mm_keras.data.Pipeline`). They are structural: a file that claims a format
+it does not have, or that was cut short, is caught before a decoder sees it.
 """
 
 import tensorflow as tf
@@ -16,7 +16,8 @@ _JPEG_END = b"\xff\xd9"  # JPEG's end-of-image marker
 
 def _bytes_at(data, position, count):
     """Up to `count` bytes from `position`; shorter (or empty) past the end, never an error."""
-    return tf.strings.substr(data, tf.minimum(position, tf.strings.length(data)), count)
+    start = tf.minimum(position, tf.strings.length(data))
+    return tf.strings.substr(data, start, tf.fill(tf.shape(start), count))
 
 
 def _starts_with(data, prefix):
@@ -31,40 +32,62 @@ def _ends_with(data, suffix):
 
 def image_is_valid(data):
     """True for bytes of a PNG or JPEG that is complete, or of a GIF or BMP."""
-    known = tf.reduce_any(tf.stack([_starts_with(data, magic) for magic in _IMAGE_MAGIC]))
+    known = tf.reduce_any(tf.stack([_starts_with(data, magic) for magic in _IMAGE_MAGIC]), 0)
     png_complete = ~_starts_with(data, _IMAGE_MAGIC[0]) | _ends_with(data, _PNG_END)
     # Some writers append bytes after a JPEG's end marker: look for it near the end.
-    tail = tf.strings.bytes_split(_bytes_at(data, tf.maximum(tf.strings.length(data) - 64, 0), 64))
-    has_end = tf.reduce_any((tail[:-1] == _JPEG_END[:1]) & (tail[1:] == _JPEG_END[1:]))
+    tail = _bytes_at(data, tf.maximum(tf.strings.length(data) - 64, 0), 64)
+    has_end = _split_count(tail, _JPEG_END) > 1
     jpeg_complete = ~_starts_with(data, _IMAGE_MAGIC[1]) | has_end
     return known & png_complete & jpeg_complete
+
+
+def _split_count(data, separator):
+    """How many pieces `separator` cuts each string into (1 when it does not occur)."""
+    pieces = tf.strings.split(tf.reshape(data, [-1]), sep=separator).row_lengths()
+    return tf.reshape(pieces, tf.shape(data))
 
 
 def wav_is_valid(data):
     """True for a RIFF/WAVE file whose length matches its RIFF header (not truncated)."""
     riff = _starts_with(data, b"RIFF") & (_bytes_at(data, 8, 4) == b"WAVE")
-    size_bytes = tf.io.decode_raw(_bytes_at(data, 4, 4) + b"\0\0\0\0", tf.uint8)[:4]
-    declared = tf.reduce_sum(tf.cast(size_bytes, tf.int64) * [1, 256, 65536, 16777216]) + 8
-    length = tf.strings.length(data)
-    return (length >= 44) & riff & (declared <= tf.cast(length, tf.int64))
+    size_field = tf.strings.substr(_bytes_at(data, 4, 4) + b"\0\0\0\0", 0, 4)
+    size_bytes = tf.cast(tf.io.decode_raw(size_field, tf.uint8), tf.int64)
+    declared = tf.reduce_sum(size_bytes * [1, 256, 65536, 16777216], axis=-1) + 8
+    length = tf.cast(tf.strings.length(data), tf.int64)
+    return (length >= 44) & riff & (declared <= length)
 
 
 def decode_image(data, image_size, num_channels):
     """Encoded image → uint8 `[H, W, C]` at `image_size` (bilinear, as the tokenizer resizes)."""
     image = tf.io.decode_image(data, channels=num_channels, expand_animations=False)
     image.set_shape([None, None, num_channels])
-    resized = tf.image.resize(image, image_size, method="bilinear")
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+    def resize():
+        resized = tf.image.resize(image, image_size, method="bilinear")
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+    same_size = tf.reduce_all(tf.shape(image)[:2] == image_size)
+    image = tf.cond(same_size, lambda: image, resize)
+    return tf.ensure_shape(image, [*image_size, num_channels])
 
 
-def augment_image(image, seed, max_shift=2):
-    """Random translation by up to `max_shift` pixels (pad by reflection, random crop).
+def augment_images(images, seed, max_shift=2):
+    """Shifts each image of a batch `[B, H, W, C]` by up to `max_shift` pixels each way.
 
-    Flips are left out on purpose: they change what a digit or a word in an image means.
+    Pads by reflection, then reads each image's window at a random offset with two
+    batched gathers (one op for the whole batch, not one per image). Flips are left out on
+    purpose: they change what a digit or a written word in an image means.
     """
-    height, width = image.shape[0], image.shape[1]
-    padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift], [0, 0]], "REFLECT")
-    return tf.image.stateless_random_crop(padded, [height, width, image.shape[2]], seed)
+    size = tf.shape(images)[0]
+    height, width = images.shape[1], images.shape[2]
+    padded = tf.pad(
+        images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]], "REFLECT"
+    )
+    offsets = tf.random.stateless_uniform([2, size], seed, 0, 2 * max_shift + 1, tf.int32)
+    rows = offsets[0][:, None] + tf.range(height)[None, :]  # [B, H]
+    columns = offsets[1][:, None] + tf.range(width)[None, :]  # [B, W]
+    shifted = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(shifted, columns, axis=2, batch_dims=1)
 
 
 def resample(audio, rate, target_rate):

@@ -1,4 +1,4 @@
-"""The export and serving benchmarks run (small and short) and write their keys."""
+"""The export, serving and input-pipeline benchmarks run (small and short) and write their keys."""
 
 import json
 
@@ -31,3 +31,18 @@ def test_serving_benchmark_has_no_errors(tmp_path):
         results = json.load(f)
     assert results["errors"] == 0 and results["throughput_rps"] > 0
     assert results["latency_ms_p99"] >= results["latency_ms_p50"] > 0
+
+
+def test_input_pipeline_benchmark_writes_its_ratios(tmp_path):
+    result = run_script(
+        "benchmarks/input_pipeline.py",
+        "--batches=3",
+        "--steps=3",
+        "--rounds=1",
+        f"--output_dir={tmp_path}",
+    )
+    assert "parallel_speedup" in result.stdout.strip().splitlines()[-1]
+    with open(tmp_path / "input_pipeline.json") as f:
+        results = json.load(f)
+    for key in ("pipeline_to_step_ratio", "pipeline_to_step_ratio_embedded", "parallel_speedup"):
+        assert results[key] > 0
