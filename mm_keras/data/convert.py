@@ -6,23 +6,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mm_keras.data import records
+from mm_keras.data import decode, records
 from mm_keras.data.manifest import read_manifest
-from mm_keras.data.pipeline import CHECKS, check_batch
-
-
-def _read_files(record):
-    raw = dict(record)
-    for key in ("image", "audio"):
-        if key in record:
-            with open(record[key], "rb") as f:
-                raw[key] = f.read()
-    if "video" in record:
-        raw["video"] = []
-        for path in record["video"]:
-            with open(path, "rb") as f:
-                raw["video"].append(f.read())
-    return raw
+from mm_keras.data.pipeline import CHECKS, _read_files, check_batch
 
 
 def manifest_to_tfrecords(
@@ -62,26 +48,49 @@ def manifest_to_tfrecords(
         raise ValueError(f"`num_shards` must be >= 1. Received: num_shards={num_shards}")
     manifest = read_manifest(manifest_path, modalities, on_error)
     skipped = collections.Counter(manifest.skipped)
-    serialized = []
-    progress = keras.utils.Progbar(len(manifest), verbose=1 if verbose else 0, unit_name="record")
-    for record in manifest.records:
-        raw = _read_files(record)
-        batch = {k: tf.constant([v]) for k, v in raw.items() if k not in ("source", "video")}
-        if "video" in raw:
-            batch["video"] = tf.ragged.constant([raw["video"]])
-        checks = check_batch(batch, num_classes)
-        failed = [reason for reason, ok in checks.items() if not bool(ok[0])]
-        if failed:
-            if on_error == "raise":
-                raise ValueError(
-                    f"Bad record at {record['source']} ({failed[0]}): expected {CHECKS[failed[0]]}"
-                )
-            skipped[failed[0]] += 1
+    progress = keras.utils.Progbar(
+        2 * len(manifest), verbose=1 if verbose else 0, unit_name="record"
+    )
+    # First pass: check every record, keeping only the indices of good ones, so memory
+    # stays bounded by one record however large the dataset.
+    good = []
+    for index, record in enumerate(manifest.records):
+        reason = _problem(record, num_classes)
+        if reason is None:
+            good.append(index)
+        elif on_error == "raise":
+            raise ValueError(
+                f"Bad record at {record['source']} ({reason}): expected {CHECKS[reason]}"
+            )
         else:
-            serialized.append(records.serialize(raw))
+            skipped[reason] += 1
         progress.add(1)
-    num_shards = max(1, min(num_shards, len(serialized)))
+    if not good:
+        raise ValueError(f"Expected at least one good record in {manifest_path}. Received: 0")
+    # Second pass: write contiguous runs of good records, one shard at a time.
+    num_shards = min(num_shards, len(good))
     paths = records.shard_paths(output_prefix, num_shards)
-    for path, chunk in zip(paths, np.array_split(np.arange(len(serialized)), num_shards)):
-        records.write_shard(path, [serialized[i] for i in chunk])
-    return {"shards": paths, "records": len(serialized), "skipped": dict(skipped)}
+    for path, chunk in zip(paths, np.array_split(np.array(good), num_shards)):
+        records.write_shard(path, (_serialize(manifest.records[i], progress) for i in chunk))
+    for stale in set(tf.io.gfile.glob(f"{output_prefix}-*-of-*.tfrecord")) - set(paths):
+        tf.io.gfile.remove(stale)  # shards of an earlier conversion with another count
+    return {"shards": paths, "records": len(good), "skipped": dict(skipped)}
+
+
+def _problem(record, num_classes):
+    """The first check a manifest record fails, or None."""
+    raw = _read_files(record)
+    batch = {k: tf.constant([v]) for k, v in raw.items() if k != "video"}
+    for key in ("text", "label"):
+        if key in record:
+            batch[key] = tf.constant([record[key]])
+    if "video" in raw:
+        batch["video"] = tf.ragged.constant([raw["video"]])
+    failed = [reason for reason, ok in check_batch(batch, num_classes).items() if not ok[0]]
+    return failed[0] if failed else decode.decode_file_errors(**raw)
+
+
+def _serialize(record, progress):
+    serialized = records.serialize({**record, **_read_files(record)})
+    progress.add(1)
+    return serialized

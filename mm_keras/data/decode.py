@@ -2,8 +2,11 @@
 
 Checks never raise: each maps a string tensor of any shape (one record or a batch) to
 booleans of the same shape, so a pipeline can either fail naming the record or skip and
-count it (see `mm_keras.data.Pipeline`). They are structural: a file that claims a format
-it does not have, or that was cut short, is caught before a decoder sees it.
+count it (see `mm_keras.data.Pipeline`). They are structural: a file that is not what it
+claims, that was cut short, or that the decoder cannot read (a WAV that is not 16-bit
+PCM) is caught before a decoder sees it. Damage inside a well-formed file (flipped bytes
+in compressed image data) is only found by decoding it, which `decode_file_errors` does
+eagerly, outside a graph.
 """
 
 import tensorflow as tf
@@ -47,19 +50,56 @@ def _split_count(data, separator):
     return tf.reshape(pieces, tf.shape(data))
 
 
+def _little_endian(data, position, count):
+    """The unsigned little-endian integer of `count` bytes at `position` (0 past the end)."""
+    field = tf.strings.substr(_bytes_at(data, position, count) + b"\0" * count, 0, count)
+    values = tf.cast(tf.io.decode_raw(field, tf.uint8), tf.int64)
+    return tf.reduce_sum(values * [256**i for i in range(count)], axis=-1)
+
+
 def wav_is_valid(data):
-    """True for a RIFF/WAVE file whose length matches its RIFF header (not truncated)."""
+    """True for a complete RIFF/WAVE file of 16-bit PCM (what `tf.audio.decode_wav` reads).
+
+    The length must cover the RIFF header's declared size (not truncated). Where the
+    format chunk comes first, as writers put it, it must say PCM with 16 bits per sample.
+    """
     riff = _starts_with(data, b"RIFF") & (_bytes_at(data, 8, 4) == b"WAVE")
-    size_field = tf.strings.substr(_bytes_at(data, 4, 4) + b"\0\0\0\0", 0, 4)
-    size_bytes = tf.cast(tf.io.decode_raw(size_field, tf.uint8), tf.int64)
-    declared = tf.reduce_sum(size_bytes * [1, 256, 65536, 16777216], axis=-1) + 8
+    declared = _little_endian(data, 4, 4) + 8
     length = tf.cast(tf.strings.length(data), tf.int64)
-    return (length >= 44) & riff & (declared <= length)
+    format_first = _bytes_at(data, 12, 4) == b"fmt "
+    pcm16 = (_little_endian(data, 20, 2) == 1) & (_little_endian(data, 34, 2) == 16)
+    return (length >= 44) & riff & (declared <= length) & (~format_first | pcm16)
+
+
+def _to_channels(image, num_channels):
+    """Grey, grey-alpha, RGB or RGBA uint8 `[H, W, c]` → `num_channels` (1 or 3) channels."""
+    colour = tf.shape(image)[-1] >= 3
+    if num_channels == 1:
+
+        def luma():
+            grey = tf.image.rgb_to_grayscale(tf.cast(image[..., :3], tf.float32))
+            return tf.cast(tf.round(grey), tf.uint8)
+
+        return tf.cond(colour, luma, lambda: image[..., :1])
+    return tf.cond(
+        colour, lambda: image[..., :3], lambda: tf.image.grayscale_to_rgb(image[..., :1])
+    )
 
 
 def decode_image(data, image_size, num_channels):
-    """Encoded image → uint8 `[H, W, C]` at `image_size` (bilinear, as the tokenizer resizes)."""
-    image = tf.io.decode_image(data, channels=num_channels, expand_animations=False)
+    """Encoded image → uint8 `[H, W, C]` at `image_size` (bilinear, as the tokenizer resizes).
+
+    PNG and JPEG decode straight to `num_channels`; GIF and BMP, which `tf.io` decodes in
+    colour only, are converted (luma for grey, alpha dropped).
+    """
+    if num_channels not in (1, 3):
+        raise ValueError(f"`num_channels` must be 1 or 3. Received: num_channels={num_channels}")
+    native = _starts_with(data, _IMAGE_MAGIC[0]) | _starts_with(data, _IMAGE_MAGIC[1])
+    image = tf.cond(
+        native,
+        lambda: tf.io.decode_image(data, channels=num_channels, expand_animations=False),
+        lambda: _to_channels(tf.io.decode_image(data, expand_animations=False), num_channels),
+    )
     image.set_shape([None, None, num_channels])
 
     def resize():
@@ -139,3 +179,25 @@ def decode_video(frames, num_frames, image_size, num_channels):
         chosen,
         fn_output_signature=tf.TensorSpec([*image_size, num_channels], tf.uint8),
     )
+
+
+def decode_file_errors(image=None, audio=None, video=None):
+    """Decodes raw file bytes eagerly: the reason the first one fails, or None.
+
+    For the damage structural checks cannot see (bytes flipped inside compressed data).
+    Runs outside graphs, on records read one by one (manifests, conversion).
+    """
+    checks = [("corrupt_image", image, lambda d: tf.io.decode_image(d, expand_animations=False))]
+    checks.append(("corrupt_audio", audio, tf.audio.decode_wav))
+    for frame in video or ():
+        checks.append(
+            ("corrupt_video", frame, lambda d: tf.io.decode_image(d, expand_animations=False))
+        )
+    for reason, data, decoder in checks:
+        if data is None:
+            continue
+        try:
+            decoder(tf.constant(data))
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+            return reason
+    return None

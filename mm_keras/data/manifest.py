@@ -69,11 +69,16 @@ def _check_row(row, modalities, base_dir):
     record = {}
     for modality in modalities:
         value = row.get(modality)
-        if value in (None, "", []):
+        if value is None or (modality != "text" and value in ("", [])):
             return None, ("missing_field", f"expected a {modality!r} field")
         if modality == "text":
-            record["text"] = str(value)
+            record["text"] = str(value)  # an empty caption is caught with the record checks
             continue
+        if modality == "video" and not isinstance(value, list):
+            return None, (
+                "missing_field",
+                f"expected 'video' to be a list of frame paths, got {type(value).__name__}",
+            )
         paths = value if modality == "video" else [value]
         paths = [os.path.join(base_dir, p) for p in paths]
         missing = [p for p in paths if not os.path.isfile(p)]

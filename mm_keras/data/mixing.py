@@ -17,6 +17,9 @@ def present_key(modality):
 def mix_datasets(datasets, weights, seed=None):
     """Draws elements from several datasets at random, with the given weights.
 
+    Stops when any dataset is exhausted, so the mix keeps its proportions to the end;
+    `.repeat()` the inputs for an endless stream.
+
     Args:
         datasets: list of `tf.data.Dataset` with the same element structure.
         weights: list of floats, one per dataset (normalized to sum to 1).
@@ -91,9 +94,9 @@ def modality_dropout(dataset, rates, seed=None):
     """Drops modalities per example in a batched dataset, marking them absent.
 
     Each example loses modality m with probability `rates[m]`, recorded in
-    `"<m>_present"` (combined with any flag already there); the data stays as it was, not
-    zero-filled. An example never loses every modality: when all of the batch's modalities
-    are droppable and every draw drops, the one with the lowest rate is kept.
+    `"<m>_present"` (combined with any flag already there, e.g. from `align_modalities`);
+    the data stays as it was, not zero-filled. An example never loses every modality it
+    has: when every draw would drop them all, the present one with the lowest rate stays.
 
     Args:
         dataset: batched dataset of batch dicts.
@@ -107,23 +110,24 @@ def modality_dropout(dataset, rates, seed=None):
         raise ValueError(
             f"Expected the batches to hold {missing}. Received keys: {sorted(dataset.element_spec)}"
         )
-    modalities = list(rates)
-    keep_last_resort = min(modalities, key=lambda m: rates[m])
-    # Only when every modality of the batch can be dropped may an example lose them all.
-    all_droppable = set(MODALITIES) & set(dataset.element_spec) <= set(modalities)
+    batch_modalities = [m for m in MODALITIES if m in dataset.element_spec]
+    # When every draw would leave an example empty, keep its least-droppable modality.
+    fallback_order = sorted(batch_modalities, key=lambda m: rates.get(m, 0.0))
 
     def drop(batch, pair):
-        size = tf.shape(batch[modalities[0]])[0]
-        draws = tf.random.stateless_uniform([len(modalities), size], seed=pair)
-        keep = {m: draws[i] >= rates[m] for i, m in enumerate(modalities)}
-        if all_droppable:
-            none_kept = ~tf.reduce_any(tf.stack(list(keep.values())), axis=0)
-            keep[keep_last_resort] = keep[keep_last_resort] | none_kept
-        out = dict(batch)
-        for m in modalities:
-            before = batch.get(present_key(m), tf.ones([size], tf.bool))
-            out[present_key(m)] = before & keep[m]
-        return out
+        size = tf.shape(batch["label"] if "label" in batch else batch[batch_modalities[0]])[0]
+        draws = tf.random.stateless_uniform([len(rates), size], seed=pair)
+        present = {m: batch.get(present_key(m), tf.ones([size], tf.bool)) for m in batch_modalities}
+        kept = {
+            m: present[m] & (draws[list(rates).index(m)] >= rates[m] if m in rates else True)
+            for m in batch_modalities
+        }
+        empty = ~tf.reduce_any(tf.stack(list(kept.values())), axis=0)
+        for m in fallback_order:
+            restore = empty & present[m]
+            kept[m] = kept[m] | restore
+            empty = empty & ~restore
+        return {**batch, **{present_key(m): kept[m] for m in rates}}
 
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     return tf.data.Dataset.zip(dataset, seeds).map(drop, num_parallel_calls=tf.data.AUTOTUNE)

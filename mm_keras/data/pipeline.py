@@ -55,11 +55,26 @@ def make_batches(
 # Per-record checks, shared by the manifest and TFRecord paths: reason → what was expected.
 CHECKS = {
     "corrupt_image": "a complete PNG, JPEG, GIF or BMP file",
-    "corrupt_audio": "a complete RIFF/WAVE file",
+    "corrupt_audio": "a complete 16-bit PCM RIFF/WAVE file",
     "corrupt_video": "at least one frame, each a complete image file",
     "empty_caption": "a caption with at least one non-blank character",
     "label_out_of_range": "a label in [0, num_classes)",
 }
+
+
+def _read_files(record):
+    """The raw bytes of a manifest record's image, audio and video files."""
+    raw = {}
+    for key in ("image", "audio"):
+        if key in record:
+            with open(record[key], "rb") as f:
+                raw[key] = f.read()
+    if "video" in record:
+        raw["video"] = []
+        for path in record["video"]:
+            with open(path, "rb") as f:
+                raw["video"].append(f.read())
+    return raw
 
 
 def check_batch(batch, num_classes=None):
@@ -148,16 +163,38 @@ class Pipeline:
         self.num_classes = num_classes
         self._manifest = None
         self._files = None
+        self._cached = False
         self._counters = {
             reason: tf.Variable(0, dtype=tf.int64, trainable=False, name=reason)
             for reason in CHECKS
         }
 
     @classmethod
-    def from_manifest(cls, path, modalities, **options):
-        """A pipeline over the files a JSONL/CSV manifest lists (see `read_manifest`)."""
+    def from_manifest(cls, path, modalities, decode_check=True, **options):
+        """A pipeline over the files a JSONL/CSV manifest lists (see `read_manifest`).
+
+        With `decode_check`, every file is decoded once here, so damage the structural
+        checks cannot see (bytes flipped inside compressed data) is also named by its
+        manifest line, or skipped and counted, rather than failing later inside a graph.
+        """
         pipeline = cls(modalities, **options)
-        pipeline._manifest = manifest_lib.read_manifest(path, modalities, pipeline.on_error)
+        manifest = manifest_lib.read_manifest(path, modalities, pipeline.on_error)
+        if decode_check:
+            good = []
+            for record in manifest.records:
+                reason = decode.decode_file_errors(**_read_files(record))
+                if reason is None:
+                    good.append(record)
+                elif pipeline.on_error == "raise":
+                    raise ValueError(
+                        f"Bad record at {record['source']} ({reason}): expected {CHECKS[reason]}"
+                    )
+                else:
+                    manifest.skipped[reason] += 1
+            if not good:
+                raise ValueError(f"Expected at least one good record in {path}. Received: 0")
+            manifest.records = good
+        pipeline._manifest = manifest
         return pipeline
 
     @classmethod
@@ -187,14 +224,15 @@ class Pipeline:
         return _ErrorReport(self)
 
     def _raw_batches(
-        self, batch_size, training, shuffle_buffer, seed, input_context, drop_remainder
+        self, batch_size, shuffle, shuffle_buffer, seed, input_context, drop_remainder
     ):
-        """Batches of raw records, each with a `"source"` naming it; shuffled when training."""
+        """Batches of raw records, each with a `"source"` naming it, shuffled if asked."""
         if self._manifest is not None:
             dataset = self._records_from_manifest(input_context)
         else:
-            dataset = self._records_from_tfrecords(training, input_context)
-        if training:
+            # Interleaved (out of order) reading only when the order does not matter.
+            dataset = self._records_from_tfrecords(shuffle and seed is None, input_context)
+        if shuffle:
             dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         if self._manifest is not None:
             return dataset.ragged_batch(batch_size, drop_remainder=drop_remainder)
@@ -225,11 +263,14 @@ class Pipeline:
 
         return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
-    def _records_from_tfrecords(self, training, input_context):
+    def _records_from_tfrecords(self, interleave, input_context):
         """(serialized example, shard path, index in the shard) for every record."""
         files = self._files
-        if input_context is not None and len(files) >= input_context.num_input_pipelines:
+        shard_records = input_context is not None and len(files) < input_context.num_input_pipelines
+        if input_context is not None and not shard_records:
             files = files[input_context.input_pipeline_id :: input_context.num_input_pipelines]
+        # Sharding by record needs every pipeline to see the records in the same order.
+        interleave = interleave and not shard_records
 
         def read_shard(path, chunk=256):
             # Paths and indices are attached a chunk at a time: per-record work is what
@@ -241,14 +282,13 @@ class Pipeline:
             chunks = tf.data.TFRecordDataset(path).batch(chunk).enumerate()
             return chunks.map(label).unbatch()
 
-        # In file order unless training: then shards interleave for speed.
         dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
             read_shard,
-            cycle_length=tf.data.AUTOTUNE if training else 1,
-            num_parallel_calls=tf.data.AUTOTUNE if training else None,
-            deterministic=False if training else None,
+            cycle_length=tf.data.AUTOTUNE if interleave else 1,
+            num_parallel_calls=tf.data.AUTOTUNE if interleave else None,
+            deterministic=False if interleave else None,
         )
-        if input_context is not None and len(self._files) < input_context.num_input_pipelines:
+        if shard_records:
             dataset = dataset.shard(
                 input_context.num_input_pipelines, input_context.input_pipeline_id
             )
@@ -262,13 +302,24 @@ class Pipeline:
         batch["shard"], batch["index"] = paths, indices
         return batch
 
-    @staticmethod
-    def _source_of(batch, bad):
-        """Assert data naming the first bad record: manifest line, or shard and index."""
+    def _first_bad(self, batch, reason, bad):
+        """Assert data: the first bad record's name and what it holds instead."""
         first = lambda key: tf.boolean_mask(batch[key], bad)[:1]  # noqa: E731
-        if "shard" not in batch:
-            return [first("source")]
-        return [first("shard"), "#", first("index"), "(from", first("source"), ")"]
+        if "shard" in batch:
+            named = [first("shard"), "#", first("index"), "(from", first("source"), ")"]
+        else:
+            named = [first("source")]
+        if reason == "label_out_of_range":
+            received = ["Received label:", first("label"), f"num_classes={self.num_classes}"]
+        elif reason == "empty_caption":
+            received = ["Received caption:", first("text")]
+        elif reason == "corrupt_video":
+            frames = tf.ragged.boolean_mask(batch["video"], bad)[:1]
+            received = ["Received frames:", frames.row_lengths()]
+        else:
+            key = reason.split("_")[1]
+            received = [f"Received {key} bytes:", tf.strings.length(first(key))]
+        return [*named, *received]
 
     def _check(self, batch):
         """Raise naming the first bad record, or count the bad ones and remove them."""
@@ -279,7 +330,7 @@ class Pipeline:
                     tf.reduce_all(passed),
                     [
                         f"Bad record ({reason}): expected {CHECKS[reason]}. Record:",
-                        *self._source_of(batch, ~passed),
+                        *self._first_bad(batch, reason, ~passed),
                     ],
                 )
                 for reason, passed in ok.items()
@@ -372,9 +423,17 @@ class Pipeline:
         """
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
+        if tokenizer is not None and "text" not in self.modalities:
+            raise ValueError(
+                "A tokenizer was given, so expected 'text' among the modalities. "
+                f"Received: modalities={self.modalities}"
+            )
         if input_context is not None:
             batch_size = input_context.get_per_replica_batch_size(batch_size)
         drop_remainder = training if drop_remainder is None else drop_remainder
+        # Cached records are checked (and counted) once; the counts then stand for every
+        # epoch, so the end-of-epoch report keeps them.
+        self._cached = cache
         shuffle_first = training and not cache
         # Batches are full from the start unless records may be skipped or cached first.
         regroup = cache or self.on_error == "skip"
@@ -388,7 +447,7 @@ class Pipeline:
         )
         # Tokenizing in the same map as decoding saves a pipeline stage, unless batches
         # are regrouped first.
-        tokenize_here = tokenizer is not None and "text" in self.modalities and not regroup
+        tokenize_here = tokenizer is not None and not regroup
 
         def check_and_decode(batch, pair):
             decoded = self._decode(self._check(batch), pair, training)
@@ -396,11 +455,13 @@ class Pipeline:
                 decoded["text"] = tokenizer(decoded["text"])["token_ids"]
             return decoded
 
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        # Out-of-order results are faster, but a seed asks for a reproducible order.
+        unordered = training and seed is None and num_parallel_calls != 1
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
             check_and_decode,
             num_parallel_calls=num_parallel_calls,
-            deterministic=False if training and num_parallel_calls != 1 else None,
+            deterministic=False if unordered else None,
         )
         if cache:
             dataset = dataset.unbatch().cache()
@@ -410,7 +471,7 @@ class Pipeline:
         elif self.on_error == "skip":
             # Skipped records leave short batches: regroup to full ones.
             dataset = dataset.unbatch().batch(batch_size, drop_remainder=drop_remainder)
-        if tokenizer is not None and "text" in self.modalities and not tokenize_here:
+        if tokenizer is not None and not tokenize_here:
             dataset = dataset.map(
                 lambda batch: {**batch, "text": tokenizer(batch["text"])["token_ids"]},
                 num_parallel_calls=num_parallel_calls,
@@ -429,4 +490,5 @@ class _ErrorReport(keras.callbacks.Callback):
             logs["skipped_records"] = float(sum(counts.values()))
         if counts:
             print(f"Epoch {epoch + 1}: skipped bad records {counts}", flush=True)
-        self.pipeline.reset_error_counts()
+        if not self.pipeline._cached:
+            self.pipeline.reset_error_counts()

@@ -64,9 +64,19 @@ class AudioSpectrogramTokenizer(keras.layers.Layer):
                 f"Expected 0 <= lower_edge_hertz < upper_edge_hertz <= {nyquist} (Nyquist). "
                 f"Received: lower_edge_hertz={lower_edge_hertz}, upper_edge_hertz={upper}"
             )
-        if len(patch_size) != 2 or num_mel_bins % patch_size[1] or patch_size[0] > num_frames:
+        if hidden_dim < 1 or num_mel_bins < 1:
             raise ValueError(
-                f"Expected patch_size=(frames <= {num_frames}, mel bands dividing "
+                "`hidden_dim` and `num_mel_bins` must be >= 1. "
+                f"Received: hidden_dim={hidden_dim}, num_mel_bins={num_mel_bins}"
+            )
+        if (
+            len(patch_size) != 2
+            or min(patch_size) < 1
+            or num_mel_bins % patch_size[1]
+            or patch_size[0] > num_frames
+        ):
+            raise ValueError(
+                f"Expected patch_size=(1 <= frames <= {num_frames}, mel bands dividing "
                 f"num_mel_bins={num_mel_bins}). Received: patch_size={patch_size}"
             )
         self.sample_rate = sample_rate

@@ -47,6 +47,11 @@ class VideoTubeletTokenizer(keras.layers.Layer):
                 f"sides of image_size. Received: num_frames={num_frames}, "
                 f"tubelet_size={tubelet_size}, image_size={image_size}, patch_size={patch_size}"
             )
+        if hidden_dim < 1 or num_channels < 1:
+            raise ValueError(
+                "`hidden_dim` and `num_channels` must be >= 1. "
+                f"Received: hidden_dim={hidden_dim}, num_channels={num_channels}"
+            )
         self.num_frames = num_frames
         self.image_size = image_size
         self.patch_size = patch_size

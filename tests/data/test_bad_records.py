@@ -1,6 +1,7 @@
 """Every bad-record case: the default error names the record; "skip" skips and counts."""
 
 import os
+import wave
 
 import numpy as np
 import pytest
@@ -41,19 +42,22 @@ def files(tmp_path):
 
 
 GRAPH_CASES = ["corrupt_image", "corrupt_audio", "empty_caption", "label_out_of_range"]
+FILE_CASES = ["corrupt_image", "corrupt_audio", "missing_file"]  # found when reading files
 
 
 @pytest.mark.parametrize("case", GRAPH_CASES + ["missing_file"])
-def test_manifest_error_names_the_line(files, case):
+@pytest.mark.parametrize("decode_check", [True, False])
+def test_manifest_error_names_the_line(files, case, decode_check):
     directory, rows = files
     _corrupt(directory, rows, case)
     manifest = write_manifest(directory / "m.jsonl", rows)
     expected = "m.jsonl:3"
-    if case == "missing_file":
-        with pytest.raises(ValueError, match=f"Bad record at .*{expected} \\(missing_file\\)"):
-            Pipeline.from_manifest(manifest, MODALITIES, num_classes=3, **OPTIONS)
+    options = {"num_classes": 3, "decode_check": decode_check, **OPTIONS}
+    if case == "missing_file" or (decode_check and case in FILE_CASES):
+        with pytest.raises(ValueError, match=f"Bad record at .*{expected} \\({case}\\)"):
+            Pipeline.from_manifest(manifest, MODALITIES, **options)
         return
-    dataset = Pipeline.from_manifest(manifest, MODALITIES, num_classes=3, **OPTIONS).dataset(2)
+    dataset = Pipeline.from_manifest(manifest, MODALITIES, **options).dataset(2)
     with pytest.raises(
         tf.errors.InvalidArgumentError, match=f"(?s)Bad record \\({case}\\).*{expected}"
     ):
@@ -75,8 +79,59 @@ def test_skip_removes_exactly_the_bad_record_and_counts_it(files, case):
     logs = {}
     callback.on_epoch_end(0, logs)
     assert logs["skipped_records"] == 1.0
-    # After the report, a new epoch counts afresh (a manifest's missing file stays missing).
-    assert pipeline.error_counts() == ({case: 1} if case == "missing_file" else {})
+    # After the report a new epoch counts afresh; a record left out while reading the
+    # manifest stays left out, and counted.
+    assert pipeline.error_counts() == ({case: 1} if case in FILE_CASES else {})
+
+
+def test_damage_inside_a_well_formed_file_is_found_by_decoding(files):
+    directory, rows = files
+    path = directory / rows[3]["image"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 20] = bytes(20)  # inside the compressed data
+    path.write_bytes(bytes(data))
+    manifest = write_manifest(directory / "m.jsonl", rows)
+    with pytest.raises(ValueError, match=r"m.jsonl:4 \(corrupt_image\)"):
+        Pipeline.from_manifest(manifest, MODALITIES, **OPTIONS)
+    skipping = Pipeline.from_manifest(manifest, MODALITIES, on_error="skip", **OPTIONS)
+    assert len(_ids(skipping.dataset(2))) == 5 and skipping.error_counts() == {"corrupt_image": 1}
+
+
+def test_wav_that_is_not_16_bit_pcm_is_refused(files):
+    directory, rows = files
+    with wave.open(str(directory / rows[1]["audio"]), "wb") as out:  # 8-bit samples
+        out.setnchannels(1)
+        out.setsampwidth(1)
+        out.setframerate(8000)
+        out.writeframes(bytes(range(256)) * 4)
+    manifest = write_manifest(directory / "m.jsonl", rows)
+    pipeline = Pipeline.from_manifest(
+        manifest, MODALITIES, on_error="skip", decode_check=False, **OPTIONS
+    )
+    assert len(_ids(pipeline.dataset(2))) == 5 and pipeline.error_counts() == {"corrupt_audio": 1}
+
+
+def test_video_without_good_frames_is_named(files):
+    directory, rows = files
+    (directory / rows[4]["video"][1]).write_bytes(b"not a frame")
+    manifest = write_manifest(directory / "m.jsonl", rows)
+    modalities = ("video", "text")
+    with pytest.raises(ValueError, match=r"m.jsonl:5 \(corrupt_video\)"):
+        Pipeline.from_manifest(manifest, modalities, **OPTIONS)
+    pipeline = Pipeline.from_manifest(manifest, modalities, decode_check=False, **OPTIONS)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="(?s)corrupt_video.*m.jsonl:5"):
+        _ids(pipeline.dataset(2))
+
+
+def test_label_error_says_what_it_received(files):
+    directory, rows = files
+    rows[0]["label"] = 12
+    manifest = write_manifest(directory / "m.jsonl", rows)
+    dataset = Pipeline.from_manifest(manifest, ("text",), num_classes=3).dataset(2)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="(?s)Received label:.*12.*num_classes=3"
+    ):
+        _ids(dataset)
 
 
 @pytest.mark.parametrize("case", GRAPH_CASES)
@@ -120,3 +175,29 @@ def test_converter_names_the_line_or_skips_and_counts(files, tmp_path):
         manifest, str(tmp_path / "out"), MODALITIES, num_shards=2, on_error="skip", verbose=False
     )
     assert result["records"] == 5 and result["skipped"] == {"corrupt_audio": 1}
+
+
+def test_cached_pipeline_keeps_reporting_its_skips(files):
+    directory, rows = files
+    _corrupt(directory, rows, "empty_caption")
+    manifest = write_manifest(directory / "m.jsonl", rows)
+    pipeline = Pipeline.from_manifest(manifest, MODALITIES, on_error="skip", **OPTIONS)
+    dataset = pipeline.dataset(2, training=True, cache=True, seed=0)
+    callback = pipeline.error_report()
+    for epoch in range(2):  # the second epoch replays the cache: nothing is re-checked
+        assert len(_ids(dataset)) == 4  # 5 good records, batches of 2, remainder dropped
+        logs = {}
+        callback.on_epoch_end(epoch, logs)
+        assert logs["skipped_records"] == 1.0
+
+
+def test_converter_refuses_a_manifest_without_good_records(files, tmp_path):
+    directory, rows = files
+    for row in rows:
+        row["text"] = " "
+    manifest = write_manifest(directory / "m.jsonl", rows)
+    with pytest.raises(ValueError, match="at least one good record.*Received: 0"):
+        manifest_to_tfrecords(
+            manifest, str(tmp_path / "out"), MODALITIES, on_error="skip", verbose=False
+        )
+    assert not list(tmp_path.glob("out-*"))

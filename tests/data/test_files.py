@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mm_keras.data import Pipeline, manifest_to_tfrecords, read_manifest
+from mm_keras.data import Pipeline, decode, manifest_to_tfrecords, read_manifest
 
 MODALITIES = ("image", "audio", "video", "text")
 OPTIONS = {"image_size": (16, 16), "sample_rate": 8000, "num_samples": 800, "num_frames": 4}
@@ -95,12 +95,48 @@ def test_audio_is_resampled_to_the_declared_rate(manifest):
     assert not audio[600:].any()
 
 
-def test_training_mode_augments_and_shuffles(manifest):
+def test_training_mode_augments_and_a_seed_makes_it_reproducible(manifest):
     pipeline = Pipeline.from_manifest(manifest, ("image", "text"), **OPTIONS)
-    first = _batches(pipeline.dataset(6, training=True, seed=1))[0]
     plain = _batches(pipeline.dataset(6))[0]
-    assert sorted(first["label"].tolist()) == sorted(plain["label"].tolist())
-    assert not np.array_equal(first["image"], plain["image"])
+    # No shuffling (buffer of 1), so any difference comes from the augmentation.
+    shifted = _batches(pipeline.dataset(6, training=True, shuffle_buffer=1, seed=1))[0]
+    np.testing.assert_array_equal(shifted["text"], plain["text"])
+    assert not np.array_equal(shifted["image"], plain["image"])
+    assert np.abs(shifted["image"].astype(int).mean() - plain["image"].astype(int).mean()) < 20
+    first, again = (_batches(pipeline.dataset(3, training=True, seed=7)) for _ in range(2))
+    for a, b in zip(first, again):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_gif_and_bmp_decode_to_the_requested_channels(tmp_path):
+    from PIL import Image  # matplotlib's dependency; only tests use it
+
+    rgb = np.random.default_rng(0).integers(0, 256, size=(12, 10, 3), dtype=np.uint8)
+    for fmt in ("GIF", "BMP"):
+        path = tmp_path / f"frame.{fmt.lower()}"
+        Image.fromarray(rgb).save(path, format=fmt)
+        data = tf.constant(path.read_bytes())
+        assert bool(decode.image_is_valid(data))
+        grey = decode.decode_image(data, (12, 10), 1)
+        colour = decode.decode_image(data, (12, 10), 3)
+        assert grey.shape == (12, 10, 1) and colour.shape == (12, 10, 3)
+        if fmt == "BMP":  # lossless: luma of the stored pixels
+            luma = np.round(rgb @ np.array([0.2989, 0.587, 0.114]))
+            np.testing.assert_allclose(np.asarray(grey)[..., 0], luma, atol=1)
+
+
+def test_converter_replaces_shards_of_an_earlier_run(manifest, tmp_path):
+    prefix = str(tmp_path / "train")
+    manifest_to_tfrecords(manifest, prefix, ("text",), num_shards=5, verbose=False)
+    result = manifest_to_tfrecords(manifest, prefix, ("text",), num_shards=2, verbose=False)
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in result["shards"])
+    texts = [
+        t
+        for b in Pipeline.from_tfrecords(prefix + "-*", ("text",)).dataset(8)
+        for t in np.asarray(b["text"])
+    ]
+    assert len(texts) == 6
 
 
 def test_csv_manifest(manifest, tmp_path):

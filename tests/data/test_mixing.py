@@ -55,3 +55,19 @@ def test_alternating_batches_of_aligned_datasets():
     assert [bool(b["audio_present"][0]) for b in batches] == [False, True, False, True]
     assert np.asarray(batches[1]["image"]).shape == (4, 32, 32, 1)
     assert bool(np.asarray(batches[0]["text_present"]).all())
+
+
+def test_dropout_after_alignment_never_empties_an_example():
+    aligned = align_modalities([_batches(("image", "text"), 64), _batches(("audio", "text"), 64)])
+    rates = {"image": 0.5, "audio": 0.5, "text": 0.5}
+    for batch in modality_dropout(alternate_batches(aligned), rates, seed=0).take(4):
+        present = [np.asarray(batch[f"{m}_present"]) for m in ("image", "audio", "text")]
+        assert np.logical_or.reduce(present).all()
+        # A placeholder never comes back as present.
+        assert not (present[0] & present[1]).any()
+
+
+def test_dropout_draws_anew_each_epoch():
+    dropped = modality_dropout(_batches(("image", "audio"), 64).take(1), {"audio": 0.5}, seed=0)
+    first, second = (np.asarray(next(iter(dropped))["audio_present"]) for _ in range(2))
+    assert not np.array_equal(first, second)
