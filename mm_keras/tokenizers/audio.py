@@ -6,9 +6,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from mm_keras.tokenizers.patches import PatchTokenizer
+
 
 @keras.saving.register_keras_serializable(package="mm_keras")
-class AudioSpectrogramTokenizer(keras.layers.Layer):
+class AudioSpectrogramTokenizer(PatchTokenizer):
     """Log-mel spectrogram patches as tokens, the Audio Spectrogram Transformer's input.
 
     AST (Gong et al., 2021, "AST: Audio Spectrogram Transformer"): a short-time Fourier
@@ -117,11 +119,7 @@ class AudioSpectrogramTokenizer(keras.layers.Layer):
     def build(self, waveform_shape):
         self._check_shape(waveform_shape)
         self.patch_projection.build((None, self.grid[0] * self.patch_size[0], self.num_mel_bins, 1))
-        self.position_embedding = self.add_weight(
-            shape=(self.num_patches, self.hidden_dim),
-            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            name="position_embedding",
-        )
+        self.build_positions()
 
     def log_mel(self, waveforms):
         """float32 `[B, T]` → log-mel spectrogram `[B, frames, num_mel_bins]`."""
@@ -139,18 +137,7 @@ class AudioSpectrogramTokenizer(keras.layers.Layer):
         spectrogram = self.log_mel(waveforms)[:, : self.grid[0] * self.patch_size[0]]
         spectrogram = ops.cast(spectrogram[..., None], self.compute_dtype)
         patches = self.patch_projection(spectrogram)  # [B, time patches, mel patches, D]
-        tokens = ops.reshape(patches, (-1, self.num_patches, self.hidden_dim))
-        tokens = tokens + self.position_embedding
-        return {"tokens": tokens, "mask": ops.ones(ops.shape(tokens)[:2], dtype="bool")}
-
-    def compute_output_spec(self, waveforms):
-        batch = waveforms.shape[0]
-        return {
-            "tokens": keras.KerasTensor(
-                (batch, self.num_patches, self.hidden_dim), self.compute_dtype
-            ),
-            "mask": keras.KerasTensor((batch, self.num_patches), "bool"),
-        }
+        return self.token_sequence(patches)
 
     def get_config(self):
         config = super().get_config()

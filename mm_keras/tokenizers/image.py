@@ -3,9 +3,11 @@
 import keras
 from keras import ops
 
+from mm_keras.tokenizers.patches import PatchTokenizer
+
 
 @keras.saving.register_keras_serializable(package="mm_keras")
-class ImagePatchTokenizer(keras.layers.Layer):
+class ImagePatchTokenizer(PatchTokenizer):
     """Cuts an image into non-overlapping patches and embeds each as a token.
 
     The patch embedding of ViT (Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words"):
@@ -72,11 +74,7 @@ class ImagePatchTokenizer(keras.layers.Layer):
     def build(self, images_shape):
         self._check_shape(images_shape)
         self.patch_projection.build((None, *self.image_size, self.num_channels))
-        self.position_embedding = self.add_weight(
-            shape=(self.num_patches, self.hidden_dim),
-            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            name="position_embedding",
-        )
+        self.build_positions()
 
     def call(self, images):
         self._check_shape(images.shape)
@@ -84,19 +82,7 @@ class ImagePatchTokenizer(keras.layers.Layer):
         if tuple(images.shape[1:3]) != self.image_size:
             images = ops.image.resize(images, self.image_size, interpolation="bilinear")
         patches = self.patch_projection(images / 127.5 - 1.0)  # [B, H/p, W/p, D]
-        tokens = ops.reshape(patches, (-1, self.num_patches, self.hidden_dim))
-        tokens = tokens + self.position_embedding
-        mask = ops.ones(ops.shape(tokens)[:2], dtype="bool")
-        return {"tokens": tokens, "mask": mask}
-
-    def compute_output_spec(self, images):
-        batch = images.shape[0]
-        return {
-            "tokens": keras.KerasTensor(
-                (batch, self.num_patches, self.hidden_dim), self.compute_dtype
-            ),
-            "mask": keras.KerasTensor((batch, self.num_patches), "bool"),
-        }
+        return self.token_sequence(patches)
 
     def get_config(self):
         config = super().get_config()

@@ -3,9 +3,11 @@
 import keras
 from keras import ops
 
+from mm_keras.tokenizers.patches import PatchTokenizer
+
 
 @keras.saving.register_keras_serializable(package="mm_keras")
-class VideoTubeletTokenizer(keras.layers.Layer):
+class VideoTubeletTokenizer(PatchTokenizer):
     """Non-overlapping tubelets of `tubelet_size` frames x `patch_size`^2 pixels as tokens.
 
     The tubelet embedding of ViViT (Arnab et al., 2021, "ViViT: A Video Vision
@@ -87,28 +89,13 @@ class VideoTubeletTokenizer(keras.layers.Layer):
     def build(self, videos_shape):
         self._check_shape(videos_shape)
         self.tubelet_projection.build(self.default_input_shape)
-        self.position_embedding = self.add_weight(
-            shape=(self.num_patches, self.hidden_dim),
-            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            name="position_embedding",
-        )
+        self.build_positions()
 
     def call(self, videos):
         self._check_shape(videos.shape)
         videos = ops.cast(videos, self.compute_dtype) / 127.5 - 1.0
         tubelets = self.tubelet_projection(videos)  # [B, T', H', W', D]
-        tokens = ops.reshape(tubelets, (-1, self.num_patches, self.hidden_dim))
-        tokens = tokens + self.position_embedding
-        return {"tokens": tokens, "mask": ops.ones(ops.shape(tokens)[:2], dtype="bool")}
-
-    def compute_output_spec(self, videos):
-        batch = videos.shape[0]
-        return {
-            "tokens": keras.KerasTensor(
-                (batch, self.num_patches, self.hidden_dim), self.compute_dtype
-            ),
-            "mask": keras.KerasTensor((batch, self.num_patches), "bool"),
-        }
+        return self.token_sequence(tubelets)
 
     def get_config(self):
         config = super().get_config()
