@@ -12,6 +12,7 @@ image of its class (the embedded digits dataset), treating same-class pairs as n
 pushes apart items that should meet, and the label-aware form avoids that.
 """
 
+import tensorflow as tf
 from keras import ops
 
 
@@ -72,7 +73,7 @@ def clip_loss(x, y, logit_scale, labels=None, gather_fn=None):
     return 0.5 * (cross_entropy(x, y_all) + cross_entropy(y, x_all))
 
 
-def siglip_loss(x, y, logit_scale, logit_bias, labels=None, gather_fn=None):
+def siglip_loss(x, y, logit_scale, logit_bias, labels=None, gather_fn=None, chunk_size=None):
     """Pairwise sigmoid loss of SigLIP (Zhai et al., 2023).
 
     Every (x_i, y_j) pair is its own binary problem, +1 for a positive and -1 otherwise:
@@ -89,6 +90,10 @@ def siglip_loss(x, y, logit_scale, logit_bias, labels=None, gather_fn=None):
         logit_bias: scalar, the bias c.
         labels: optional int `[b]`, class of each pair; same-class pairs become positives.
         gather_fn: see `clip_loss`.
+        chunk_size: optional int. Sum over the columns `chunk_size` at a time, forward and
+            backward, so no more than `[b, chunk_size]` of the similarity matrix exists at
+            once instead of `[b, B]` (the chunked loss of big_vision's SigLIP); the value
+            and gradients are the same.
 
     Returns:
         Scalar float32: the loss summed over columns, averaged over this replica's rows.
@@ -96,10 +101,81 @@ def siglip_loss(x, y, logit_scale, logit_bias, labels=None, gather_fn=None):
     x, y = ops.cast(x, "float32"), ops.cast(y, "float32")
     logit_scale, logit_bias = ops.cast(logit_scale, "float32"), ops.cast(logit_bias, "float32")
     y_all, labels_all, offset = _gather_columns(y, labels, gather_fn or _local_only)
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise ValueError(f"`chunk_size` must be >= 1. Received: chunk_size={chunk_size}")
+        return _chunked_siglip(
+            x, y_all, logit_scale, logit_bias, labels, labels_all, offset, chunk_size
+        )
     positives = _positives(ops.shape(x)[0], ops.shape(y_all)[0], offset, labels, labels_all)
     signs = 2.0 * positives - 1.0  # z: +1 positive, -1 negative
     logits = logit_scale * ops.matmul(x, ops.transpose(y_all)) + logit_bias  # [b, B]
     return -ops.mean(ops.sum(ops.log_sigmoid(signs * logits), axis=1))
+
+
+def _chunked_siglip(x, y_all, scale, bias, labels, labels_all, offset, chunk):
+    """`siglip_loss` over column chunks, with its gradient written out per chunk.
+
+    With l = t <x_i, y_j> + c and G = dloss/dl = -z sigmoid(-z l) / b (the derivative of
+    -log sigmoid(z l) / b), the gradients are dx = t G y, dy = t G^T x, dt = sum G <x, y>
+    and dc = sum G, each accumulated chunk by chunk.
+    """
+    rows = tf.shape(x)[0]
+    columns = tf.shape(y_all)[0]
+    num_chunks = (columns + chunk - 1) // chunk
+    row_ids = tf.range(rows) + offset
+
+    def chunk_parts(index, x, y_all):
+        """Column ids, validity, similarities <x, y> and signs z of one chunk."""
+        ids = index * chunk + tf.range(chunk)
+        valid = tf.cast(ids < columns, tf.float32)[None, :]  # the last chunk may be short
+        ids = tf.minimum(ids, columns - 1)
+        y_chunk = tf.gather(y_all, ids)
+        if labels is None:
+            positives = tf.equal(row_ids[:, None], ids[None, :])
+        else:
+            positives = tf.equal(labels[:, None], tf.gather(labels_all, ids)[None, :])
+        signs = 2.0 * tf.cast(positives, tf.float32) - 1.0
+        return ids, valid, y_chunk, tf.matmul(x, y_chunk, transpose_b=True), signs
+
+    @tf.custom_gradient
+    def loss(x, y_all, scale, bias):
+        def add_chunk(index, total):
+            _, valid, _, similarity, signs = chunk_parts(index, x, y_all)
+            terms = tf.math.log_sigmoid(signs * (scale * similarity + bias)) * valid
+            return index + 1, total + tf.reduce_sum(terms)
+
+        _, total = tf.while_loop(lambda i, _: i < num_chunks, add_chunk, (0, 0.0))
+        value = -total / tf.cast(rows, tf.float32)
+
+        def gradient(upstream):
+            def add_chunk_gradient(index, dx, dy, dscale, dbias):
+                ids, valid, y_chunk, similarity, signs = chunk_parts(index, x, y_all)
+                logits = scale * similarity + bias
+                g = -signs * tf.sigmoid(-signs * logits) * valid / tf.cast(rows, tf.float32)
+                g = g * upstream  # [b, chunk]
+                dx += scale * tf.matmul(g, y_chunk)
+                dy = tf.tensor_scatter_nd_add(
+                    dy, ids[:, None], scale * tf.matmul(g, x, transpose_a=True)
+                )
+                return (
+                    index + 1,
+                    dx,
+                    dy,
+                    dscale + tf.reduce_sum(g * similarity),
+                    dbias + tf.reduce_sum(g),
+                )
+
+            _, dx, dy, dscale, dbias = tf.while_loop(
+                lambda i, *_: i < num_chunks,
+                add_chunk_gradient,
+                (0, tf.zeros_like(x), tf.zeros_like(y_all), 0.0, 0.0),
+            )
+            return dx, dy, dscale, dbias
+
+        return value, gradient
+
+    return loss(x, y_all, scale, bias)
 
 
 def in_batch_accuracy(x, y, labels=None):

@@ -3,9 +3,11 @@
 import keras
 import tensorflow as tf
 
+from mm_keras.distribute import all_gather, num_replicas
 from mm_keras.losses.contrastive import clip_loss, in_batch_accuracy, siglip_loss
 
 LOSSES = ("clip", "siglip")
+GATHER = ("global", "local")
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
@@ -28,10 +30,14 @@ class ContrastiveTrainer(keras.Model):
             batch as a positive, not only the paired items. Use it where one item fits every
             example of its class (the embedded digits dataset). Off by default: items are
             paired by index, as in CLIP.
-
-    Under a distribution strategy each replica contrasts its examples against its own
-    local batch only; a cross-replica gather (`gather_fn` of the losses) is not wired in
-    yet.
+        gather: `"global"` (default): under a distribution strategy, every replica
+            contrasts its examples against the embeddings of the whole global batch,
+            gathered across replicas with gradients, so the loss and its gradients are
+            those of one device on the global batch (open_clip's `--local-loss
+            --gather-with-grad`). `"local"`: each replica uses its own batch only (cheaper,
+            fewer negatives; a different objective).
+        siglip_chunk_size: optional int, compute SigLIP over column chunks of this size
+            (see `siglip_loss`), bounding the similarity matrix's memory.
 
     Example:
     >>> trainer = ContrastiveTrainer(dual_encoder, modalities=("image", "text"))
@@ -40,7 +46,14 @@ class ContrastiveTrainer(keras.Model):
     """
 
     def __init__(
-        self, model, modalities=("image", "text"), loss="clip", label_aware=False, **kwargs
+        self,
+        model,
+        modalities=("image", "text"),
+        loss="clip",
+        label_aware=False,
+        gather="global",
+        siglip_chunk_size=None,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         modalities = tuple(modalities)
@@ -50,10 +63,14 @@ class ContrastiveTrainer(keras.Model):
             )
         if loss not in LOSSES:
             raise ValueError(f"`loss` must be one of {LOSSES}. Received: loss={loss!r}")
+        if gather not in GATHER:
+            raise ValueError(f"`gather` must be one of {GATHER}. Received: gather={gather!r}")
         self.model = model
         self.modalities = modalities
         self.loss_name = loss
         self.label_aware = label_aware
+        self.gather = gather
+        self.siglip_chunk_size = siglip_chunk_size
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
 
@@ -81,10 +98,19 @@ class ContrastiveTrainer(keras.Model):
     def _loss_and_accuracy(self, inputs, labels, training):
         embeddings = self.model(inputs, training=training)
         x, y = (embeddings[m] for m in self.modalities)
+        gather_fn = all_gather if self.gather == "global" and num_replicas() > 1 else None
         if self.loss_name == "clip":
-            loss = clip_loss(x, y, self.model.logit_scale, labels=labels)
+            loss = clip_loss(x, y, self.model.logit_scale, labels=labels, gather_fn=gather_fn)
         else:
-            loss = siglip_loss(x, y, self.model.logit_scale, self.model.logit_bias, labels=labels)
+            loss = siglip_loss(
+                x,
+                y,
+                self.model.logit_scale,
+                self.model.logit_bias,
+                labels=labels,
+                gather_fn=gather_fn,
+                chunk_size=self.siglip_chunk_size,
+            )
         if self.model.losses:
             loss = loss + tf.add_n(self.model.losses)
         accuracy = 0.5 * (in_batch_accuracy(x, y, labels) + in_batch_accuracy(y, x, labels))
@@ -123,6 +149,8 @@ class ContrastiveTrainer(keras.Model):
                 "modalities": self.modalities,
                 "loss": self.loss_name,
                 "label_aware": self.label_aware,
+                "gather": self.gather,
+                "siglip_chunk_size": self.siglip_chunk_size,
             }
         )
         return config

@@ -1,8 +1,9 @@
-"""One `ContrastiveTrainer` SGD step on 2 logical CPUs under MirroredStrategy, by hand too.
+"""One `ContrastiveTrainer` SGD step on 2 logical CPUs under MirroredStrategy, and by hand.
 
-Run as a script (logical devices must be set before TensorFlow starts): prints the largest
-difference between the weights `fit` produced and the weights of one SGD step on the mean
-of the two replicas' losses, computed on one device.
+Run as a script (logical devices must be set before TensorFlow starts). For each `gather`
+setting, prints the largest difference between the weights `fit` produced and the weights
+of one SGD step computed on one device: on the CLIP loss of the whole global batch for
+`"global"`, on the mean of the two replicas' local-batch losses for `"local"`.
 """
 
 import json
@@ -19,40 +20,54 @@ from mm_keras.losses import clip_loss  # noqa: E402
 from mm_keras.trainers import ContrastiveTrainer  # noqa: E402
 from tests.trainers.test_contrastive import _data, _trainer  # noqa: E402
 
+LEARNING_RATE = 0.01
+
+
+def reference_step(model, batch, gather):
+    """The same SGD step on one device: the global loss, or the mean of local losses."""
+    with tf.GradientTape() as tape:
+        if gather == "global":
+            emb = model(batch)
+            loss = clip_loss(emb["image"], emb["text"], model.logit_scale)
+        else:
+            halves = []
+            for rows in (slice(0, 4), slice(4, 8)):
+                emb = model({m: batch[m][rows] for m in ("image", "text")})
+                halves.append(clip_loss(emb["image"], emb["text"], model.logit_scale))
+            loss = tf.add_n(halves) / 2
+    variables = [v for v in model.trainable_variables if "logit_bias" not in v.path]
+    for variable, gradient in zip(variables, tape.gradient(loss, variables)):
+        variable.assign_sub(LEARNING_RATE * tf.convert_to_tensor(gradient))
+
 
 def main():
-    keras.utils.set_random_seed(0)
     batch = next(iter(_data(n=8, batch=8)))
-    reference = _trainer("clip", label_aware=False).model
-    reference(batch)
-    initial = [np.array(v) for v in reference.weights]
-
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    with strategy.scope():
-        model = _trainer("clip", label_aware=False).model
-        model(batch)
-        for variable, value in zip(model.weights, initial):
-            variable.assign(value)
-        trainer = ContrastiveTrainer(model, label_aware=False)
-        trainer.compile(optimizer=keras.optimizers.SGD(0.01))
-    trainer.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
-
-    # By hand: each replica holds 4 examples; the step descends the mean of their losses.
-    with tf.GradientTape() as tape:
-        halves = []
-        for rows in (slice(0, 4), slice(4, 8)):
-            emb = reference({m: batch[m][rows] for m in ("image", "text")})
-            halves.append(clip_loss(emb["image"], emb["text"], reference.logit_scale))
-        loss = tf.add_n(halves) / 2
-    variables = [v for v in reference.trainable_variables if "logit_bias" not in v.path]
-    for variable, gradient in zip(variables, tape.gradient(loss, variables)):
-        variable.assign_sub(0.01 * tf.convert_to_tensor(gradient))
-    difference = max(
-        float(np.max(np.abs(np.array(a) - np.array(b))))
-        for a, b in zip(model.weights, reference.weights)
-    )
-    moved = max(float(np.max(np.abs(np.array(a) - b))) for a, b in zip(model.weights, initial))
-    print(json.dumps({"max_abs_difference": difference, "max_update": moved}))
+    results = {}
+    for gather in ("global", "local"):
+        keras.utils.set_random_seed(0)
+        reference = _trainer("clip", label_aware=False).model
+        reference(batch)
+        initial = [np.array(v) for v in reference.weights]
+        with strategy.scope():
+            model = _trainer("clip", label_aware=False).model
+            model(batch)
+            for variable, value in zip(model.weights, initial):
+                variable.assign(value)
+            trainer = ContrastiveTrainer(model, label_aware=False, gather=gather)
+            trainer.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE))
+        trainer.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+        reference_step(reference, batch, gather)
+        results[gather] = {
+            "max_abs_difference": max(
+                float(np.max(np.abs(np.array(a) - np.array(b))))
+                for a, b in zip(model.weights, reference.weights)
+            ),
+            "max_update": max(
+                float(np.max(np.abs(np.array(a) - b))) for a, b in zip(model.weights, initial)
+            ),
+        }
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":

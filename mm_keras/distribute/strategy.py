@@ -1,0 +1,64 @@
+"""Choosing a `tf.distribute` strategy by name."""
+
+import json
+import os
+import socket
+from urllib.parse import urlparse
+
+import tensorflow as tf
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+def get_strategy(name="default", devices=None, tpu=None):
+    """Returns the `tf.distribute.Strategy` a recipe's `--strategy` flag names.
+
+    Args:
+        name: `"default"` (no distribution), `"one_device"` (the first GPU, else the CPU),
+            `"mirrored"` (every local GPU, or `devices`), `"multi_worker"` (the cluster in
+            the `TF_CONFIG` environment variable) or `"tpu"`.
+        devices: optional list of device names for `"mirrored"` and `"one_device"`, e.g.
+            logical CPUs `["/cpu:0", "/cpu:1"]`.
+        tpu: optional TPU address for `"tpu"` (default: the one the environment names).
+
+    Example:
+    >>> strategy = get_strategy("mirrored")
+    >>> with strategy.scope():
+    ...     model = build_model()
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"`name` must be one of {STRATEGIES}. Received: name={name!r}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        device = devices[0] if devices else (gpus[0].name if gpus else "/cpu:0")
+        return tf.distribute.OneDeviceStrategy(device)
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker":
+        config = os.environ.get("TF_CONFIG")
+        if not config or "cluster" not in json.loads(config):
+            raise ValueError(
+                "The multi_worker strategy reads the cluster from the TF_CONFIG environment "
+                f"variable. Expected a JSON object with 'cluster' and 'task'. Received: {config!r}"
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        _probe(resolver.master())
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, OSError, tf.errors.NotFoundError, tf.errors.UnavailableError) as error:
+        raise ValueError(
+            f"Expected a reachable TPU for strategy 'tpu'. Received: tpu={tpu!r}, and none "
+            f"could be reached ({type(error).__name__}: {error})"
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def _probe(address, timeout=10.0):
+    """Fails fast on an unreachable `grpc://host:port`: connecting to it would block forever."""
+    url = urlparse(address)
+    if url.scheme == "grpc" and url.hostname and url.port:
+        socket.create_connection((url.hostname, url.port), timeout=timeout).close()
