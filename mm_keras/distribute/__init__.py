@@ -1,4 +1,5 @@
 """Distribution: strategies by name, and collectives with gradients for global losses."""
 
 from mm_keras.distribute.collectives import all_gather, num_replicas
-from mm_keras.distribute.strategy import STRATEGIES, get_strategy
+from mm_keras.distribute.input import distribute_batches
+from mm_keras.distribute.strategy import STRATEGIES, get_strategy, worker_path

@@ -62,3 +62,15 @@ def _probe(address, timeout=10.0):
     url = urlparse(address)
     if url.scheme == "grpc" and url.hostname and url.port:
         socket.create_connection((url.hostname, url.port), timeout=timeout).close()
+
+
+def worker_path(strategy, path):
+    """Where this worker writes: `path` on the chief, `path/worker_<id>` on other workers.
+
+    Under a multi-worker strategy every worker holds the same weights and runs the same
+    callbacks; giving each its own directory keeps them from writing one file at once.
+    """
+    if strategy.extended.should_checkpoint:
+        return path
+    resolver = strategy.cluster_resolver
+    return os.path.join(path, f"{resolver.task_type}_{resolver.task_id}")

@@ -128,6 +128,10 @@ class ContrastiveTrainer(keras.Model):
         if self.loss_name == "clip" and bias is not None:  # CLIP has no bias: leave it be.
             variables = [v for v in variables if v is not bias]
         gradients = tape.gradient(scaled_loss, variables)
+        if not self.optimizer.built:
+            # Over every trainable variable, as `fit` under a strategy and
+            # `BackupAndRestore` build it: a backup's optimizer state then always fits.
+            self.optimizer.build(self.trainable_variables)
         self.optimizer.apply(gradients, variables)
         return self._update_metrics(loss, accuracy)
 

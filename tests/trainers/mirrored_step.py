@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 from mm_keras.losses import clip_loss  # noqa: E402
 from mm_keras.trainers import ContrastiveTrainer  # noqa: E402
-from tests.trainers.test_contrastive import _data, _trainer  # noqa: E402
+from tests.trainers.toy import toy_batches, toy_trainer  # noqa: E402
 
 LEARNING_RATE = 0.01
 
@@ -41,16 +41,16 @@ def reference_step(model, batch, gather):
 
 
 def main():
-    batch = next(iter(_data(n=8, batch=8)))
+    batch = next(iter(toy_batches(n=8, batch=8)))
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     results = {}
     for gather in ("global", "local"):
         keras.utils.set_random_seed(0)
-        reference = _trainer("clip", label_aware=False).model
+        reference = toy_trainer("clip", label_aware=False).model
         reference(batch)
         initial = [np.array(v) for v in reference.weights]
         with strategy.scope():
-            model = _trainer("clip", label_aware=False).model
+            model = toy_trainer("clip", label_aware=False).model
             model(batch)
             for variable, value in zip(model.weights, initial):
                 variable.assign(value)

@@ -4,59 +4,31 @@ import os
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from mm_keras.encoders import TransformerEncoder
-from mm_keras.models import DualEncoder
-from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding
 from mm_keras.trainers import ContrastiveTrainer
 from tests.scripts import run_script
-
-
-def _data(n=48, batch=16):
-    """Images whose brightness and texts whose first token both encode one of 4 classes."""
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 4, n).astype("int32")
-    images = rng.integers(0, 40, size=(n, 16, 16, 1)) + 60 * labels[:, None, None, None]
-    text = np.zeros((n, 4), "int32")
-    text[:, 0], text[:, 1] = labels + 2, rng.integers(6, 10, n)
-    batch_dict = {"image": images.astype("uint8"), "text": text, "label": labels}
-    return tf.data.Dataset.from_tensor_slices(batch_dict).batch(batch)
-
-
-def _trainer(loss="clip", label_aware=True):
-    model = DualEncoder(
-        {
-            "image": ImagePatchTokenizer(image_size=16, patch_size=8, hidden_dim=32),
-            "text": TextEmbedding(vocabulary_size=10, sequence_length=4, hidden_dim=32),
-        },
-        TransformerEncoder(num_layers=1, num_heads=2, intermediate_dim=64),
-        projection_dim=16,
-    )
-    trainer = ContrastiveTrainer(model, loss=loss, label_aware=label_aware)
-    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
-    return trainer
+from tests.trainers.toy import toy_batches, toy_trainer
 
 
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
 def test_fit_lowers_loss_and_learns_the_classes(loss):
-    trainer = _trainer(loss)
-    history = trainer.fit(_data(), epochs=20, verbose=0)
+    trainer = toy_trainer(loss)
+    history = trainer.fit(toy_batches(), epochs=20, verbose=0)
     assert history.history["loss"][-1] < 0.7 * history.history["loss"][0]
     assert history.history["accuracy"][-1] > 0.9
-    assert set(trainer.evaluate(_data(), return_dict=True, verbose=0)) == {"loss", "accuracy"}
+    assert set(trainer.evaluate(toy_batches(), return_dict=True, verbose=0)) == {"loss", "accuracy"}
 
 
 def test_siglip_trains_logit_scale_and_bias():
-    trainer = _trainer("siglip")
-    trainer.fit(_data(), epochs=1, verbose=0)
+    trainer = toy_trainer("siglip")
+    trainer.fit(toy_batches(), epochs=1, verbose=0)
     model = trainer.model
     assert float(model.logit_scale) != pytest.approx(1 / 0.07, rel=1e-6)
     assert float(model.logit_bias) != -10.0
 
 
 def test_label_aware_accuracy_counts_same_class_hits():
-    trainer, data = _trainer(), _data()
+    trainer, data = toy_trainer(), toy_batches()
     aware = trainer.evaluate(data, return_dict=True, verbose=0)
     trainer.label_aware = False
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))  # retrace test_step
@@ -66,14 +38,14 @@ def test_label_aware_accuracy_counts_same_class_hits():
 
 
 def test_clip_leaves_the_siglip_bias_alone():
-    trainer = _trainer("clip")
-    trainer.fit(_data(), epochs=1, verbose=0)
+    trainer = toy_trainer("clip")
+    trainer.fit(toy_batches(), epochs=1, verbose=0)
     assert float(trainer.model.logit_bias) == -10.0
     assert float(trainer.model.logit_scale) != pytest.approx(1 / 0.07, rel=1e-6)
 
 
 def test_works_with_standard_callbacks(tmp_path):
-    trainer = _trainer()
+    trainer = toy_trainer()
     checkpoint = os.path.join(tmp_path, "best.keras")
     callbacks = [
         keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
@@ -81,13 +53,13 @@ def test_works_with_standard_callbacks(tmp_path):
         keras.callbacks.TensorBoard(os.path.join(tmp_path, "logs")),
     ]
     history = trainer.fit(
-        _data(), validation_data=_data(), epochs=10, callbacks=callbacks, verbose=0
+        toy_batches(), validation_data=toy_batches(), epochs=10, callbacks=callbacks, verbose=0
     )
     assert len(history.history["loss"]) == 2  # EarlyStopping stopped it
     assert os.listdir(os.path.join(tmp_path, "logs"))
     restored = keras.saving.load_model(checkpoint, safe_mode=True)
     assert isinstance(restored, ContrastiveTrainer)
-    batch = next(iter(_data()))
+    batch = next(iter(toy_batches()))
     for m in ("image", "text"):
         np.testing.assert_allclose(
             np.asarray(restored.model(batch)[m]), np.asarray(trainer.model(batch)[m]), atol=1e-5
@@ -96,11 +68,12 @@ def test_works_with_standard_callbacks(tmp_path):
 
 def test_batch_missing_a_modality_raises():
     with pytest.raises(ValueError, match=r"modalities \('image', 'text'\).*\['image', 'label'\]"):
-        _trainer().fit(_data().map(lambda b: {"image": b["image"], "label": b["label"]}), verbose=0)
+        images_only = toy_batches().map(lambda b: {"image": b["image"], "label": b["label"]})
+        toy_trainer().fit(images_only, verbose=0)
 
 
 def test_bad_arguments_raise():
-    model = _trainer().model
+    model = toy_trainer().model
     with pytest.raises(ValueError, match="loss='triplet'"):
         ContrastiveTrainer(model, loss="triplet")
     with pytest.raises(
