@@ -64,6 +64,15 @@ def _probe(address, timeout=10.0):
         socket.create_connection((url.hostname, url.port), timeout=timeout).close()
 
 
+def num_workers(strategy):
+    """The number of worker processes (chief included) a strategy spans; 1 on one host."""
+    resolver = strategy.cluster_resolver
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return 1
+    cluster = resolver.cluster_spec().as_dict()
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+
+
 def worker_path(strategy, path):
     """Where this worker writes: `path` on the chief, `path/worker_<id>` on other workers.
 

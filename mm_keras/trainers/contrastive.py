@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from mm_keras.distribute import all_gather, num_replicas
+from mm_keras.distribute import all_gather, num_replicas, num_workers
 from mm_keras.losses.contrastive import clip_loss, in_batch_accuracy, siglip_loss
 
 LOSSES = ("clip", "siglip")
@@ -82,6 +82,18 @@ class ContrastiveTrainer(keras.Model):
         if not self.model.built:
             self.model.build(input_shape)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a strategy, Keras's TF trainer builds the model by reducing a first batch
+        # across replicas, which fails for a dict of integer tensors under
+        # MultiWorkerMirroredStrategy. The dual encoder builds from its tokenizers' input
+        # shapes instead, and the optimizer over every trainable variable, as in
+        # `train_step`.
+        with self.distribute_strategy.scope():
+            if not self.built:
+                self.build()
+            if self.optimizer is not None and not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)
+
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
 
@@ -143,7 +155,12 @@ class ContrastiveTrainer(keras.Model):
     def _update_metrics(self, loss, accuracy):
         self.loss_tracker.update_state(loss)
         self.accuracy_tracker.update_state(accuracy)
-        return {m.name: m.result() for m in self.metrics}
+        results = {m.name: m.result() for m in self.metrics}
+        if num_workers(tf.distribute.get_strategy()) > 1:
+            # Keras averages a multi-worker step's logs with `reduce("MEAN", axis=0)`,
+            # which fails on scalars (tensorflow/tensorflow#72388): give them that axis.
+            results = {name: value[None] for name, value in results.items()}
+        return results
 
     def get_config(self):
         config = super().get_config()

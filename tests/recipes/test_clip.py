@@ -72,3 +72,24 @@ def test_recipe_refuses_bad_modalities(tmp_path):
     )
     assert result.returncode != 0
     assert "--modalities must name two of" in result.stderr + result.stdout
+
+
+def test_recipe_refuses_a_batch_that_does_not_divide_among_replicas(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "recipes/clip.py",
+            "--strategy=mirrored",
+            "--cpu_replicas=3",
+            "--batch_size=64",
+            f"--output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "multiple of the number of replicas (3)" in result.stderr
+    assert "Received: global_batch_size=64" in result.stderr
