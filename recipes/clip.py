@@ -99,6 +99,9 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_string("data_service", "", "Address of a tf.data service dispatcher to read through.")
 flags.DEFINE_integer("backup_every_steps", 0, "Back up every N steps (0: every epoch).")
+flags.DEFINE_string(
+    "dtype_policy", "float32", "Keras dtype policy, e.g. mixed_bfloat16 on a GPU or TPU."
+)
 
 
 def build_tower_tokenizer(modality, vocabulary_size):
@@ -240,6 +243,7 @@ def main(argv):
     devices = split_cpu(FLAGS.cpu_replicas) if FLAGS.cpu_replicas else None
     strategy = get_strategy(FLAGS.strategy, devices=devices)
     keras.utils.set_random_seed(FLAGS.seed)
+    keras.config.set_dtype_policy(FLAGS.dtype_policy)
     output_dir = worker_path(strategy, FLAGS.output_dir)
     os.makedirs(output_dir, exist_ok=True)
 
