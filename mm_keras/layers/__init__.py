@@ -1,4 +1,5 @@
 """Reusable Keras layers."""
 
 from mm_keras.layers.attention import MultiHeadSelfAttention
+from mm_keras.layers.moe import MoEFeedForward
 from mm_keras.layers.transformer import TransformerBlock

@@ -1,0 +1,285 @@
+"""The mixture-of-experts feed-forward layer: routers, capacity, auxiliary losses, statistics."""
+
+import math
+
+import keras
+from keras import ops
+
+ROUTERS = ("token_choice", "expert_choice", "modality")
+
+
+@keras.saving.register_keras_serializable(package="mm_keras")
+class MoEFeedForward(keras.layers.Layer):
+    """A sparse mixture of feed-forward experts, with static shapes throughout.
+
+    Each expert is a two-layer MLP `D → intermediate_dim → D`. A router in float32 sends
+    every token to some experts and the layer returns the gate-weighted sum of their
+    outputs. Routing happens within groups of one sequence each (GShard's groups), so every
+    buffer has a static size: tokens are dispatched into `[B, E, C, D]` expert buffers and
+    combined back with one-hot einsums, which run under `jit_compile` and convert to TFLite
+    builtin ops.
+
+    Routers:
+    * `"token_choice"` (Switch Transformer, Fedus et al. 2021, with `top_k=1`; GShard,
+      Lepikhin et al. 2020, with `top_k=2`): each token picks its `top_k` experts. An expert
+      takes at most C = ceil(capacity_factor · top_k · N / E) tokens of a sequence of N,
+      first choices first, in token order; a token over capacity gets nothing from that
+      expert (its residual connection carries it through) and is counted as dropped. With
+      `top_k > 1` the chosen gates are renormalized to sum to 1.
+    * `"expert_choice"` (Zhou et al. 2022): each expert takes the C tokens with the highest
+      router probability for it, C = ceil(capacity_factor · top_k · N / E); a token no expert
+      takes is dropped. Balanced by construction.
+    * `"modality"` (Mixture-of-Transformers, Liang et al. 2024; MoMa, Lin et al. 2024):
+      experts come in groups of `experts_per_modality`, one group per modality id, and a
+      token only chooses among its modality's group, with learned top-k when the group has
+      more than one expert. Capacity counts the group, not all experts.
+
+    Auxiliary losses, added with `add_loss` when training: the Switch load-balancing loss
+    `load_balance_weight · E · Σ_e f_e · P_e` (f_e: fraction of tokens whose first choice is
+    expert e; P_e: mean router probability of e) and the router z-loss
+    `z_loss_weight · mean(logsumexp(logits)²)` (ST-MoE, Zoph et al. 2022).
+
+    Args:
+        num_experts: int, the number of experts E.
+        intermediate_dim: int, hidden width of each expert.
+        router: one of `"token_choice"`, `"expert_choice"`, `"modality"`.
+        top_k: int, experts per token (token choice, modality), or the average number of
+            experts per token that sets the capacity (expert choice).
+        capacity_factor: float, capacity over an even share of the tokens, when training.
+        eval_capacity_factor: float, the same at inference (default: `capacity_factor`).
+        router_jitter: float, when training, multiply the router's input by noise drawn
+            uniformly from `[1 - jitter, 1 + jitter]` (Switch Transformer).
+        load_balance_weight: float, coefficient of the load-balancing loss.
+        z_loss_weight: float, coefficient of the router z-loss.
+        num_modalities: int, the number of modality ids (modality router only).
+        activation: the experts' activation.
+
+    Call arguments:
+        inputs: float `[B, N, D]` tokens.
+        padding_mask: optional bool `[B, N]`; padding tokens are routed nowhere and
+            counted nowhere.
+        modality_ids: int `[B]` or `[B, N]` (modality router only).
+        training: bool.
+        return_statistics: bool, also return a dict with `"expert_load"` `[E]` (fraction
+            of routed token slots each expert processed), `"dropped_fraction"` (token-expert
+            assignments over capacity, over all assignments; for expert choice, tokens no
+            expert took) and `"router_entropy"` (mean entropy of the router's distribution).
+
+    Example:
+    >>> moe = MoEFeedForward(num_experts=8, intermediate_dim=128, top_k=1)
+    >>> x = np.random.rand(2, 10, 64).astype("float32")
+    >>> moe(x).shape
+    (2, 10, 64)
+    """
+
+    def __init__(
+        self,
+        num_experts,
+        intermediate_dim,
+        router="token_choice",
+        top_k=1,
+        capacity_factor=1.25,
+        eval_capacity_factor=None,
+        router_jitter=0.0,
+        load_balance_weight=0.01,
+        z_loss_weight=0.001,
+        num_modalities=None,
+        activation="gelu",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if router not in ROUTERS:
+            raise ValueError(f"`router` must be one of {ROUTERS}. Received: router={router!r}")
+        if num_experts < 1 or intermediate_dim < 1:
+            raise ValueError(
+                "`num_experts` and `intermediate_dim` must be >= 1. Received: "
+                f"num_experts={num_experts}, intermediate_dim={intermediate_dim}"
+            )
+        eligible = num_experts
+        if router == "modality":
+            if not num_modalities or num_experts % num_modalities:
+                raise ValueError(
+                    "The modality router needs `num_modalities` dividing `num_experts` "
+                    f"(a group of experts per modality). Received: num_experts={num_experts}, "
+                    f"num_modalities={num_modalities}"
+                )
+            eligible = num_experts // num_modalities
+        if not 1 <= top_k <= eligible:
+            raise ValueError(
+                f"`top_k` must be in [1, {eligible}] (the experts a token can choose from). "
+                f"Received: top_k={top_k}"
+            )
+        for name, value in (
+            ("capacity_factor", capacity_factor),
+            ("eval_capacity_factor", eval_capacity_factor),
+        ):
+            if value is not None and value <= 0:
+                raise ValueError(f"`{name}` must be > 0. Received: {name}={value}")
+        if not 0.0 <= router_jitter < 1.0:
+            raise ValueError(f"`router_jitter` must be in [0, 1). Received: {router_jitter}")
+        self.num_experts = num_experts
+        self.intermediate_dim = intermediate_dim
+        self.router = router
+        self.top_k = top_k
+        self.capacity_factor = capacity_factor
+        self.eval_capacity_factor = eval_capacity_factor
+        self.router_jitter = router_jitter
+        self.load_balance_weight = load_balance_weight
+        self.z_loss_weight = z_loss_weight
+        self.num_modalities = num_modalities
+        self.activation = keras.activations.get(activation)
+        self._eligible = eligible
+
+    def build(self, inputs_shape):
+        hidden_dim = inputs_shape[-1]
+        experts, inner = self.num_experts, self.intermediate_dim
+        self.router_kernel = self.add_weight(
+            name="router_kernel",
+            shape=(hidden_dim, experts),
+            initializer=keras.initializers.RandomNormal(stddev=0.02),
+            dtype="float32",  # routing decisions stay in float32 under mixed precision
+            autocast=False,
+        )
+        self.expert_in_kernel = self.add_weight(
+            name="expert_in_kernel",
+            shape=(experts, hidden_dim, inner),
+            initializer="glorot_uniform",
+        )
+        self.expert_in_bias = self.add_weight(
+            name="expert_in_bias", shape=(experts, inner), initializer="zeros"
+        )
+        self.expert_out_kernel = self.add_weight(
+            name="expert_out_kernel",
+            shape=(experts, inner, hidden_dim),
+            initializer="glorot_uniform",
+        )
+        self.expert_out_bias = self.add_weight(
+            name="expert_out_bias", shape=(experts, hidden_dim), initializer="zeros"
+        )
+
+    def capacity(self, num_tokens, training=False):
+        """Tokens each expert takes from a sequence of `num_tokens`."""
+        factor = self.capacity_factor
+        if not training and self.eval_capacity_factor is not None:
+            factor = self.eval_capacity_factor
+        capacity = math.ceil(factor * self.top_k * num_tokens / self._eligible)
+        return max(1, min(capacity, num_tokens))
+
+    def _router_logits(self, inputs, training):
+        x = ops.cast(inputs, "float32")
+        if training and self.router_jitter:
+            x = x * keras.random.uniform(
+                ops.shape(x), 1.0 - self.router_jitter, 1.0 + self.router_jitter
+            )
+        return ops.matmul(x, self.router_kernel)  # [B, N, E]
+
+    def _token_choice(self, probs, valid, capacity):
+        """Dispatch `[B, N, E, C]` (0/1), combine weights, and dropped assignments."""
+        k, experts = self.top_k, self.num_experts
+        gates, chosen = ops.top_k(probs, k)  # [B, N, k]
+        if k > 1:
+            gates = gates / ops.sum(gates, axis=-1, keepdims=True)
+        choices = ops.one_hot(chosen, experts) * valid[:, :, None, None]  # [B, N, k, E]
+        # Buffer positions: first choices of all tokens first, then second choices.
+        tokens = ops.shape(choices)[1]
+        by_rank = ops.reshape(ops.transpose(choices, (0, 2, 1, 3)), (-1, k * tokens, experts))
+        position = (ops.cumsum(by_rank, axis=1) - 1.0) * by_rank
+        kept = by_rank * ops.cast(position < capacity, "float32")
+        slots = ops.one_hot(ops.cast(position, "int32"), capacity) * kept[..., None]
+        slots = ops.transpose(
+            ops.reshape(slots, (-1, k, tokens, experts, capacity)), (0, 2, 1, 3, 4)
+        )
+        dispatch = ops.sum(slots, axis=2)  # [B, N, E, C]
+        combine = ops.sum(slots * gates[:, :, :, None, None], axis=2)
+        dropped = ops.sum(by_rank) - ops.sum(kept)
+        return dispatch, combine, dropped, ops.sum(by_rank)
+
+    def _expert_choice(self, probs, valid, capacity):
+        # Padding tokens score below every real token, and get no weight if still taken.
+        scores = ops.where(valid[:, :, None] > 0, probs, -1.0)
+        gates, picked = ops.top_k(ops.transpose(scores, (0, 2, 1)), capacity)  # [B, E, C]
+        tokens = ops.shape(probs)[1]
+        slots = ops.one_hot(picked, tokens) * ops.cast(gates > 0, "float32")[..., None]
+        dispatch = ops.transpose(slots, (0, 3, 1, 2))  # [B, N, E, C]
+        combine = dispatch * ops.maximum(gates, 0.0)[:, None, :, :]
+        taken = ops.minimum(ops.sum(dispatch, axis=(2, 3)), 1.0) * valid
+        return dispatch, combine, ops.sum(valid) - ops.sum(taken), ops.sum(valid)
+
+    def call(
+        self, inputs, padding_mask=None, modality_ids=None, training=None, return_statistics=False
+    ):
+        batch_tokens = ops.shape(inputs)[:2]
+        tokens = inputs.shape[1]
+        valid = ops.ones(batch_tokens, "float32")
+        if padding_mask is not None:
+            valid = ops.cast(padding_mask, "float32")
+        logits = self._router_logits(inputs, training)
+        if self.router == "modality":
+            if modality_ids is None:
+                raise ValueError("The modality router needs `modality_ids`. Received: None")
+            ids = ops.cast(modality_ids, "int32")
+            if len(ids.shape) == 1:
+                ids = ops.broadcast_to(ids[:, None], batch_tokens)
+            group = ops.arange(self.num_experts) // self._eligible
+            eligible = ops.equal(ids[:, :, None], group[None, None, :])
+            logits = ops.where(eligible, logits, -1e9)
+        probs = ops.softmax(logits, axis=-1)
+        capacity = self.capacity(tokens, training)
+        if self.router == "expert_choice":
+            dispatch, combine, dropped, assigned = self._expert_choice(probs, valid, capacity)
+        else:
+            dispatch, combine, dropped, assigned = self._token_choice(probs, valid, capacity)
+
+        compute = self.compute_dtype
+        x = ops.cast(inputs, compute)
+        buffers = ops.einsum("bnec,bnd->becd", ops.cast(dispatch, compute), x)
+        hidden = ops.einsum("becd,edh->bech", buffers, self.expert_in_kernel)
+        hidden = self.activation(hidden + self.expert_in_bias[None, :, None, :])
+        out = ops.einsum("bech,ehd->becd", hidden, self.expert_out_kernel)
+        out = out + self.expert_out_bias[None, :, None, :]
+        outputs = ops.einsum("bnec,becd->bnd", ops.cast(combine, compute), out)
+
+        count = ops.maximum(ops.sum(valid), 1.0)
+        if training:
+            self.add_loss(self._auxiliary_loss(logits, probs, valid, count))
+        if not return_statistics:
+            return outputs
+        load = ops.sum(dispatch, axis=(0, 1, 3))
+        entropy = -ops.sum(probs * ops.log(ops.maximum(probs, 1e-9)), axis=-1)
+        return outputs, {
+            "expert_load": load / ops.maximum(ops.sum(load), 1.0),
+            "dropped_fraction": dropped / ops.maximum(assigned, 1.0),
+            "router_entropy": ops.sum(entropy * valid) / count,
+        }
+
+    def _auxiliary_loss(self, logits, probs, valid, count):
+        # Switch load balance: E · Σ_e f_e P_e, f_e = share of first choices, P_e = mean prob.
+        first = ops.one_hot(ops.argmax(probs, axis=-1), self.num_experts) * valid[..., None]
+        fraction = ops.sum(first, axis=(0, 1)) / count
+        mean_prob = ops.sum(probs * valid[..., None], axis=(0, 1)) / count
+        balance = self.num_experts * ops.sum(fraction * mean_prob)
+        # z-loss: mean over tokens of logsumexp(logits)².
+        z = ops.sum(ops.square(ops.logsumexp(logits, axis=-1)) * valid) / count
+        return self.load_balance_weight * balance + self.z_loss_weight * z
+
+    def compute_output_shape(self, inputs_shape):
+        return tuple(inputs_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_experts": self.num_experts,
+                "intermediate_dim": self.intermediate_dim,
+                "router": self.router,
+                "top_k": self.top_k,
+                "capacity_factor": self.capacity_factor,
+                "eval_capacity_factor": self.eval_capacity_factor,
+                "router_jitter": self.router_jitter,
+                "load_balance_weight": self.load_balance_weight,
+                "z_loss_weight": self.z_loss_weight,
+                "num_modalities": self.num_modalities,
+                "activation": keras.activations.serialize(self.activation),
+            }
+        )
+        return config
