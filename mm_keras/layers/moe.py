@@ -53,6 +53,7 @@ class MoEFeedForward(keras.layers.Layer):
         z_loss_weight: float, coefficient of the router z-loss.
         num_modalities: int, the number of modality ids (modality router only).
         activation: the experts' activation.
+        seed: optional int, seed of the router jitter.
 
     Call arguments:
         inputs: float `[B, N, D]` tokens.
@@ -85,6 +86,7 @@ class MoEFeedForward(keras.layers.Layer):
         z_loss_weight=0.001,
         num_modalities=None,
         activation="gelu",
+        seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -128,6 +130,8 @@ class MoEFeedForward(keras.layers.Layer):
         self.z_loss_weight = z_loss_weight
         self.num_modalities = num_modalities
         self.activation = keras.activations.get(activation)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
         self._eligible = eligible
 
     def build(self, inputs_shape):
@@ -169,7 +173,10 @@ class MoEFeedForward(keras.layers.Layer):
         x = ops.cast(inputs, "float32")
         if training and self.router_jitter:
             x = x * keras.random.uniform(
-                ops.shape(x), 1.0 - self.router_jitter, 1.0 + self.router_jitter
+                ops.shape(x),
+                1.0 - self.router_jitter,
+                1.0 + self.router_jitter,
+                seed=self.seed_generator,
             )
         return ops.matmul(x, self.router_kernel)  # [B, N, E]
 
@@ -280,6 +287,7 @@ class MoEFeedForward(keras.layers.Layer):
                 "z_loss_weight": self.z_loss_weight,
                 "num_modalities": self.num_modalities,
                 "activation": keras.activations.serialize(self.activation),
+                "seed": self.seed,
             }
         )
         return config

@@ -1,3 +1,4 @@
+import json
 import math
 
 import keras
@@ -7,6 +8,7 @@ import tensorflow as tf
 
 from mm_keras.layers import MoEFeedForward
 from tests.roundtrip import check_layer_roundtrip
+from tests.scripts import run_script
 
 E, D, H, N = 4, 16, 32, 8
 
@@ -222,3 +224,53 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="needs `modality_ids`"):
         MoEFeedForward(4, 8, router="modality", num_modalities=2)(_inputs())
     assert keras.activations.serialize(MoEFeedForward(4, 8).activation) == "gelu"
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"top_k": 2}, {"router": "modality", "num_modalities": 2}], ids=["token", "modality"]
+)
+def test_converts_to_builtin_tflite_and_matches_keras(kwargs, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from mm_keras.export import tflite_ops
+
+    layer = _layer(**kwargs)
+    x = _inputs(9, batch=2)
+    ids = np.array([1, 0], "int32")
+    mask = np.ones((2, N), bool)
+    mask[1, 6:] = False
+
+    def serve(tokens, padding_mask, modality_ids):
+        if layer.router != "modality":
+            modality_ids = None
+        return {"outputs": layer(tokens, padding_mask=padding_mask, modality_ids=modality_ids)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(layer)
+    archive.add_endpoint(
+        "serve",
+        serve,
+        input_signature=[
+            tf.TensorSpec([2, N, D], tf.float32, name="tokens"),
+            tf.TensorSpec([2, N], tf.bool, name="padding_mask"),
+            tf.TensorSpec([2], tf.int32, name="modality_ids"),
+        ],
+    )
+    archive.write_out(str(tmp_path), verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path), ["serve"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    tflite_model = converter.convert()
+    assert not [op for op in tflite_ops(tflite_model) if op.startswith("Flex")]
+
+    runner = Interpreter(model_content=tflite_model, num_threads=1).get_signature_runner()
+    actual = runner(tokens=x, padding_mask=mask, modality_ids=ids)["outputs"]
+    expected = serve(x, mask, ids)["outputs"]
+    np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=0)
+
+
+def test_trains_under_mirrored_strategy_on_two_devices():
+    result = run_script("tests/layers/moe_mirrored.py", timeout=180)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["replicas"] == 2
+    assert all(np.isfinite(figures["loss"])) and figures["loss"][-1] < figures["loss"][0]
+    assert figures["auxiliary_loss"] > 0 and figures["min_weight_change"] > 0
