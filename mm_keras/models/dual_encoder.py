@@ -168,7 +168,9 @@ class DualEncoder(keras.Model):
         if self.shared_encoder:
             index = self.modalities.index(modality)
             tokens = sequence["tokens"] + self.modality_embedding[index]
-            sequence = {"tokens": tokens, "mask": sequence["mask"]}
+            # Modality-aware shared encoders (`SharedEncoder`) read the id; others ignore it.
+            ids = ops.full((ops.shape(tokens)[0],), index, "int32")
+            sequence = {"tokens": tokens, "mask": sequence["mask"], "modality_ids": ids}
         sequence = self._encoder(modality)(sequence, training=training)
         pooled = self.pooling(sequence["tokens"], mask=sequence["mask"])
         return ops.normalize(self.projections[modality](pooled), axis=-1)
