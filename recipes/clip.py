@@ -237,8 +237,12 @@ def backed_up_epoch(backup_dir):
         return int(json.load(f)["epoch"])
 
 
-def main(argv):
-    del argv
+def run(build=build_model, report=None):
+    """Trains, evaluates and writes the run; returns its metrics.
+
+    `build(modalities, vocabulary_size)` makes the model, and `report(model, test_inputs)`
+    may add metrics: recipes built on this one pass their own.
+    """
     tf.get_logger().setLevel("ERROR")  # evaluation retraces `predict` per input structure
     devices = split_cpu(FLAGS.cpu_replicas) if FLAGS.cpu_replicas else None
     strategy = get_strategy(FLAGS.strategy, devices=devices)
@@ -266,7 +270,7 @@ def main(argv):
     )
 
     with strategy.scope():
-        model = build_model(modalities, tokenizer.vocabulary_size if tokenizer else 0)
+        model = build(modalities, tokenizer.vocabulary_size if tokenizer else 0)
         trainer = ContrastiveTrainer(
             model, modalities=modalities, loss=FLAGS.loss, label_aware=FLAGS.label_aware
         )
@@ -315,9 +319,12 @@ def main(argv):
     reloaded = keras.saving.load_model(model_path, safe_mode=True)
     test = datasets.load_digits_arrays("test", modalities)
     metrics = evaluate(reloaded, tokenizer, test, modalities)
-    sample = {m: test[m][:64] for m in modalities}
+    inputs = {m: test[m] for m in modalities}
     if tokenizer is not None:
-        sample["text"] = tokenizer(test["text"][:64].tolist())["token_ids"]
+        inputs["text"] = tokenizer(test["text"].tolist())["token_ids"]
+    if report is not None:
+        metrics.update(report(reloaded, inputs))
+    sample = {m: x[:64] for m, x in inputs.items()}
     trained, loaded = model(sample), reloaded(sample)
     reload_error = max(float(np.max(np.abs(trained[m] - loaded[m]))) for m in modalities)
     if reload_error >= 1e-5:
@@ -361,6 +368,12 @@ def main(argv):
         print(f"  {query}→{key} label-aware recall: {recalls}")
     print(f"  parameters: {int(metrics['num_params'])}, training: {train_seconds:.1f} s")
     print(f"  reloaded model.keras (safe_mode=True): max abs embedding diff {reload_error:.2e}")
+    return metrics
+
+
+def main(argv):
+    del argv
+    run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""The mixture-of-experts recipe: as accurate as the dense one, with balanced experts."""
+
+import json
+
+from tests.scripts import run_script
+
+
+def _metrics(path):
+    with open(path / "metrics.json") as f:
+        return json.load(f)
+
+
+def test_moe_recipe_matches_the_dense_recipe_with_balanced_experts(tmp_path):
+    result = run_script("recipes/moe_clip.py", f"--output_dir={tmp_path}", timeout=600)
+    assert "experts: load" in result.stdout
+    metrics = _metrics(tmp_path)
+    # The issue's bar: within 2 points of the dense recipe (0.989 with seed 0).
+    assert metrics["zero_shot_top1"] >= 0.969
+    assert metrics["min_expert_load_fraction"] >= 0.05  # no expert starved
+    assert 0.0 <= metrics["dropped_token_fraction"] < 0.1
+
+
+def test_modality_routed_recipe_runs_end_to_end(tmp_path):
+    run_script(
+        "recipes/moe_clip.py",
+        "--router=modality",
+        "--modality_norms",
+        "--top_k=1",
+        "--epochs=3",
+        f"--output_dir={tmp_path}",
+    )
+    metrics = _metrics(tmp_path)
+    # Two experts per modality, each taking part of its modality's tokens.
+    assert 0.0 < metrics["min_expert_load_fraction"] <= 0.25 <= metrics["max_expert_load_fraction"]
+    assert metrics["reload_max_abs_diff"] < 1e-5
