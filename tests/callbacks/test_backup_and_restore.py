@@ -10,34 +10,32 @@ from mm_keras.callbacks import BackupAndRestore
 from tests.trainers.toy import toy_batches, toy_trainer
 
 
-class _CrashAt(keras.callbacks.Callback):
-    """Raises in the middle of epoch `epoch`, as a killed process would stop there."""
+class _MidEpoch(keras.callbacks.Callback):
+    """Runs `action(trainer)` before the second batch of epoch `epoch`."""
 
-    def __init__(self, epoch):
+    def __init__(self, epoch, action):
         super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.current == self.epoch and batch == 1:
-            raise KeyboardInterrupt("killed")
-
-
-class _PoisonAt(keras.callbacks.Callback):
-    """Makes the loss NaN from the middle of epoch `epoch` on, as a diverging run would."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
+        self.epoch, self.action = epoch, action
 
     def on_epoch_begin(self, epoch, logs=None):
         self.current = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.current == self.epoch and batch == 1:
-            self.model.model.log_logit_scale.assign(float("nan"))
+            self.action(self.model)
+
+
+def _kill(trainer):
+    raise KeyboardInterrupt("killed")  # stops `fit` there, as a killed process would
+
+
+def _crash_at(epoch):
+    return _MidEpoch(epoch, _kill)
+
+
+def _poison_at(epoch):
+    """From the middle of `epoch` on, the loss is NaN, as in a diverging run."""
+    return _MidEpoch(epoch, lambda trainer: trainer.model.log_logit_scale.assign(float("nan")))
 
 
 class _Epochs(keras.callbacks.Callback):
@@ -72,7 +70,7 @@ def test_resumes_from_the_last_epoch_after_a_crash(tmp_path):
         trainer.fit(
             toy_batches(),
             epochs=5,
-            callbacks=[BackupAndRestore(backup_dir), _CrashAt(3)],
+            callbacks=[BackupAndRestore(backup_dir), _crash_at(3)],
             verbose=0,
         )
     _assert_complete(backup_dir)
@@ -105,7 +103,7 @@ def test_falls_back_to_the_previous_backup_when_the_latest_is_unreadable(tmp_pat
         trainer.fit(
             toy_batches(),
             epochs=5,
-            callbacks=[BackupAndRestore(backup_dir), _CrashAt(2)],
+            callbacks=[BackupAndRestore(backup_dir), _crash_at(2)],
             verbose=0,
         )
     with open(os.path.join(backup_dir, "latest.weights.h5"), "wb") as f:
@@ -121,7 +119,7 @@ def test_nan_loss_stops_training_and_keeps_the_backup(tmp_path):
     backup_dir = str(tmp_path / "backup")
     callbacks = [
         BackupAndRestore(backup_dir),
-        _PoisonAt(epoch=2),
+        _poison_at(epoch=2),
         keras.callbacks.TerminateOnNaN(raise_error=True),
     ]
     with pytest.raises(RuntimeError, match="NaN or Inf loss"):
@@ -140,7 +138,7 @@ def test_a_backup_of_another_optimizer_is_refused(tmp_path):
         toy_trainer().fit(
             toy_batches(),
             epochs=3,
-            callbacks=[BackupAndRestore(backup_dir), _CrashAt(1)],
+            callbacks=[BackupAndRestore(backup_dir), _crash_at(1)],
             verbose=0,
         )
     sgd = toy_trainer()
