@@ -145,7 +145,10 @@ def _chunked_siglip(x, y_all, scale, bias, labels, labels_all, offset, chunk):
             terms = tf.math.log_sigmoid(signs * (scale * similarity + bias)) * valid
             return index + 1, total + tf.reduce_sum(terms)
 
-        _, total = tf.while_loop(lambda i, _: i < num_chunks, add_chunk, (0, 0.0))
+        # One chunk at a time: parallel iterations would hold several [b, chunk] at once.
+        _, total = tf.while_loop(
+            lambda i, _: i < num_chunks, add_chunk, (0, 0.0), parallel_iterations=1
+        )
         value = -total / tf.cast(rows, tf.float32)
 
         def gradient(upstream):
@@ -170,6 +173,7 @@ def _chunked_siglip(x, y_all, scale, bias, labels, labels_all, offset, chunk):
                 lambda i, *_: i < num_chunks,
                 add_chunk_gradient,
                 (0, tf.zeros_like(x), tf.zeros_like(y_all), 0.0, 0.0),
+                parallel_iterations=1,
             )
             return dx, dy, dscale, dbias
 
