@@ -24,6 +24,9 @@ test: $(INSTALLED)
 
 benchmark: $(INSTALLED)
 	$(PYTHON) benchmarks/train_step.py
+	$(PYTHON) benchmarks/distributed_loss.py
+	$(PYTHON) benchmarks/siglip_memory.py
+	$(PYTHON) benchmarks/moe.py
 
 clean:
 	rm -rf runs build *.egg-info

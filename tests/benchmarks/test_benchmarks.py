@@ -1,4 +1,4 @@
-"""The export, serving and input-pipeline benchmarks run (small and short) and write their keys."""
+"""The other benchmarks run (small and short) and write the keys their readers expect."""
 
 import json
 
@@ -46,3 +46,66 @@ def test_input_pipeline_benchmark_writes_its_ratios(tmp_path):
         results = json.load(f)
     for key in ("pipeline_to_step_ratio", "pipeline_to_step_ratio_embedded", "parallel_speedup"):
         assert results[key] > 0
+
+
+def test_distributed_loss_benchmark_times_global_and_local_gather(tmp_path):
+    result = run_script(
+        "benchmarks/distributed_loss.py",
+        "--devices=2",
+        "--global_batch_size=16",
+        "--losses=clip",
+        "--hidden_dim=32",
+        "--num_layers=1",
+        "--warmup_steps=1",
+        "--steps=2",
+        "--rounds=1",
+        f"--output_dir={tmp_path}",
+    )
+    assert result.stdout.strip().splitlines()[-1].startswith("gathered_to_local_step_ratio")
+    with open(tmp_path / "distributed_loss.json") as f:
+        results = json.load(f)
+    assert results["gathered_to_local_step_ratio"] > 0
+    assert results["config"]["replicas"] == 2
+    for gather in ("global", "local"):
+        assert results["clip"][gather]["step_ms"] > 0
+
+
+def test_siglip_memory_benchmark_measures_each_chunk_size_and_checks_equality(tmp_path):
+    result = run_script(
+        "benchmarks/siglip_memory.py",
+        "--batch_size=512",
+        "--chunk_sizes=64",
+        "--repeats=1",
+        "--check_batch_size=100",
+        "--check_chunk_sizes=7,32",
+        f"--output_dir={tmp_path}",
+    )
+    assert result.stdout.strip().splitlines()[-1].startswith("memory_ratio_chunked_to_full")
+    with open(tmp_path / "siglip_memory.json") as f:
+        results = json.load(f)
+    assert set(results["peak_mb"]) == {"full", "chunk_64"}
+    assert results["theoretical_matrix_mb"]["full"] == 512 * 512 * 4 / 2**20
+    assert results["chunked_equals_full"]["passed"]
+    assert results["chunked_equals_full"]["max_abs_diff_gradients"] <= 1e-5
+
+
+def test_moe_benchmark_checks_gather_dispatch_and_writes_its_ratios(tmp_path):
+    result = run_script(
+        "benchmarks/moe.py",
+        "--batch_size=4",
+        "--sequence_lengths=8,16",
+        "--warmup_calls=1",
+        "--calls=2",
+        "--rounds=1",
+        f"--output_dir={tmp_path}",
+    )
+    assert result.stdout.strip().splitlines()[-1].startswith("moe_to_dense_time_ratio")
+    with open(tmp_path / "moe.json") as f:
+        results = json.load(f)
+    for key in ("moe_to_dense_time_ratio", "gather_moe_to_dense_time_ratio"):
+        assert results[key] > 0
+    largest = results["sequence_lengths"]["16"]
+    assert largest["capacity"] == 3  # ceil(1.25 * 16 / 8)
+    assert max(largest["max_abs_difference"].values()) <= 1e-4
+    for name in ("dense", "einsum_moe", "gather_moe"):
+        assert largest["xla"][f"{name}_ms"] > 0 and largest["no_xla"][f"{name}_ms"] > 0
