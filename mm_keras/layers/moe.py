@@ -217,6 +217,11 @@ class MoEFeedForward(keras.layers.Layer):
     ):
         batch_tokens = ops.shape(inputs)[:2]
         tokens = inputs.shape[1]
+        if tokens is None:
+            raise ValueError(
+                "MoEFeedForward sizes its expert buffers from the sequence length, so it "
+                f"needs a static one. Received: inputs with shape {tuple(inputs.shape)}"
+            )
         valid = ops.ones(batch_tokens, "float32")
         if padding_mask is not None:
             valid = ops.cast(padding_mask, "float32")

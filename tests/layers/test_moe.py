@@ -224,6 +224,10 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="needs `modality_ids`"):
         MoEFeedForward(4, 8, router="modality", num_modalities=2)(_inputs())
     assert keras.activations.serialize(MoEFeedForward(4, 8).activation) == "gelu"
+    layer = MoEFeedForward(4, 8)
+    unknown_length = tf.function(layer, input_signature=[tf.TensorSpec([None, None, D])])
+    with pytest.raises(ValueError, match=r"static one. Received: .*\(None, None, 16\)"):
+        unknown_length.get_concrete_function()
 
 
 @pytest.mark.parametrize(
