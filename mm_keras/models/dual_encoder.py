@@ -95,6 +95,16 @@ class DualEncoder(keras.Model):
     def _encoder(self, modality):
         return self.encoders if self.shared_encoder else self.encoders[modality]
 
+    @property
+    def input_shapes(self):
+        """Each modality's raw input shape, `{modality: (None, ...)}`, from its tokenizer."""
+        return {m: tuple(self.tokenizers[m].default_input_shape) for m in self.modalities}
+
+    def get_build_config(self):
+        # Recorded whichever way the model was built (also with no shapes), so that a
+        # reloaded model gets Keras's default SavedModel signature right.
+        return {"input_shape": self.input_shapes} if self.built else None
+
     def build(self, input_shape=None):
         input_shape = input_shape or {}
         widths = {}

@@ -80,7 +80,8 @@ class ContrastiveTrainer(keras.Model):
 
     def build(self, input_shape=None):
         if not self.model.built:
-            self.model.build(input_shape)
+            # With explicit shapes, which Keras records for the default SavedModel signature.
+            self.model.build(input_shape or getattr(self.model, "input_shapes", None))
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Under a strategy, Keras's TF trainer builds the model by reducing a first batch
