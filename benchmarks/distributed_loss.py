@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from common import RESULTS_DIR, write_results  # noqa: E402
 
-from mm_keras.distribute import get_strategy  # noqa: E402
+from mm_keras.distribute import get_strategy, split_cpu  # noqa: E402
 from mm_keras.encoders import TransformerEncoder  # noqa: E402
 from mm_keras.models import DualEncoder  # noqa: E402
 from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding  # noqa: E402
@@ -65,15 +65,6 @@ flags.DEFINE_integer("warmup_steps", 5, "Untimed steps after tracing, per traine
 flags.DEFINE_integer("steps", 10, "Timed steps per round.")
 flags.DEFINE_integer("rounds", 15, "Alternating timing rounds; the median is reported.")
 flags.DEFINE_string("output_dir", RESULTS_DIR, "Where distributed_loss.json is written.")
-
-
-def split_cpu(devices):
-    """Splits the CPU into `devices` logical devices; must run before TF uses any device."""
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * devices
-    )
-    return [f"/cpu:{i}" for i in range(devices)]
 
 
 def build_model(loss):

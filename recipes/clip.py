@@ -62,6 +62,7 @@ from mm_keras.distribute import (  # noqa: E402
     STRATEGIES,
     distribute_batches,
     get_strategy,
+    split_cpu,
     worker_path,
 )
 from mm_keras.encoders import TransformerEncoder  # noqa: E402
@@ -184,15 +185,6 @@ def plot_history(history, path):
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
-
-
-def split_cpu(replicas):
-    """Splits the CPU into `replicas` logical devices; returns their names."""
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * replicas
-    )
-    return [f"/cpu:{i}" for i in range(replicas)]
 
 
 def distributed_batches(strategy, split, modalities, tokenizer, training):

@@ -2,4 +2,10 @@
 
 from mm_keras.distribute.collectives import all_gather, num_replicas
 from mm_keras.distribute.input import distribute_batches
-from mm_keras.distribute.strategy import STRATEGIES, get_strategy, num_workers, worker_path
+from mm_keras.distribute.strategy import (
+    STRATEGIES,
+    get_strategy,
+    num_workers,
+    split_cpu,
+    worker_path,
+)

@@ -64,6 +64,22 @@ def _probe(address, timeout=10.0):
         socket.create_connection((url.hostname, url.port), timeout=timeout).close()
 
 
+def split_cpu(count):
+    """Splits the CPU into `count` logical devices and returns their names.
+
+    For trying a multi-replica strategy on a machine without accelerators; it must run
+    before TensorFlow first uses a device.
+
+    Example:
+    >>> strategy = get_strategy("mirrored", devices=split_cpu(4))
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * count
+    )
+    return [f"/cpu:{i}" for i in range(count)]
+
+
 def num_workers(strategy):
     """The number of worker processes (chief included) a strategy spans; 1 on one host."""
     resolver = strategy.cluster_resolver
