@@ -10,28 +10,28 @@ layer's auxiliary losses, gradients with respect to every trainable weight), eac
 
 * `MoEFeedForward(num_experts=8, intermediate_dim=256, top_k=1, capacity_factor=1.25)`,
   the library's layer: token-choice top-1 routing (Switch Transformer, Fedus et al. 2021)
-  within each sequence, capacity C = ceil(1.25 · N / 8), dispatch into `[B, E, C, D]`
-  expert buffers and combine back with one-hot `[B, N, E, C]` einsums;
-* `GatherDispatchMoE`, defined here: the same router, capacity, auxiliary losses and
-  expert einsums, but each kept token's buffer row `(b · E + e) · C + slot` is computed
-  and the tokens are scattered there (`tf.scatter_nd`) and gathered back (`tf.gather`),
-  so dispatch and combine cost O(B · N · D) instead of O(B · N · E · C · D);
+  within each sequence, capacity C = ceil(1.25 · N / 8), `[B, E, C, D]` expert buffers;
+  for top-1 it computes each kept token's buffer row `(b · E + e) · C + slot`, scatters
+  the tokens there and gathers them back, so dispatch and combine cost O(B · N · D);
+* `EinsumDispatchMoE`, defined here: the same layer dispatching top-1 as it does top-k > 1,
+  through one-hot `[B, N, E, C]` einsums, O(B · N · E · C · D) (the alternative we tried
+  first; the layer's top-1 path was picked from this benchmark);
 * the named baseline, a dense FFN `D → 256 → D` (two `Dense` layers, GELU): the same
   active parameters per token as one expert (the MoE adds a `D × E` router).
 
-Before timing, the check: with the weights copied from `MoEFeedForward`, `GatherDispatchMoE`
-must give the same outputs, auxiliary loss and gradients (and outputs under a padding mask)
-to 1e-4, at every token count; the run stops otherwise.
+Before timing, the check: with the same weights, both dispatches must give the same
+outputs, auxiliary loss and gradients (and outputs under a padding mask) to 1e-4, at every
+token count; the run stops otherwise.
 
 Each figure is the median time per call of `--calls` calls after a warm-up, best of
 `--rounds` alternating rounds (a shared 2-core machine is noisy; `timeit` recommends the
 best). CPU time per call (all cores, median round), which another process's load barely
 moves, is recorded beside it as a cross-check (`..._cpu_time_ratio`).
 
-Writes `benchmarks/results/moe.json`: `moe_to_dense_time_ratio` is the einsum MoE's time
+Writes `benchmarks/results/moe.json`: `moe_to_dense_time_ratio` is `MoEFeedForward`'s time
 over the dense FFN's at the largest token count with XLA (`..._mean`: the mean over token
-counts; `..._no_xla`: the same without XLA); `gather_moe_to_dense_time_ratio` is the same
-for `GatherDispatchMoE`. Prints a table, then `moe_to_dense_time_ratio` last.
+counts; `..._no_xla`: the same without XLA); `einsum_moe_to_dense_time_ratio` is the same
+for `EinsumDispatchMoE`. Prints a table, then `moe_to_dense_time_ratio` last.
 """
 
 import os
@@ -70,64 +70,16 @@ flags.DEFINE_string("output_dir", RESULTS_DIR, "Where moe.json is written.")
 IMPLEMENTATIONS = ("dense", "einsum_moe", "gather_moe")
 
 
-class GatherDispatchMoE(MoEFeedForward):
-    """`MoEFeedForward`'s top-1 token choice, dispatched by index instead of one-hot einsums.
+class EinsumDispatchMoE(MoEFeedForward):
+    """`MoEFeedForward` with its top-1 routing dispatched by one-hot `[B, N, E, C]` einsums.
 
-    Same router (float32 logits, softmax, top-1), same capacity (first come, first served
-    in token order within each sequence, C = ceil(capacity_factor · N / E)), same
-    auxiliary losses, same weights and expert einsums over `[B, E, C, D]` buffers. Only the
-    dispatch and combine differ: a kept token's row in the flattened buffer is
-    `(b · E + e) · C + slot`, where `slot` is the number of earlier tokens of its sequence
-    that chose expert e; tokens are scattered into those rows, and each token gathers its
-    expert's output row back, times its gate. A dropped (over capacity) or padding token
-    scatters zeros and gets zero back.
+    The layer uses these einsums for top-k > 1 and expert choice; for top-1 it dispatches by
+    row index. This is the alternative measured against it: same router, capacity,
+    auxiliary losses and experts.
     """
 
-    def __init__(self, num_experts, intermediate_dim, **kwargs):
-        super().__init__(num_experts, intermediate_dim, **kwargs)
-        if self.router != "token_choice" or self.top_k != 1:
-            raise ValueError(
-                "GatherDispatchMoE implements token-choice top-1 routing only. Received: "
-                f"router={self.router!r}, top_k={self.top_k}"
-            )
-
-    def call(self, inputs, padding_mask=None, training=None):
-        batch, tokens, dim = ops.shape(inputs)[0], inputs.shape[1], inputs.shape[2]
-        experts = self.num_experts
-        capacity = self.capacity(tokens, training)
-        valid = ops.ones((batch, tokens), "float32")
-        if padding_mask is not None:
-            valid = ops.cast(padding_mask, "float32")
-        logits = self._router_logits(inputs, training)
-        probs = ops.softmax(logits, axis=-1)
-        gates, chosen = ops.top_k(probs, 1)
-        gates, chosen = gates[..., 0], chosen[..., 0]  # [B, N]
-        # Slot = earlier tokens of the sequence with the same expert: a cumsum over N.
-        choice = ops.one_hot(chosen, experts) * valid[..., None]  # [B, N, E]
-        slot = ops.sum(ops.cumsum(choice, axis=1) * choice, axis=-1) - 1.0  # [B, N]
-        kept = ops.cast(slot < capacity, "float32") * valid
-        row = (ops.arange(batch)[:, None] * experts + chosen) * capacity
-        row = ops.where(kept > 0, row + ops.cast(slot, "int32"), 0)  # [B, N]; 0 if dropped
-
-        compute = self.compute_dtype
-        x = ops.cast(inputs, compute) * ops.cast(kept, compute)[..., None]
-        buffers = tf.scatter_nd(
-            ops.reshape(row, (-1, 1)),
-            ops.reshape(x, (-1, dim)),
-            ops.stack([batch * experts * capacity, dim]),
-        )  # dropped tokens add zeros to row 0
-        buffers = ops.reshape(buffers, (batch, experts, capacity, dim))
-        hidden = ops.einsum("becd,edh->bech", buffers, self.expert_in_kernel)
-        hidden = self.activation(hidden + self.expert_in_bias[None, :, None, :])
-        out = ops.einsum("bech,ehd->becd", hidden, self.expert_out_kernel)
-        out = out + self.expert_out_bias[None, :, None, :]
-        outputs = ops.take(ops.reshape(out, (-1, dim)), row, axis=0)  # [B, N, D]
-        outputs = outputs * ops.cast(gates * kept, compute)[..., None]
-
-        if training:
-            count = ops.maximum(ops.sum(valid), 1.0)
-            self.add_loss(self._auxiliary_loss(logits, probs, valid, count))
-        return outputs
+    def _index_dispatch(self, x, probs, valid, capacity):
+        return self._einsum_dispatch(x, *self._token_choice(probs, valid, capacity))
 
 
 def dense_ffn():
@@ -142,14 +94,14 @@ def dense_ffn():
 
 
 def moe_layers(shape):
-    """The library's layer and `GatherDispatchMoE`, built, with the same weights."""
+    """The einsum alternative and the library's layer, built, with the same weights."""
     kwargs = {
         "num_experts": FLAGS.num_experts,
         "intermediate_dim": FLAGS.intermediate_dim,
         "top_k": 1,
         "capacity_factor": FLAGS.capacity_factor,
     }
-    einsum, gather = MoEFeedForward(**kwargs), GatherDispatchMoE(**kwargs)
+    einsum, gather = EinsumDispatchMoE(**kwargs), MoEFeedForward(**kwargs)
     einsum.build(shape)
     gather.build(shape)
     gather.set_weights(einsum.get_weights())
@@ -181,7 +133,7 @@ def check_equivalence(einsum, gather, x, target):
     worst = max(differences.values())
     if not worst <= FLAGS.atol:
         raise RuntimeError(
-            f"GatherDispatchMoE does not match MoEFeedForward: expected differences <= "
+            f"The einsum and index dispatches differ: expected differences <= "
             f"{FLAGS.atol}. Received: {differences}"
         )
     return differences
@@ -266,9 +218,9 @@ def main(argv):
 
     def ratios(figures, n, jit):
         dense = figures[(n, "dense", jit)]
-        return (
-            figures[(n, "einsum_moe", jit)] / dense,
+        return (  # the library's layer first, then the alternative
             figures[(n, "gather_moe", jit)] / dense,
+            figures[(n, "einsum_moe", jit)] / dense,
         )
 
     best = {key: min(values) for key, values in rounds.items()}
@@ -276,16 +228,16 @@ def main(argv):
     cpu = {key: statistics.median(values) for key, values in cpu_rounds.items()}
     for n in lengths:
         for jit in jits:
-            moe_ratio, gather_ratio = ratios(best, n, jit)
+            moe_ratio, einsum_ratio = ratios(best, n, jit)
             configs[n]["xla" if jit else "no_xla"] = {
                 **{f"{name}_ms": best[(n, name, jit)] for name in IMPLEMENTATIONS},
                 **{f"{name}_median_round_ms": medians[(n, name, jit)] for name in IMPLEMENTATIONS},
                 **{f"{name}_cpu_ms": cpu[(n, name, jit)] for name in IMPLEMENTATIONS},
                 "moe_to_dense_time_ratio": moe_ratio,
-                "gather_moe_to_dense_time_ratio": gather_ratio,
-                "gather_to_einsum_time_ratio": gather_ratio / moe_ratio,
+                "einsum_moe_to_dense_time_ratio": einsum_ratio,
+                "index_to_einsum_time_ratio": moe_ratio / einsum_ratio,
                 "moe_to_dense_cpu_time_ratio": ratios(cpu, n, jit)[0],
-                "gather_moe_to_dense_cpu_time_ratio": ratios(cpu, n, jit)[1],
+                "einsum_moe_to_dense_cpu_time_ratio": ratios(cpu, n, jit)[1],
             }
 
     headline_jit, last = jits[0], lengths[-1]
@@ -304,27 +256,28 @@ def main(argv):
             "rounds": FLAGS.rounds,
         },
         "headline": (
-            f"einsum MoE (MoEFeedForward) time over dense FFN time, forward+backward, at the "
+            f"MoEFeedForward (top-1, index dispatch) time over dense FFN time, "
+            f"forward+backward, at the "
             f"largest token count ({batch} x {last}), "
             f"{'XLA (jit_compile=True)' if headline_jit else 'no XLA'}; each time is the "
             "median per call, best of alternating rounds"
         ),
         "moe_to_dense_time_ratio": ratios(best, last, headline_jit)[0],
-        "gather_moe_to_dense_time_ratio": ratios(best, last, headline_jit)[1],
+        "einsum_moe_to_dense_time_ratio": ratios(best, last, headline_jit)[1],
         "moe_to_dense_time_ratio_mean": statistics.mean(
             ratios(best, n, headline_jit)[0] for n in lengths
         ),
-        "gather_moe_to_dense_time_ratio_mean": statistics.mean(
+        "einsum_moe_to_dense_time_ratio_mean": statistics.mean(
             ratios(best, n, headline_jit)[1] for n in lengths
         ),
         "moe_to_dense_cpu_time_ratio": ratios(cpu, last, headline_jit)[0],
-        "gather_moe_to_dense_cpu_time_ratio": ratios(cpu, last, headline_jit)[1],
+        "einsum_moe_to_dense_cpu_time_ratio": ratios(cpu, last, headline_jit)[1],
         "params": params,
         "sequence_lengths": {str(n): configs[n] for n in lengths},
     }
     if len(jits) == 2:
         results["moe_to_dense_time_ratio_no_xla"] = ratios(best, last, False)[0]
-        results["gather_moe_to_dense_time_ratio_no_xla"] = ratios(best, last, False)[1]
+        results["einsum_moe_to_dense_time_ratio_no_xla"] = ratios(best, last, False)[1]
     path = write_results("moe", results, FLAGS.output_dir)
 
     print(f"\n{'N':>5s} {'XLA':>4s} {'dense ms':>9s} {'einsum ms':>10s} {'gather ms':>10s} "
@@ -335,12 +288,12 @@ def main(argv):
             print(
                 f"{n:5d} {'on' if jit else 'off':>4s} {f['dense_ms']:9.2f} "
                 f"{f['einsum_moe_ms']:10.2f} {f['gather_moe_ms']:10.2f} "
-                f"{f['moe_to_dense_time_ratio']:13.2f} {f['gather_moe_to_dense_time_ratio']:13.2f}"
+                f"{f['einsum_moe_to_dense_time_ratio']:13.2f} {f['moe_to_dense_time_ratio']:13.2f}"
             )
     print(f"wrote {path}")
     print(
-        f"gather_moe_to_dense_time_ratio: {results['gather_moe_to_dense_time_ratio']:.3f} "
-        f"(mean over N: {results['gather_moe_to_dense_time_ratio_mean']:.3f})"
+        f"einsum_moe_to_dense_time_ratio: {results['einsum_moe_to_dense_time_ratio']:.3f} "
+        f"(mean over N: {results['einsum_moe_to_dense_time_ratio_mean']:.3f})"
     )
     print(
         f"moe_to_dense_time_ratio: {results['moe_to_dense_time_ratio']:.3f} "
