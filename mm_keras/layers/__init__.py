@@ -1,6 +1,13 @@
 """Reusable Keras layers."""
 
 from mm_keras.layers.attention import MultiHeadSelfAttention
+from mm_keras.layers.fusion import (
+    CoAttentionBlock,
+    CrossAttentionBlock,
+    GatedCrossAttention,
+    MultiHeadCrossAttention,
+    Resampler,
+)
 from mm_keras.layers.modality_block import ModalityAwareBlock
 from mm_keras.layers.moe import MoEFeedForward
 from mm_keras.layers.transformer import TransformerBlock
