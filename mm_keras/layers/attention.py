@@ -6,6 +6,20 @@ import keras
 from keras import ops
 
 
+def scaled_dot_product_attention(query, key, value, key_mask, dropout, training=None):
+    """softmax(Q K^T / sqrt(d_k) + mask) V over heads-first `[B, H, N, d_k]` tensors.
+
+    Keys whose `key_mask` `[B, Nk]` is False get no weight; the softmax runs in float32 and
+    its weights go through the `dropout` layer. Shared by self- and cross-attention.
+    """
+    scale = 1.0 / math.sqrt(query.shape[-1])
+    scores = ops.cast(ops.matmul(query, ops.swapaxes(key, -1, -2)) * scale, "float32")
+    if key_mask is not None:
+        scores = ops.where(ops.cast(key_mask, "bool")[:, None, None, :], scores, -1e9)
+    weights = ops.cast(ops.softmax(scores, axis=-1), query.dtype)
+    return ops.matmul(dropout(weights, training=training), value)
+
+
 @keras.saving.register_keras_serializable(package="mm_keras")
 class MultiHeadSelfAttention(keras.layers.Layer):
     """Scaled dot-product self-attention with fused query/key/value projections.
@@ -61,14 +75,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         # Heads-first layout, so the two attention products are plain batched matmuls.
         qkv = ops.einsum("bnd,dthk->tbhnk", inputs, self.qkv_kernel) + self.qkv_bias
         query, key, value = qkv[0], qkv[1], qkv[2]  # [B, H, N, d_k] each
-        scores = ops.matmul(query, ops.swapaxes(key, -1, -2)) * (1.0 / math.sqrt(self.key_dim))
-        scores = ops.cast(scores, "float32")  # [B, H, N, N]
-        if padding_mask is not None:
-            key_mask = ops.cast(padding_mask, "bool")[:, None, None, :]  # [B, 1, 1, N]
-            scores = ops.where(key_mask, scores, -1e9)
-        weights = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
-        weights = self.attention_dropout(weights, training=training)
-        attended = ops.matmul(weights, value)  # [B, H, N, d_k]
+        attended = scaled_dot_product_attention(
+            query, key, value, padding_mask, self.attention_dropout, training
+        )  # [B, H, N, d_k]
         return ops.einsum("bhnk,hkd->bnd", attended, self.output_kernel) + self.output_bias
 
     def compute_output_shape(self, inputs_shape):

@@ -1,10 +1,9 @@
 """Cross-modal fusion layers: cross-attention, co-attention, gated cross-attention, resampler."""
 
-import math
-
 import keras
 from keras import ops
 
+from mm_keras.layers.attention import scaled_dot_product_attention
 from mm_keras.layers.transformer import TransformerBlock
 
 
@@ -73,13 +72,9 @@ class MultiHeadCrossAttention(keras.layers.Layer):
         key_value = ops.einsum("bmd,dthk->tbhmk", context, self.key_value_kernel)
         key_value = key_value + self.key_value_bias
         key, value = key_value[0], key_value[1]  # [B, H, Nk, d_k]
-        scores = ops.matmul(query, ops.swapaxes(key, -1, -2)) * (1.0 / math.sqrt(self.key_dim))
-        scores = ops.cast(scores, "float32")  # [B, H, Nq, Nk]
-        if context_mask is not None:
-            scores = ops.where(ops.cast(context_mask, "bool")[:, None, None, :], scores, -1e9)
-        weights = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
-        weights = self.attention_dropout(weights, training=training)
-        attended = ops.matmul(weights, value)  # [B, H, Nq, d_k]
+        attended = scaled_dot_product_attention(
+            query, key, value, context_mask, self.attention_dropout, training
+        )  # [B, H, Nq, d_k]
         return ops.einsum("bhnk,hkd->bnd", attended, self.output_kernel) + self.output_bias
 
     def compute_output_shape(self, inputs_shape, context_shape=None):
