@@ -5,6 +5,7 @@ from mm_keras.data.benchmark import examples_per_second
 from mm_keras.data.convert import manifest_to_tfrecords
 from mm_keras.data.datasets import load_digits, load_digits_arrays
 from mm_keras.data.manifest import read_manifest
+from mm_keras.data.matching import matching_pairs
 from mm_keras.data.mixing import (
     align_modalities,
     alternate_batches,

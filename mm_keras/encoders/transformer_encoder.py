@@ -14,7 +14,9 @@ class TransformerEncoder(keras.layers.Layer):
     image tower, a text tower, or both at once (a shared, modality-agnostic encoder as in
     VATT, Akbari et al., 2021). Padded positions get no attention weight, so they do not
     change the real tokens; their own outputs are meaningless and the mask is passed on so
-    that pooling drops them.
+    that pooling drops them. With `return_hidden_states=True` the output also holds
+    `"hidden_states"`, each block's output in order, for layers that read a tower's top
+    layers (`BridgeConnector`).
 
     Args:
         num_layers: int, number of Transformer blocks.
@@ -73,17 +75,25 @@ class TransformerEncoder(keras.layers.Layer):
             block.build(tokens_shape)
         self.final_norm.build(tokens_shape)
 
-    def call(self, sequence, training=None):
+    def call(self, sequence, training=None, return_hidden_states=False):
         tokens, mask = sequence["tokens"], sequence["mask"]
+        hidden_states = []
         for block in self.blocks:
             tokens = block(tokens, padding_mask=mask, training=training)
-        return {"tokens": self.final_norm(tokens), "mask": mask}
+            hidden_states.append(tokens)
+        outputs = {"tokens": self.final_norm(tokens), "mask": mask}
+        if return_hidden_states:
+            outputs["hidden_states"] = hidden_states
+        return outputs
 
-    def compute_output_spec(self, sequence, training=None):
-        return {
-            "tokens": keras.KerasTensor(sequence["tokens"].shape, self.compute_dtype),
-            "mask": keras.KerasTensor(sequence["mask"].shape, "bool"),
-        }
+    def compute_output_spec(self, sequence, training=None, return_hidden_states=False):
+        tokens = keras.KerasTensor(sequence["tokens"].shape, self.compute_dtype)
+        outputs = {"tokens": tokens, "mask": keras.KerasTensor(sequence["mask"].shape, "bool")}
+        if return_hidden_states:
+            outputs["hidden_states"] = [
+                keras.KerasTensor(tokens.shape, self.compute_dtype) for _ in self.blocks
+            ]
+        return outputs
 
     def get_config(self):
         config = super().get_config()

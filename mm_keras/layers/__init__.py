@@ -2,6 +2,7 @@
 
 from mm_keras.layers.attention import MultiHeadSelfAttention
 from mm_keras.layers.fusion import (
+    BridgeConnector,
     CoAttentionBlock,
     CrossAttentionBlock,
     GatedCrossAttention,

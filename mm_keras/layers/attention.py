@@ -9,14 +9,21 @@ from keras import ops
 def scaled_dot_product_attention(query, key, value, key_mask, dropout, training=None):
     """softmax(Q K^T / sqrt(d_k) + mask) V over heads-first `[B, H, N, d_k]` tensors.
 
-    Keys whose `key_mask` `[B, Nk]` is False get no weight; the softmax runs in float32 and
-    its weights go through the `dropout` layer. Shared by self- and cross-attention.
+    Keys whose `key_mask` `[B, Nk]` is False get no weight, so a query with no valid key
+    (a modality absent from an example) attends to nothing and gets zeros. The softmax runs
+    in float32 and its weights go through the `dropout` layer. Shared by self- and
+    cross-attention.
     """
     scale = 1.0 / math.sqrt(query.shape[-1])
     scores = ops.cast(ops.matmul(query, ops.swapaxes(key, -1, -2)) * scale, "float32")
     if key_mask is not None:
-        scores = ops.where(ops.cast(key_mask, "bool")[:, None, None, :], scores, -1e9)
-    weights = ops.cast(ops.softmax(scores, axis=-1), query.dtype)
+        valid = ops.cast(key_mask, "bool")[:, None, None, :]
+        scores = ops.where(valid, scores, -1e9)
+    weights = ops.softmax(scores, axis=-1)
+    if key_mask is not None:
+        # Over all-masked keys the softmax is uniform: zero it, so they give nothing.
+        weights = ops.where(valid, weights, 0.0)
+    weights = ops.cast(weights, query.dtype)
     return ops.matmul(dropout(weights, training=training), value)
 
 

@@ -1,4 +1,4 @@
-"""Cross-modal fusion layers: cross-attention, co-attention, gated cross-attention, resampler."""
+"""Cross-modal fusion layers: cross-attention, co-attention, gates, resampler, bridges."""
 
 import keras
 from keras import ops
@@ -426,3 +426,50 @@ class CoAttentionBlock(_CrossAttentionLayer):
 
     def compute_output_shape(self, inputs_shape, context_shape=None):
         return inputs_shape, context_shape or inputs_shape
+
+
+@keras.saving.register_keras_serializable(package="mm_keras")
+class BridgeConnector(keras.layers.Layer):
+    """BridgeTower's bridge layer: LayerNorm(z + W h), a tower layer added into a fusion stream.
+
+    BridgeTower (Xu et al., 2023, "BridgeTower: Building Bridges Between Encoders in
+    Vision-Language Representation Learning") connects each of the top layers of a unimodal
+    tower to one cross-modal layer, instead of feeding the cross-modal layers the tower's
+    last output only: the input of cross-modal layer l + 1 is LayerNorm(Z_l + W V_l), with
+    Z_l the cross-modal stream `inputs` `[B, N, D]` and V_l the unimodal layer's output
+    `bridged` `[B, N, Dv]` projected linearly to D.
+
+    Args:
+        layer_norm_epsilon: float.
+
+    Example:
+    >>> bridge = BridgeConnector()
+    >>> fused, tower_layer = np.random.rand(2, 12, 64), np.random.rand(2, 12, 32)
+    >>> bridge(fused, bridged=tower_layer).shape
+    (2, 12, 64)
+    """
+
+    def __init__(self, layer_norm_epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.layer_norm_epsilon = layer_norm_epsilon
+
+    def build(self, inputs_shape, bridged_shape=None):
+        self.projection = keras.layers.Dense(
+            inputs_shape[-1], dtype=self.dtype_policy, name="projection"
+        )
+        self.norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="norm"
+        )
+        self.projection.build(bridged_shape or inputs_shape)
+        self.norm.build(inputs_shape)
+
+    def call(self, inputs, bridged):
+        return self.norm(inputs + self.projection(bridged))
+
+    def compute_output_shape(self, inputs_shape, bridged_shape=None):
+        return inputs_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"layer_norm_epsilon": self.layer_norm_epsilon})
+        return config

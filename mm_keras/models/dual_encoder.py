@@ -5,8 +5,39 @@ import math
 import keras
 from keras import ops
 
+from mm_keras.data.mixing import present_key
+
 MAX_LOGIT_SCALE = 100.0
 _NON_MODALITY_KEYS = ("label",)
+
+
+def check_modality_inputs(inputs, modalities, presence_flags=False):
+    """Returns the modalities given in a batch dict; raises on anything else or a size mismatch.
+
+    `"label"` is ignored, and so are the `"<modality>_present"` flags of given modalities
+    when the caller honours them (`presence_flags=True`). Batch sizes are compared where
+    they are known when the call is traced.
+    """
+    if not isinstance(inputs, dict):
+        raise ValueError(
+            f"Expected a dict keyed by modality name. Received: {type(inputs).__name__}"
+        )
+    flags = {present_key(m) for m in modalities if m in inputs} if presence_flags else set()
+    given = [key for key in inputs if key not in _NON_MODALITY_KEYS and key not in flags]
+    unknown = [key for key in given if key not in modalities]
+    if unknown or not given:
+        raise ValueError(
+            f"Expected inputs for a non-empty subset of modalities {tuple(modalities)}. "
+            f"Received keys: {sorted(inputs)}"
+        )
+    batch_sizes = {m: inputs[m].shape[0] for m in given}
+    known = {size for size in batch_sizes.values() if size is not None}
+    if len(known) > 1:
+        raise ValueError(
+            "Expected every modality to have the same batch size. "
+            f"Received batch sizes: {batch_sizes}"
+        )
+    return given
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
@@ -151,27 +182,6 @@ class DualEncoder(keras.Model):
         """The learnable bias b of the SigLIP loss."""
         return ops.convert_to_tensor(self.logit_bias_variable)
 
-    def _check_inputs(self, inputs):
-        if not isinstance(inputs, dict):
-            raise ValueError(
-                f"Expected a dict keyed by modality name. Received: {type(inputs).__name__}"
-            )
-        given = [key for key in inputs if key not in _NON_MODALITY_KEYS]
-        unknown = [key for key in given if key not in self.modalities]
-        if unknown or not given:
-            raise ValueError(
-                f"Expected inputs for a non-empty subset of modalities {self.modalities}. "
-                f"Received keys: {sorted(inputs)}"
-            )
-        batch_sizes = {m: inputs[m].shape[0] for m in given}
-        known = {size for size in batch_sizes.values() if size is not None}
-        if len(known) > 1:
-            raise ValueError(
-                "Expected every modality to have the same batch size. "
-                f"Received batch sizes: {batch_sizes}"
-            )
-        return given
-
     def embed(self, modality, inputs, training=None):
         """Embeds one modality's raw input into unit-norm `[B, projection_dim]` vectors."""
         sequence = self.tokenizers[modality](inputs)
@@ -186,7 +196,7 @@ class DualEncoder(keras.Model):
         return ops.normalize(self.projections[modality](pooled), axis=-1)
 
     def call(self, inputs, training=None):
-        given = self._check_inputs(inputs)
+        given = check_modality_inputs(inputs, self.modalities)
         return {m: self.embed(m, inputs[m], training=training) for m in given}
 
     def get_config(self):

@@ -31,6 +31,16 @@ def test_mask_passes_through_and_blocks_are_separate():
     assert not np.array_equal(kernels[0], kernels[1])
 
 
+def test_hidden_states_are_the_blocks_outputs():
+    encoder = TransformerEncoder(num_layers=2, num_heads=4, intermediate_dim=64)
+    sequence = _sequence()
+    out = encoder(sequence, return_hidden_states=True)
+    first = encoder.blocks[0](sequence["tokens"], padding_mask=sequence["mask"])
+    np.testing.assert_allclose(out["hidden_states"][0], first, atol=1e-6)
+    np.testing.assert_allclose(encoder.final_norm(out["hidden_states"][1]), out["tokens"], atol=1e-6)
+    assert "hidden_states" not in encoder(sequence)
+
+
 def test_zero_layers_raises():
     with pytest.raises(ValueError, match="num_layers=0"):
         TransformerEncoder(num_layers=0, num_heads=2, intermediate_dim=8)

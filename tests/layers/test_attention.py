@@ -61,6 +61,21 @@ def test_padded_keys_change_nothing():
     np.testing.assert_array_equal(after[0], before[0])
 
 
+def test_a_query_with_no_valid_key_gets_zeros():
+    from mm_keras.layers.attention import scaled_dot_product_attention
+
+    rng = np.random.default_rng(2)
+    query, key, value = (rng.normal(size=(2, 3, 4, 8)).astype("float32") for _ in range(3))
+    mask = np.array([[False] * 4, [True, True, False, False]])
+    out = np.asarray(scaled_dot_product_attention(query, key, value, mask, lambda w, **_: w))
+    np.testing.assert_array_equal(out[0], 0.0)  # an absent modality gives nothing
+    np.testing.assert_allclose(
+        out[1], scaled_dot_product_attention(
+            query[1:], key[1:, :, :2], value[1:, :, :2], None, lambda w, **_: w
+        )[0], atol=1e-6,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "kwargs", [{"num_heads": 0, "key_dim": 8}, {"num_heads": 2, "key_dim": 8, "dropout": 1.0}]
 )

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from mm_keras.layers import (
+    BridgeConnector,
     CoAttentionBlock,
     CrossAttentionBlock,
     GatedCrossAttention,
@@ -37,6 +38,12 @@ CASES = {
         GatedCrossAttention,
         {"num_heads": 4, "intermediate_dim": 64, "gate_init": 0.5},
         {"context": CONTEXT, "context_mask": CONTEXT_MASK},
+        (2, 6, 32),
+    ),
+    "bridge": (
+        BridgeConnector,
+        {},
+        {"bridged": RNG.normal(size=(2, 6, 16)).astype("float32")},
         (2, 6, 32),
     ),
     "co_attention": (
