@@ -27,6 +27,7 @@ benchmark: $(INSTALLED)
 	$(PYTHON) benchmarks/distributed_loss.py
 	$(PYTHON) benchmarks/siglip_memory.py
 	$(PYTHON) benchmarks/moe.py
+	$(PYTHON) benchmarks/fusion.py
 
 clean:
 	rm -rf runs build *.egg-info

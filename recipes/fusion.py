@@ -31,9 +31,10 @@ the match task's binary label alone does not teach the towers to read digits in 
 Writes to `--output_dir` (default `runs/fusion/`): `model.keras` (the match model),
 `metrics.json` and `robustness.md` (the missing-modality table).
 
-On 2 CPU cores with the defaults, about 4 minutes: match test accuracy ≈ 0.99 where both
-unimodal baselines are at 0.5; removing the tone costs the digit classifier ≈ 0.5 of its
-accuracy without modality dropout and ≈ 0.01 with it.
+On 2 CPU cores with the defaults, about 6 minutes: match test accuracy 0.986 where the
+unimodal baselines are at 0.500 (image) and 0.481 (tone); removing the tone costs the digit
+classifier 0.119 of its accuracy without modality dropout and 0.022 with it. `--studies=itm`:
+0.967 on hard negatives, 0.975 on random ones.
 """
 
 import json
@@ -48,6 +49,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from mm_keras.callbacks import save_model_atomically  # noqa: E402
 from mm_keras.data import (  # noqa: E402
     datasets,
     load_digits,
@@ -196,7 +198,7 @@ def match_study(towers, output_dir):
         "train_seconds": time.perf_counter() - start,
         "num_params": float(model.count_params()),
     }
-    keras.saving.save_model(model, os.path.join(output_dir, "model.keras"))
+    save_model_atomically(model, os.path.join(output_dir, "model.keras"))
     for m in ("image", "audio"):
         baseline = train(build_model(dual_encoder, 2), {m: train_inputs[m]}, train_labels)
         metrics[f"unimodal_baseline_accuracy_{m}"] = accuracy(

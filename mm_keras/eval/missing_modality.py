@@ -35,7 +35,5 @@ def missing_modality_accuracy(model, inputs, labels, batch_size=256):
 
     results = {"all": accuracy(dict(inputs))}
     for removed in inputs:
-        results[f"without_{removed}"] = accuracy(
-            {m: x for m, x in inputs.items() if m != removed}
-        )
+        results[f"without_{removed}"] = accuracy({m: x for m, x in inputs.items() if m != removed})
     return results

@@ -109,3 +109,26 @@ def test_moe_benchmark_checks_gather_dispatch_and_writes_its_ratios(tmp_path):
     assert max(largest["max_abs_difference"].values()) <= 1e-4
     for name in ("dense", "einsum_moe", "gather_moe"):
         assert largest["xla"][f"{name}_ms"] > 0 and largest["no_xla"][f"{name}_ms"] > 0
+
+
+def test_fusion_benchmark_compares_the_variants_on_one_task(tmp_path):
+    result = run_script(
+        "benchmarks/fusion.py",
+        "--variants=co_attention,resampler",
+        "--pretrain_epochs=1",
+        "--epochs=1",
+        "--pairs_per_image=1",
+        "--hidden_dim=32",
+        "--num_layers=1",
+        "--timing_calls=2",
+        "--rounds=1",
+        f"--results_dir={tmp_path}",
+    )
+    assert result.stdout.strip().splitlines()[-1].startswith("resampler_to_co_attention_step")
+    with open(tmp_path / "fusion.json") as f:
+        results = json.load(f)
+    for variant in ("co_attention", "resampler"):
+        figures = results["variants"][variant]
+        assert 0.0 <= figures["test_accuracy"] <= 1.0
+        assert figures["step_ms"] > 0 and 0 < figures["trainable_params"] < figures["num_params"]
+    assert results["resampler_to_co_attention_trainable_params_ratio"] < 1.0

@@ -37,7 +37,8 @@ def test_hidden_states_are_the_blocks_outputs():
     out = encoder(sequence, return_hidden_states=True)
     first = encoder.blocks[0](sequence["tokens"], padding_mask=sequence["mask"])
     np.testing.assert_allclose(out["hidden_states"][0], first, atol=1e-6)
-    np.testing.assert_allclose(encoder.final_norm(out["hidden_states"][1]), out["tokens"], atol=1e-6)
+    last = encoder.final_norm(out["hidden_states"][1])
+    np.testing.assert_allclose(last, out["tokens"], atol=1e-6)
     assert "hidden_states" not in encoder(sequence)
 
 

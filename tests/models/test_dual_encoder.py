@@ -119,3 +119,9 @@ def test_shared_encoder_needs_one_width():
     tokenizers["text"] = TextEmbedding(vocabulary_size=20, sequence_length=6, hidden_dim=48)
     with pytest.raises(ValueError, match="one width.*'text': 48"):
         DualEncoder(tokenizers, _encoder(), projection_dim=8)(_inputs())
+
+
+def test_presence_flags_are_refused_not_ignored():
+    inputs = dict(_inputs(), text_present=np.array([True, False, True]))
+    with pytest.raises(ValueError, match="Received keys: \\['image', 'text', 'text_present'\\]"):
+        _model()(inputs)
