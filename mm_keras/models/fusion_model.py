@@ -151,6 +151,12 @@ class FusionModel(keras.Model):
             if not encoder.built:
                 encoder.build({"tokens": spec["tokens"].shape, "mask": spec["mask"].shape})
             shapes[m] = tuple(spec["tokens"].shape)
+            for layer in (tokenizer, encoder):
+                if not layer.trainable:
+                    # A tower saved frozen comes back with `trainable=False` on itself but
+                    # not on the weights of its sublayers: freeze those too.
+                    for weight in layer.weights:
+                        weight.trainable = False
         widths = {m: shape[-1] for m, shape in shapes.items()}
         if len(set(widths.values())) != 1:
             raise ValueError(

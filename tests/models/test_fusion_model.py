@@ -139,3 +139,18 @@ def test_bad_arguments_raise():
         FusionModel(tokenizers, encoders, 2).build()
     with pytest.raises(ValueError, match="subset of modalities .* Received keys: \\['audio'\\]"):
         _model()({"audio": np.zeros((3, 10))})
+
+
+def test_frozen_towers_stay_frozen_through_save_and_load(tmp_path):
+    model = _model()
+    for layer in (*model.tokenizers.values(), *model.encoders.values()):
+        layer.trainable = False
+    model.build()
+    trainable = len(model.trainable_variables)
+    assert trainable < len(model.weights)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(True))
+    model.fit(_inputs(), np.array([0, 1, 2]), epochs=1, verbose=0)
+    path = os.path.join(tmp_path, "frozen.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    assert len(reloaded.trainable_variables) == trainable
