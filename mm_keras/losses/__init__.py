@@ -1,3 +1,9 @@
 """Losses, each written out as its paper's formula."""
 
 from mm_keras.losses.contrastive import clip_loss, in_batch_accuracy, siglip_loss
+from mm_keras.losses.distill import (
+    affinity_mimicking_loss,
+    feature_kd_loss,
+    logit_kd_loss,
+    relation_kd_loss,
+)

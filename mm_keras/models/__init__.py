@@ -1,4 +1,5 @@
-"""Task models."""
+"""Task models, and weight inheritance between them."""
 
 from mm_keras.models.dual_encoder import DualEncoder
 from mm_keras.models.fusion_model import FUSIONS, FusionModel
+from mm_keras.models.inheritance import evenly_spaced_layers, inherit_weights, shrink

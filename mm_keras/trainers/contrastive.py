@@ -110,6 +110,10 @@ class ContrastiveTrainer(keras.Model):
 
     def _loss_and_accuracy(self, inputs, labels, training):
         embeddings = self.model(inputs, training=training)
+        return self._embedding_loss(inputs, embeddings, labels, training)
+
+    def _embedding_loss(self, inputs, embeddings, labels, training):
+        """The loss of the model's `embeddings` of `inputs`, and in-batch accuracy."""
         x, y = (embeddings[m] for m in self.modalities)
         gather_fn = all_gather if self.gather == "global" and num_replicas() > 1 else None
         if self.loss_name == "clip":

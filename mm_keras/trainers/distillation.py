@@ -1,0 +1,170 @@
+"""`fit`-based distillation of a dual encoder: a student learns from a teacher as it aligns."""
+
+import keras
+from keras import ops
+
+from mm_keras.losses.distill import (
+    affinity_mimicking_loss,
+    feature_kd_loss,
+    relation_kd_loss,
+)
+from mm_keras.trainers.contrastive import ContrastiveTrainer
+
+
+@keras.saving.register_keras_serializable(package="mm_keras")
+class DistillationTrainer(ContrastiveTrainer):
+    """Trains a student dual encoder on its contrastive loss plus distillation from a teacher.
+
+    The loss of a batch, with the student's and the teacher's unit-norm embeddings x, y of
+    the two modalities (`mm_keras.losses.distill` writes out each term):
+
+        loss = hard_weight     * L_contrastive(x_s, y_s)              (CLIP or SigLIP)
+             + affinity_weight * L_affinity(x_s, y_s, x_t, y_t)       (TinyCLIP)
+             + feature_weight  * (L_feature(x_s, x_t) + L_feature(y_s, y_t)) / 2
+             + relation_weight * (L_relation(x_s, x_t) + L_relation(y_s, y_t)) / 2
+
+    The teacher is either a trained model, frozen and run in inference mode (TinyCLIP,
+    Wu et al., 2023), or, with `momentum`, an exponential moving average of the student
+    itself, updated after every step: t ← m t + (1 − m) s (ALBEF's momentum distillation,
+    Li et al., 2021). Teacher outputs never receive gradients. Student and teacher
+    embeddings must have one size (`shrink` keeps `projection_dim`). Under a distribution
+    strategy the contrastive term contrasts the global batch as in `ContrastiveTrainer`;
+    the distillation terms use each replica's own examples.
+
+    Logs `loss` (the total), `accuracy` (the student's in-batch retrieval accuracy),
+    `contrastive_loss` and `distillation_loss`.
+
+    Args:
+        model: the student, a `DualEncoder`.
+        teacher: a trained `DualEncoder` with the same modalities, or None with `momentum`.
+        modalities, loss, label_aware, gather, siglip_chunk_size: as `ContrastiveTrainer`.
+        hard_weight: float, weight of the student's own contrastive loss.
+        affinity_weight: float, weight of affinity mimicking.
+        feature_weight: float, weight of feature distillation on the embeddings.
+        feature_kind: `"cosine"` or `"mse"`.
+        relation_weight: float, weight of relational distillation per modality.
+        momentum: optional float in (0, 1): distil from a moving average of the student
+            instead of a `teacher`.
+
+    Example:
+    >>> student = shrink(teacher, width_fraction=0.5)
+    >>> trainer = DistillationTrainer(student, teacher, ("image", "text"), label_aware=True)
+    >>> trainer.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    >>> trainer.fit(train_ds, epochs=10)
+    """
+
+    def __init__(
+        self,
+        model,
+        teacher=None,
+        modalities=("image", "text"),
+        hard_weight=1.0,
+        affinity_weight=1.0,
+        feature_weight=0.0,
+        feature_kind="cosine",
+        relation_weight=0.0,
+        momentum=None,
+        **kwargs,
+    ):
+        super().__init__(model, modalities=modalities, **kwargs)
+        if (teacher is None) == (momentum is None):
+            raise ValueError(
+                "Expected either a `teacher` or a `momentum` for a moving-average teacher. "
+                f"Received: teacher={teacher!r}, momentum={momentum!r}"
+            )
+        if momentum is not None and not 0.0 < momentum < 1.0:
+            raise ValueError(f"`momentum` must be in (0, 1). Received: momentum={momentum}")
+        weights = {
+            "hard_weight": hard_weight,
+            "affinity_weight": affinity_weight,
+            "feature_weight": feature_weight,
+            "relation_weight": relation_weight,
+        }
+        if min(weights.values()) < 0 or not any(weights.values()):
+            raise ValueError(f"Expected non-negative loss weights, not all 0. Received: {weights}")
+        if feature_kind not in ("cosine", "mse"):
+            raise ValueError(
+                f"`feature_kind` must be 'cosine' or 'mse'. Received: feature_kind={feature_kind!r}"
+            )
+        self.momentum = momentum
+        if teacher is None:
+            teacher = model.__class__.from_config(model.get_config())
+        teacher.trainable = False
+        self.teacher = teacher
+        self.hard_weight = hard_weight
+        self.affinity_weight = affinity_weight
+        self.feature_weight = feature_weight
+        self.feature_kind = feature_kind
+        self.relation_weight = relation_weight
+        self.contrastive_tracker = keras.metrics.Mean(name="contrastive_loss")
+        self.distillation_tracker = keras.metrics.Mean(name="distillation_loss")
+
+    @property
+    def metrics(self):
+        return [*super().metrics, self.contrastive_tracker, self.distillation_tracker]
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        if not self.teacher.built:
+            self.teacher.build(input_shape or getattr(self.teacher, "input_shapes", None))
+            if self.momentum is not None:  # the moving average starts at the student
+                self.teacher.set_weights(self.model.get_weights())
+
+    def _embedding_loss(self, inputs, embeddings, labels, training):
+        hard, accuracy = super()._embedding_loss(inputs, embeddings, labels, training)
+        teacher = self.teacher(inputs, training=False)
+        first, second = self.modalities
+        x_s, y_s, x_t, y_t = embeddings[first], embeddings[second], teacher[first], teacher[second]
+        distillation = ops.zeros((), "float32")
+        if self.affinity_weight:
+            distillation += self.affinity_weight * affinity_mimicking_loss(
+                x_s, y_s, x_t, y_t, self.model.logit_scale, self.teacher.logit_scale
+            )
+        if self.feature_weight:
+            distillation += self.feature_weight * 0.5 * (
+                feature_kd_loss(x_s, x_t, self.feature_kind)
+                + feature_kd_loss(y_s, y_t, self.feature_kind)
+            )  # fmt: skip
+        if self.relation_weight:
+            distillation += self.relation_weight * 0.5 * (
+                relation_kd_loss(x_s, x_t) + relation_kd_loss(y_s, y_t)
+            )  # fmt: skip
+        self.contrastive_tracker.update_state(hard)
+        self.distillation_tracker.update_state(distillation)
+        return self.hard_weight * hard + distillation, accuracy
+
+    def train_step(self, data):
+        logs = super().train_step(data)
+        if self.momentum is not None:
+            m = self.momentum
+            for t, s in zip(self.teacher.weights, self.model.weights):
+                t.assign(m * t + (1.0 - m) * ops.cast(s, t.dtype))
+        return logs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "teacher": (
+                    None
+                    if self.momentum is not None
+                    else keras.saving.serialize_keras_object(self.teacher)
+                ),
+                "hard_weight": self.hard_weight,
+                "affinity_weight": self.affinity_weight,
+                "feature_weight": self.feature_weight,
+                "feature_kind": self.feature_kind,
+                "relation_weight": self.relation_weight,
+                "momentum": self.momentum,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        if config.get("teacher") is not None:
+            config["teacher"] = keras.saving.deserialize_keras_object(
+                config["teacher"], custom_objects=custom_objects
+            )
+        return super().from_config(config, custom_objects=custom_objects)

@@ -1,0 +1,95 @@
+import keras
+import numpy as np
+import pytest
+
+from mm_keras.losses import affinity_mimicking_loss, clip_loss, relation_kd_loss
+from mm_keras.models import DualEncoder, shrink
+from mm_keras.trainers import DistillationTrainer
+from tests.trainers.toy import toy_batches, toy_trainer
+
+
+def _teacher():
+    trainer = toy_trainer()
+    trainer.fit(toy_batches(), epochs=3, verbose=0)
+    return trainer.model
+
+
+def _compiled(trainer):
+    trainer.build()
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    return trainer
+
+
+def test_loss_is_the_weighted_sum_of_its_terms():
+    teacher = _teacher()
+    student = shrink(teacher, width_fraction=0.5)
+    trainer = _compiled(
+        DistillationTrainer(
+            student, teacher, label_aware=True, hard_weight=0.5, affinity_weight=2.0,
+            relation_weight=3.0,
+        )
+    )  # fmt: skip
+    batch = next(iter(toy_batches(n=16)))
+    logs = trainer.evaluate(batch, return_dict=True, verbose=0)
+    inputs = {m: batch[m] for m in ("image", "text")}
+    s, t = student(inputs), teacher(inputs)
+    hard = float(clip_loss(s["image"], s["text"], student.logit_scale, labels=batch["label"]))
+    affinity = float(
+        affinity_mimicking_loss(
+            s["image"], s["text"], t["image"], t["text"], student.logit_scale, teacher.logit_scale
+        )
+    )
+    relation = 0.5 * sum(float(relation_kd_loss(s[m], t[m])) for m in inputs)
+    np.testing.assert_allclose(logs["contrastive_loss"], hard, rtol=1e-5)
+    np.testing.assert_allclose(logs["distillation_loss"], 2.0 * affinity + 3.0 * relation, rtol=1e-5)
+    np.testing.assert_allclose(
+        logs["loss"], 0.5 * hard + 2.0 * affinity + 3.0 * relation, rtol=1e-5
+    )
+
+
+def test_fit_trains_the_student_and_leaves_the_teacher_alone():
+    teacher = _teacher()
+    frozen = [np.array(w) for w in teacher.weights]
+    student = shrink(teacher, width_fraction=0.5)
+    trainer = _compiled(DistillationTrainer(student, teacher, label_aware=True))
+    before = trainer.evaluate(toy_batches(), return_dict=True, verbose=0)["distillation_loss"]
+    trainer.fit(toy_batches(), epochs=5, verbose=0)
+    after = trainer.evaluate(toy_batches(), return_dict=True, verbose=0)["distillation_loss"]
+    assert after < before
+    for weight, old in zip(teacher.weights, frozen):
+        np.testing.assert_array_equal(weight, old)
+
+
+def test_a_momentum_teacher_is_a_moving_average_of_the_student():
+    student = toy_trainer().model
+    trainer = _compiled(DistillationTrainer(student, momentum=0.9, label_aware=True))
+    teacher = trainer.teacher
+    for t, s in zip(teacher.weights, student.weights):  # it starts as the student
+        np.testing.assert_array_equal(t, s)
+    old_teacher = [np.array(w) for w in teacher.weights]
+    trainer.fit(toy_batches(n=16), epochs=1, verbose=0)  # one step
+    for t, s, old in zip(teacher.weights, student.weights, old_teacher):
+        np.testing.assert_allclose(t, 0.9 * old + 0.1 * np.asarray(s), atol=1e-6)
+    assert not teacher.trainable
+
+
+def test_config_round_trips():
+    teacher = _teacher()
+    trainer = DistillationTrainer(
+        shrink(teacher, width_fraction=0.5), teacher, feature_weight=1.0, feature_kind="mse"
+    )
+    clone = DistillationTrainer.from_config(trainer.get_config())
+    assert isinstance(clone.teacher, DualEncoder)
+    assert (clone.feature_weight, clone.feature_kind) == (1.0, "mse")
+
+
+def test_bad_arguments_raise():
+    student = toy_trainer().model
+    with pytest.raises(ValueError, match="either a `teacher` or a `momentum`"):
+        DistillationTrainer(student)
+    with pytest.raises(ValueError, match="momentum=1.5"):
+        DistillationTrainer(student, momentum=1.5)
+    with pytest.raises(ValueError, match="not all 0. Received"):
+        DistillationTrainer(student, student, hard_weight=0.0, affinity_weight=0.0)
+    with pytest.raises(ValueError, match="feature_kind='l1'"):
+        DistillationTrainer(student, student, feature_kind="l1")
