@@ -28,6 +28,7 @@ benchmark: $(INSTALLED)
 	$(PYTHON) benchmarks/siglip_memory.py
 	$(PYTHON) benchmarks/moe.py
 	$(PYTHON) benchmarks/fusion.py
+	$(PYTHON) benchmarks/distill.py
 
 clean:
 	rm -rf runs build *.egg-info

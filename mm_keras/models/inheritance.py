@@ -119,9 +119,7 @@ def _shrunk(node, head_fraction, depth_fraction):
         return node
     # A built layer's config records its input shapes, which are the teacher's: drop them.
     node = {
-        k: _shrunk(v, head_fraction, depth_fraction)
-        for k, v in node.items()
-        if k != "build_config"
+        k: _shrunk(v, head_fraction, depth_fraction) for k, v in node.items() if k != "build_config"
     }
     if {"num_layers", "num_heads", "intermediate_dim"} <= set(node):
         node["num_layers"] = max(1, round(node["num_layers"] * depth_fraction))
@@ -174,9 +172,7 @@ def shrink(teacher, width_fraction=0.5, depth_fraction=1.0):
             f"width_fraction={width_fraction} keeps no head of {num_heads}: expected at least "
             f"1 / {num_heads}"
         )
-    student = type(teacher).from_config(
-        _shrunk(config, kept_heads / num_heads, depth_fraction)
-    )
+    student = type(teacher).from_config(_shrunk(config, kept_heads / num_heads, depth_fraction))
     student.build()
     inherit_weights(teacher, student)
     return student

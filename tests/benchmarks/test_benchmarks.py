@@ -132,3 +132,23 @@ def test_fusion_benchmark_compares_the_variants_on_one_task(tmp_path):
         assert 0.0 <= figures["test_accuracy"] <= 1.0
         assert figures["step_ms"] > 0 and 0 < figures["trainable_params"] < figures["num_params"]
     assert results["resampler_to_co_attention_trainable_params_ratio"] < 1.0
+
+
+def test_distill_benchmark_counts_steps_to_the_target(tmp_path):
+    result = run_script(
+        "benchmarks/distill.py",
+        "--epochs=1",
+        "--max_epochs=1",
+        "--eval_every=5",
+        "--hidden_dim=32",
+        "--target=0.1",
+        f"--output_dir={tmp_path}",
+        f"--results_dir={tmp_path}",
+    )
+    assert result.stdout.strip().splitlines()[-1].startswith("inheritance_speedup")
+    with open(tmp_path / "distill.json") as f:
+        results = json.load(f)
+    assert set(results["arms"]) == {"scratch", "scratch_affinity", "inherited_affinity"}
+    assert results["inheritance_speedup"] > 0 and results["affinity_speedup"] > 0
+    for arm in results["arms"].values():
+        assert arm["history"] and arm["history"][0][0] == 5

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mm_keras.encoders import TransformerEncoder
+from mm_keras.encoders import SharedEncoder, TransformerEncoder
 from mm_keras.models import DualEncoder, evenly_spaced_layers, inherit_weights, shrink
 from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding
 
@@ -12,8 +12,8 @@ INPUTS = {
 }
 
 
-def _teacher(shared=False, width=64, num_layers=4):
-    def encoder():
+def _teacher(shared=False, width=64, num_layers=4, encoder=None):
+    def tower():
         return TransformerEncoder(num_layers, num_heads=4, intermediate_dim=2 * width)
 
     model = DualEncoder(
@@ -21,7 +21,7 @@ def _teacher(shared=False, width=64, num_layers=4):
             "image": ImagePatchTokenizer(image_size=16, patch_size=8, hidden_dim=width),
             "text": TextEmbedding(vocabulary_size=20, sequence_length=6, hidden_dim=width),
         },
-        encoder() if shared else {"image": encoder(), "text": encoder()},
+        encoder or (tower() if shared else {"image": tower(), "text": tower()}),
         projection_dim=16,
     )
     model.build()
@@ -41,6 +41,18 @@ def test_a_student_that_keeps_everything_computes_what_the_teacher_does(shared):
         np.testing.assert_allclose(actual[m], expected[m], atol=1e-6)
 
 
+def test_a_shared_mixture_of_experts_encoder_is_inherited_too():
+    moe = {"num_experts": 4, "top_k": 2}
+    teacher = _teacher(encoder=SharedEncoder(4, 4, 128, num_modalities=2, moe=moe))
+    expected, actual = teacher(INPUTS), shrink(teacher, 1.0, 1.0)(INPUTS)
+    for m in INPUTS:
+        np.testing.assert_allclose(actual[m], expected[m], atol=1e-6)
+    # Blocks 0 and 3 of 4 are kept: dense and sparse, as the student's blocks 0 and 1.
+    student = shrink(teacher, width_fraction=0.5, depth_fraction=0.5)
+    assert student.encoders.num_layers == 2 and student.encoders.is_sparse(1)
+    assert student(INPUTS)["image"].shape == (3, 16)
+
+
 def test_the_student_keeps_evenly_spaced_layers_and_the_first_heads_and_units():
     teacher = _teacher()
     student = shrink(teacher, width_fraction=0.5, depth_fraction=0.5)
@@ -52,7 +64,9 @@ def test_the_student_keeps_evenly_spaced_layers_and_the_first_heads_and_units():
         np.testing.assert_array_equal(
             block.attention.qkv_kernel, np.asarray(source.attention.qkv_kernel)[:32, :, :2]
         )  # the first 2 heads of 16 dims each, over the first 32 input units
-        np.testing.assert_array_equal(block.mlp_in.kernel, np.asarray(source.mlp_in.kernel)[:32, :64])
+        np.testing.assert_array_equal(
+            block.mlp_in.kernel, np.asarray(source.mlp_in.kernel)[:32, :64]
+        )
     np.testing.assert_array_equal(
         student.tokenizers["text"].token_embedding.embeddings,
         np.asarray(teacher.tokenizers["text"].token_embedding.embeddings)[:, :32],

@@ -41,7 +41,9 @@ def test_loss_is_the_weighted_sum_of_its_terms():
     )
     relation = 0.5 * sum(float(relation_kd_loss(s[m], t[m])) for m in inputs)
     np.testing.assert_allclose(logs["contrastive_loss"], hard, rtol=1e-5)
-    np.testing.assert_allclose(logs["distillation_loss"], 2.0 * affinity + 3.0 * relation, rtol=1e-5)
+    np.testing.assert_allclose(
+        logs["distillation_loss"], 2.0 * affinity + 3.0 * relation, rtol=1e-5
+    )
     np.testing.assert_allclose(
         logs["loss"], 0.5 * hard + 2.0 * affinity + 3.0 * relation, rtol=1e-5
     )

@@ -1,0 +1,59 @@
+"""The distillation recipe: a progressive run end to end, and a reused teacher."""
+
+import json
+
+import keras
+
+from tests.scripts import run_script
+
+TINY = (
+    "--epochs=1",
+    "--distill_epochs=1",
+    "--hidden_dim=32",
+    "--num_layers=2",
+    "--latency_examples=3",
+)
+
+
+def _metrics(path):
+    with open(path / "metrics.json") as f:
+        return json.load(f)
+
+
+def test_the_student_keeps_the_teachers_accuracy_at_a_fraction_of_its_size(tmp_path):
+    run_script("recipes/distill.py", f"--output_dir={tmp_path}", timeout=600)
+    metrics = _metrics(tmp_path)
+    # The issue's bars (speed is the benchmark's and the recipe's to report, not a test's).
+    assert metrics["param_fraction"] <= 0.5
+    assert metrics["accuracy_retention"] >= 0.95
+    assert metrics["teacher_zero_shot_top1"] >= 0.9
+
+
+def test_progressive_stages_shrink_the_student_and_write_the_table(tmp_path):
+    result = run_script(
+        "recipes/distill.py", *TINY, "--width_stages=0.5,0.25", f"--output_dir={tmp_path}"
+    )
+    assert "student_width_0.25" in result.stdout
+    metrics = _metrics(tmp_path)
+    for key in ("param_fraction", "accuracy_retention", "tflite_speedup"):
+        assert metrics[key] > 0
+    teacher, half, quarter = (
+        metrics[f"{name}_num_params"]
+        for name in ("teacher", "student_width_0.5", "student_width_0.25")
+    )
+    assert quarter < half < 0.5 * teacher
+    assert metrics["param_fraction"] == quarter / teacher
+    assert (
+        metrics["student_width_0.25_tflite_dynamic_bytes"] < metrics["teacher_tflite_dynamic_bytes"]
+    )
+    student = keras.saving.load_model(tmp_path / "student.keras", safe_mode=True)
+    assert student.encoders["image"].num_heads == 1  # 4 heads → 2 → 1
+
+    # A second run reuses the saved teacher instead of training one.
+    reuse = tmp_path / "reuse"
+    run_script(
+        "recipes/distill.py", *TINY, f"--teacher={tmp_path}/teacher.keras", f"--output_dir={reuse}"
+    )
+    again = _metrics(reuse)
+    assert again["teacher_zero_shot_top1"] == metrics["teacher_zero_shot_top1"]
+    assert not (reuse / "teacher.keras").exists()
