@@ -5,43 +5,13 @@ import math
 import keras
 from keras import ops
 
-from mm_keras.data.mixing import present_key
+from mm_keras.models.towers import TowersMixin, build_tower, check_modality_inputs
 
 MAX_LOGIT_SCALE = 100.0
-_NON_MODALITY_KEYS = ("label",)
-
-
-def check_modality_inputs(inputs, modalities, presence_flags=False):
-    """Returns the modalities given in a batch dict; raises on anything else or a size mismatch.
-
-    `"label"` is ignored, and so are the `"<modality>_present"` flags of given modalities
-    when the caller honours them (`presence_flags=True`). Batch sizes are compared where
-    they are known when the call is traced.
-    """
-    if not isinstance(inputs, dict):
-        raise ValueError(
-            f"Expected a dict keyed by modality name. Received: {type(inputs).__name__}"
-        )
-    flags = {present_key(m) for m in modalities if m in inputs} if presence_flags else set()
-    given = [key for key in inputs if key not in _NON_MODALITY_KEYS and key not in flags]
-    unknown = [key for key in given if key not in modalities]
-    if unknown or not given:
-        raise ValueError(
-            f"Expected inputs for a non-empty subset of modalities {tuple(modalities)}. "
-            f"Received keys: {sorted(inputs)}"
-        )
-    batch_sizes = {m: inputs[m].shape[0] for m in given}
-    known = {size for size in batch_sizes.values() if size is not None}
-    if len(known) > 1:
-        raise ValueError(
-            "Expected every modality to have the same batch size. "
-            f"Received batch sizes: {batch_sizes}"
-        )
-    return given
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
-class DualEncoder(keras.Model):
+class DualEncoder(TowersMixin, keras.Model):
     """Embeds each modality with its own tower into one space, CLIP/SigLIP style.
 
     A tower is: tokenizer layer (raw input → `{"tokens", "mask"}`) → Transformer encoder →
@@ -126,29 +96,13 @@ class DualEncoder(keras.Model):
     def _encoder(self, modality):
         return self.encoders if self.shared_encoder else self.encoders[modality]
 
-    @property
-    def input_shapes(self):
-        """Each modality's raw input shape, `{modality: (None, ...)}`, from its tokenizer."""
-        return {m: tuple(self.tokenizers[m].default_input_shape) for m in self.modalities}
-
-    def get_build_config(self):
-        # Recorded whichever way the model was built (also with no shapes), so that a
-        # reloaded model gets Keras's default SavedModel signature right.
-        return {"input_shape": self.input_shapes} if self.built else None
-
     def build(self, input_shape=None):
         input_shape = input_shape or {}
         widths = {}
         for modality in self.modalities:
             tokenizer = self.tokenizers[modality]
             shape = input_shape.get(modality, tokenizer.default_input_shape)
-            if not tokenizer.built:
-                tokenizer.build(shape)
-            spec = tokenizer.compute_output_spec(keras.KerasTensor(shape))
-            widths[modality] = spec["tokens"].shape[-1]
-            encoder = self._encoder(modality)
-            if not encoder.built:
-                encoder.build({"tokens": spec["tokens"].shape, "mask": spec["mask"].shape})
+            widths[modality] = build_tower(tokenizer, self._encoder(modality), shape)[-1]
             self.projections[modality].build((None, widths[modality]))
         if self.shared_encoder:
             if len(set(widths.values())) != 1:

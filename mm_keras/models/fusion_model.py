@@ -10,7 +10,7 @@ from mm_keras.layers.fusion import (
     GatedCrossAttention,
     Resampler,
 )
-from mm_keras.models.dual_encoder import check_modality_inputs
+from mm_keras.models.towers import TowersMixin, build_tower, check_modality_inputs
 
 FUSIONS = ("co_attention", "gated_cross_attention", "resampler")
 
@@ -23,7 +23,7 @@ def _masked_mean(tokens, mask):
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
-class FusionModel(keras.Model):
+class FusionModel(TowersMixin, keras.Model):
     """Towers → cross-modal fusion layers → pooled joint representation → task head.
 
     Each modality runs through its own tower (tokenizer layer, then encoder) into a token
@@ -131,26 +131,14 @@ class FusionModel(keras.Model):
         self.bridge = bridge
         self.dropout = dropout
 
-    @property
-    def input_shapes(self):
-        """Each modality's raw input shape, `{modality: (None, ...)}`, from its tokenizer."""
-        return {m: tuple(self.tokenizers[m].default_input_shape) for m in self.modalities}
-
-    def get_build_config(self):
-        return {"input_shape": self.input_shapes} if self.built else None
-
     def build(self, input_shape=None):
         input_shape = input_shape or {}
         shapes = {}
         for m in self.modalities:
             tokenizer, encoder = self.tokenizers[m], self.encoders[m]
-            shape = input_shape.get(m, tokenizer.default_input_shape)
-            if not tokenizer.built:
-                tokenizer.build(shape)
-            spec = tokenizer.compute_output_spec(keras.KerasTensor(shape))
-            if not encoder.built:
-                encoder.build({"tokens": spec["tokens"].shape, "mask": spec["mask"].shape})
-            shapes[m] = tuple(spec["tokens"].shape)
+            shapes[m] = build_tower(
+                tokenizer, encoder, input_shape.get(m, tokenizer.default_input_shape)
+            )
             for layer in (tokenizer, encoder):
                 if not layer.trainable:
                     # A tower saved frozen comes back with `trainable=False` on itself but
