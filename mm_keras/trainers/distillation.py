@@ -26,8 +26,10 @@ class DistillationTrainer(ContrastiveTrainer):
     The teacher is either a trained model, frozen and run in inference mode (TinyCLIP,
     Wu et al., 2023), or, with `momentum`, an exponential moving average of the student
     itself, updated after every step: t ← m t + (1 − m) s (ALBEF's momentum distillation,
-    Li et al., 2021). Teacher outputs never receive gradients. Student and teacher
-    embeddings must have one size (`shrink` keeps `projection_dim`). Under a distribution
+    Li et al., 2021). Teacher outputs never receive gradients. Affinity and relation
+    distillation compare similarities, so the student's embeddings may be smaller than the
+    teacher's; feature distillation then maps them to the teacher's size with a learned
+    linear projection per modality, trained with the student. Under a distribution
     strategy the contrastive term contrasts the global batch as in `ContrastiveTrainer`;
     the distillation terms use each replica's own examples.
 
@@ -109,6 +111,13 @@ class DistillationTrainer(ContrastiveTrainer):
             self.teacher.build(input_shape or getattr(self.teacher, "input_shapes", None))
             if self.momentum is not None:  # the moving average starts at the student
                 self.teacher.set_weights(self.model.get_weights())
+        sizes = (self.model.projection_dim, self.teacher.projection_dim)
+        self.feature_projections = {}
+        if self.feature_weight and sizes[0] != sizes[1]:
+            for m in self.modalities:
+                projection = keras.layers.Dense(sizes[1], use_bias=False, name=f"{m}_to_teacher")
+                projection.build((None, sizes[0]))
+                self.feature_projections[m] = projection
 
     def _embedding_loss(self, inputs, embeddings, labels, training):
         hard, accuracy = super()._embedding_loss(inputs, embeddings, labels, training)
@@ -121,9 +130,13 @@ class DistillationTrainer(ContrastiveTrainer):
                 x_s, y_s, x_t, y_t, self.model.logit_scale, self.teacher.logit_scale
             )
         if self.feature_weight:
+            x_p, y_p = x_s, y_s
+            if self.feature_projections:
+                x_p = self.feature_projections[first](x_s)
+                y_p = self.feature_projections[second](y_s)
             distillation += self.feature_weight * 0.5 * (
-                feature_kd_loss(x_s, x_t, self.feature_kind)
-                + feature_kd_loss(y_s, y_t, self.feature_kind)
+                feature_kd_loss(x_p, x_t, self.feature_kind)
+                + feature_kd_loss(y_p, y_t, self.feature_kind)
             )  # fmt: skip
         if self.relation_weight:
             distillation += self.relation_weight * 0.5 * (

@@ -75,6 +75,20 @@ def test_a_momentum_teacher_is_a_moving_average_of_the_student():
     assert not teacher.trainable
 
 
+def test_feature_distillation_learns_a_projection_to_a_wider_teacher():
+    teacher = _teacher()  # 16-dimensional embeddings
+    config = shrink(teacher, width_fraction=0.5).get_config()
+    student = DualEncoder.from_config({**config, "projection_dim": 8})
+    trainer = _compiled(
+        DistillationTrainer(student, teacher, feature_weight=1.0, affinity_weight=0.0)
+    )
+    projection = trainer.feature_projections["image"]
+    assert projection.kernel.shape == (8, 16)
+    before = np.array(projection.kernel)
+    trainer.fit(toy_batches(), epochs=1, verbose=0)
+    assert not np.array_equal(np.array(projection.kernel), before)
+
+
 def test_config_round_trips():
     teacher = _teacher()
     trainer = DistillationTrainer(
