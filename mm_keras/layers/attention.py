@@ -27,8 +27,36 @@ def scaled_dot_product_attention(query, key, value, key_mask, dropout, training=
     return ops.matmul(dropout(weights, training=training), value)
 
 
+class AttentionHeads(keras.layers.Layer):
+    """The arguments, checks and config that multi-head attention layers share.
+
+    `num_heads` heads of size `key_dim`, and dropout on the attention weights.
+    """
+
+    def __init__(self, num_heads, key_dim, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if num_heads < 1 or key_dim < 1:
+            raise ValueError(
+                "`num_heads` and `key_dim` must be >= 1. "
+                f"Received: num_heads={num_heads}, key_dim={key_dim}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.dropout = dropout
+        self.attention_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"num_heads": self.num_heads, "key_dim": self.key_dim, "dropout": self.dropout}
+        )
+        return config
+
+
 @keras.saving.register_keras_serializable(package="mm_keras")
-class MultiHeadSelfAttention(keras.layers.Layer):
+class MultiHeadSelfAttention(AttentionHeads):
     """Scaled dot-product self-attention with fused query/key/value projections.
 
     The attention of "Attention Is All You Need" (Vaswani et al., 2017):
@@ -47,20 +75,6 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     >>> layer(x, padding_mask=np.arange(10) < np.array([[10], [6]])).shape
     (2, 10, 64)
     """
-
-    def __init__(self, num_heads, key_dim, dropout=0.0, **kwargs):
-        super().__init__(**kwargs)
-        if num_heads < 1 or key_dim < 1:
-            raise ValueError(
-                "`num_heads` and `key_dim` must be >= 1. "
-                f"Received: num_heads={num_heads}, key_dim={key_dim}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
-        self.num_heads = num_heads
-        self.key_dim = key_dim
-        self.dropout = dropout
-        self.attention_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, inputs_shape):
         hidden_dim, heads, key_dim = inputs_shape[-1], self.num_heads, self.key_dim
@@ -89,10 +103,3 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def compute_output_shape(self, inputs_shape):
         return inputs_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"num_heads": self.num_heads, "key_dim": self.key_dim, "dropout": self.dropout}
-        )
-        return config

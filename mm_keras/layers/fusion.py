@@ -3,12 +3,12 @@
 import keras
 from keras import ops
 
-from mm_keras.layers.attention import scaled_dot_product_attention
-from mm_keras.layers.transformer import TransformerBlock
+from mm_keras.layers.attention import AttentionHeads, scaled_dot_product_attention
+from mm_keras.layers.transformer import PreNormBlock, TransformerBlock
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
-class MultiHeadCrossAttention(keras.layers.Layer):
+class MultiHeadCrossAttention(AttentionHeads):
     """Scaled dot-product attention of one token stream over another.
 
     softmax(Q K^T / sqrt(d_k) + mask) V per head (Vaswani et al., 2017), with the queries
@@ -27,20 +27,6 @@ class MultiHeadCrossAttention(keras.layers.Layer):
     >>> layer(text, context=image).shape
     (2, 12, 64)
     """
-
-    def __init__(self, num_heads, key_dim, dropout=0.0, **kwargs):
-        super().__init__(**kwargs)
-        if num_heads < 1 or key_dim < 1:
-            raise ValueError(
-                "`num_heads` and `key_dim` must be >= 1. "
-                f"Received: num_heads={num_heads}, key_dim={key_dim}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
-        self.num_heads = num_heads
-        self.key_dim = key_dim
-        self.dropout = dropout
-        self.attention_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, inputs_shape, context_shape=None):
         query_dim = inputs_shape[-1]
@@ -80,13 +66,6 @@ class MultiHeadCrossAttention(keras.layers.Layer):
     def compute_output_shape(self, inputs_shape, context_shape=None):
         return inputs_shape
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"num_heads": self.num_heads, "key_dim": self.key_dim, "dropout": self.dropout}
-        )
-        return config
-
 
 class _FeedForward(keras.layers.Layer):
     """LayerNorm, then `D → intermediate_dim → D`: the MLP of a pre-norm block."""
@@ -114,37 +93,11 @@ class _FeedForward(keras.layers.Layer):
         return self.outer(self.inner(self.norm(inputs)))
 
 
-class _CrossAttentionLayer(keras.layers.Layer):
-    """What the cross-attention blocks share: arguments, sublayers, config."""
-
-    def __init__(
-        self,
-        num_heads,
-        intermediate_dim,
-        dropout=0.0,
-        activation="gelu",
-        layer_norm_epsilon=1e-6,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if num_heads < 1 or intermediate_dim < 1:
-            raise ValueError(
-                "`num_heads` and `intermediate_dim` must be >= 1. "
-                f"Received: num_heads={num_heads}, intermediate_dim={intermediate_dim}"
-            )
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.dropout = dropout
-        self.activation = keras.activations.get(activation)
-        self.layer_norm_epsilon = layer_norm_epsilon
+class _CrossAttentionLayer(PreNormBlock):
+    """What the cross-attention blocks share: sublayers and their call."""
 
     def _build_cross(self, inputs_shape, context_shape):
-        width = inputs_shape[-1]
-        if width % self.num_heads:
-            raise ValueError(
-                f"The input width must be divisible by num_heads={self.num_heads}. "
-                f"Received: input shape {tuple(inputs_shape)}"
-            )
+        key_dim = self.head_size(inputs_shape)
         dtype = self.dtype_policy
         self.query_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=dtype, name="query_norm"
@@ -153,8 +106,7 @@ class _CrossAttentionLayer(keras.layers.Layer):
             epsilon=self.layer_norm_epsilon, dtype=dtype, name="context_norm"
         )
         self.cross_attention = MultiHeadCrossAttention(
-            self.num_heads, width // self.num_heads, self.dropout, dtype=dtype,
-            name="cross_attention",
+            self.num_heads, key_dim, self.dropout, dtype=dtype, name="cross_attention",
         )  # fmt: skip
         self.feed_forward = _FeedForward(
             self.intermediate_dim, self.activation, self.layer_norm_epsilon, dtype=dtype,
@@ -176,19 +128,6 @@ class _CrossAttentionLayer(keras.layers.Layer):
 
     def compute_output_shape(self, inputs_shape, context_shape=None):
         return inputs_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_heads": self.num_heads,
-                "intermediate_dim": self.intermediate_dim,
-                "dropout": self.dropout,
-                "activation": keras.activations.serialize(self.activation),
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            }
-        )
-        return config
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")

@@ -5,10 +5,11 @@ from keras import ops
 
 from mm_keras.layers.attention import MultiHeadSelfAttention
 from mm_keras.layers.moe import MoEFeedForward
+from mm_keras.layers.transformer import PreNormBlock
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
-class ModalityAwareBlock(keras.layers.Layer):
+class ModalityAwareBlock(PreNormBlock):
     """A pre-LayerNorm Transformer block for a stack that all modalities share.
 
     x + MHSA(LN(x)), then x + FFN(LN(x)), where:
@@ -59,28 +60,26 @@ class ModalityAwareBlock(keras.layers.Layer):
         layer_norm_epsilon=1e-6,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(
+            num_heads,
+            intermediate_dim,
+            dropout=dropout,
+            activation=activation,
+            layer_norm_epsilon=layer_norm_epsilon,
+            **kwargs,
+        )
         if modality_norms and not num_modalities:
             raise ValueError(
                 "`modality_norms` needs `num_modalities`. "
                 f"Received: num_modalities={num_modalities}"
             )
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
         self.num_modalities = num_modalities
         self.modality_norms = modality_norms
         self.moe = dict(moe) if moe else None
-        self.dropout = dropout
-        self.activation = keras.activations.get(activation)
-        self.layer_norm_epsilon = layer_norm_epsilon
 
     def build(self, inputs_shape):
         hidden_dim = inputs_shape[-1]
-        if hidden_dim % self.num_heads:
-            raise ValueError(
-                f"The input width must be divisible by num_heads={self.num_heads}. "
-                f"Received: input shape {tuple(inputs_shape)}"
-            )
+        key_dim = self.head_size(inputs_shape)
         dtype = self.dtype_policy
         shared_affine = not self.modality_norms
         self.attention_norm = keras.layers.LayerNormalization(
@@ -96,7 +95,7 @@ class ModalityAwareBlock(keras.layers.Layer):
             self.norm_gamma = self.add_weight(name="norm_gamma", shape=shape, initializer="ones")
             self.norm_beta = self.add_weight(name="norm_beta", shape=shape, initializer="zeros")
         self.attention = MultiHeadSelfAttention(
-            self.num_heads, hidden_dim // self.num_heads, self.dropout, dtype=dtype,
+            self.num_heads, key_dim, self.dropout, dtype=dtype,
             name="attention",
         )  # fmt: skip
         if self.moe:
@@ -164,14 +163,9 @@ class ModalityAwareBlock(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
-                "num_heads": self.num_heads,
-                "intermediate_dim": self.intermediate_dim,
                 "num_modalities": self.num_modalities,
                 "modality_norms": self.modality_norms,
                 "moe": self.moe,
-                "dropout": self.dropout,
-                "activation": keras.activations.serialize(self.activation),
-                "layer_norm_epsilon": self.layer_norm_epsilon,
             }
         )
         return config
