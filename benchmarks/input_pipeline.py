@@ -7,8 +7,9 @@ clips, captions) with a JSONL manifest, converts it to 4 TFRecord shards, and me
 
 * the TFRecord pipeline (`mm_keras.data.Pipeline` over images and captions: record
   checks, PNG decoding, image augmentation, shuffling, WordPiece tokenization; nothing
-  cached), in examples/s, with parallel decoding (`tf.data.AUTOTUNE`) and sequentially
-  (`num_parallel_calls=1`), and with `cache=True` (decoded once, then replayed);
+  cached), in examples/s, with parallel reading and decoding (`tf.data.AUTOTUNE`) and
+  sequentially (`num_parallel_calls=None` on a one-thread tf.data pool: every stage in
+  turn), and with `cache=True` (decoded once, then replayed);
 * the demo recipe's own pipeline (`make_batches` over the embedded arrays);
 * the demo model's training steps (image-text dual encoder, batch 64, XLA), in examples/s,
   on one batch held in memory, so no input cost is in it.
@@ -117,7 +118,7 @@ def main(argv):
         )
 
         def file_pipeline(parallel, cache=False):
-            calls = tf.data.AUTOTUNE if parallel else 1
+            calls = tf.data.AUTOTUNE if parallel else None
             dataset = pipeline.dataset(
                 FLAGS.batch_size,
                 training=True,
@@ -125,6 +126,11 @@ def main(argv):
                 num_parallel_calls=calls,
                 cache=cache,
             )
+            if not parallel:  # every stage in turn, each op on one thread
+                options = tf.data.Options()
+                options.threading.private_threadpool_size = 1
+                options.threading.max_intra_op_parallelism = 1
+                dataset = dataset.with_options(options)
             return dataset.repeat()
 
         embedded = make_batches(

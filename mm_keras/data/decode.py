@@ -50,11 +50,12 @@ def _split_count(data, separator):
     return tf.reshape(pieces, tf.shape(data))
 
 
-def _little_endian(data, position, count):
-    """The unsigned little-endian integer of `count` bytes at `position` (0 past the end)."""
+def _unsigned(data, position, count, byteorder="little"):
+    """The unsigned integer of `count` bytes at `position` (0 past the end)."""
     field = tf.strings.substr(_bytes_at(data, position, count) + b"\0" * count, 0, count)
     values = tf.cast(tf.io.decode_raw(field, tf.uint8), tf.int64)
-    return tf.reduce_sum(values * [256**i for i in range(count)], axis=-1)
+    weights = [256**i for i in range(count)]
+    return tf.reduce_sum(values * (weights if byteorder == "little" else weights[::-1]), -1)
 
 
 def wav_is_valid(data):
@@ -64,10 +65,10 @@ def wav_is_valid(data):
     format chunk comes first, as writers put it, it must say PCM with 16 bits per sample.
     """
     riff = _starts_with(data, b"RIFF") & (_bytes_at(data, 8, 4) == b"WAVE")
-    declared = _little_endian(data, 4, 4) + 8
+    declared = _unsigned(data, 4, 4) + 8
     length = tf.cast(tf.strings.length(data), tf.int64)
     format_first = _bytes_at(data, 12, 4) == b"fmt "
-    pcm16 = (_little_endian(data, 20, 2) == 1) & (_little_endian(data, 34, 2) == 16)
+    pcm16 = (_unsigned(data, 20, 2) == 1) & (_unsigned(data, 34, 2) == 16)
     return (length >= 44) & riff & (declared <= length) & (~format_first | pcm16)
 
 
@@ -86,20 +87,22 @@ def _to_channels(image, num_channels):
     )
 
 
-def decode_image(data, image_size, num_channels):
-    """Encoded image → uint8 `[H, W, C]` at `image_size` (bilinear, as the tokenizer resizes).
+def _is_native(data):
+    """True for PNG and JPEG bytes, which `tf.io.decode_image` decodes to any channel count."""
+    return _starts_with(data, _IMAGE_MAGIC[0]) | _starts_with(data, _IMAGE_MAGIC[1])
 
-    PNG and JPEG decode straight to `num_channels`; GIF and BMP, which `tf.io` decodes in
-    colour only, are converted (luma for grey, alpha dropped).
-    """
+
+def _check_channels(num_channels):
     if num_channels not in (1, 3):
         raise ValueError(f"`num_channels` must be 1 or 3. Received: num_channels={num_channels}")
-    native = _starts_with(data, _IMAGE_MAGIC[0]) | _starts_with(data, _IMAGE_MAGIC[1])
-    image = tf.cond(
-        native,
-        lambda: tf.io.decode_image(data, channels=num_channels, expand_animations=False),
-        lambda: _to_channels(tf.io.decode_image(data, expand_animations=False), num_channels),
-    )
+
+
+def _decode_native(data, num_channels):
+    return tf.io.decode_image(data, channels=num_channels, expand_animations=False)
+
+
+def _to_size(image, image_size, num_channels):
+    """Decoded `[h, w, C]` → `[H, W, C]`, resized bilinearly unless already that size."""
     image.set_shape([None, None, num_channels])
 
     def resize():
@@ -111,23 +114,90 @@ def decode_image(data, image_size, num_channels):
     return tf.ensure_shape(image, [*image_size, num_channels])
 
 
+def decode_image(data, image_size, num_channels):
+    """Encoded image → uint8 `[H, W, C]` at `image_size` (bilinear, as the tokenizer resizes).
+
+    PNG and JPEG decode straight to `num_channels`; GIF and BMP, which `tf.io` decodes in
+    colour only, are converted (luma for grey, alpha dropped).
+    """
+    _check_channels(num_channels)
+    image = tf.cond(
+        _is_native(data),
+        lambda: _decode_native(data, num_channels),
+        lambda: _to_channels(tf.io.decode_image(data, expand_animations=False), num_channels),
+    )
+    return _to_size(image, image_size, num_channels)
+
+
+def decode_images(data, image_size, num_channels, group_size=16):
+    """Encoded images `[B]` → uint8 `[B, H, W, C]`, each decoded as `decode_image` does.
+
+    A `tf.map_fn` iteration costs about as much as decoding a small image, so each
+    iteration decodes `group_size` images (the batch padded with copies of its first
+    image to a multiple of it). A batch of only PNG and JPEG files skips the per-image
+    format check, and one of only PNGs whose headers say `image_size` the size check too.
+    """
+    _check_channels(num_channels)
+    height, width = image_size
+    count = tf.size(data)
+    padded = tf.concat([data, tf.repeat(data[:1], -count % group_size)], axis=0)
+    groups = tf.reshape(padded, [-1, group_size])
+    group_spec = tf.TensorSpec([group_size, *image_size, num_channels], tf.uint8)
+
+    def decode_groups(decode_one):
+        decode_group = lambda group: tf.stack([decode_one(x) for x in tf.unstack(group)])  # noqa: E731
+        return tf.map_fn(decode_group, groups, fn_output_signature=group_spec)
+
+    # A PNG's header gives its size (IHDR: width, then height, big-endian at byte 16).
+    png_at_size = (
+        _starts_with(data, _IMAGE_MAGIC[0])
+        & (_unsigned(data, 16, 4, "big") == width)
+        & (_unsigned(data, 20, 4, "big") == height)
+    )
+    images = tf.case(
+        [
+            (
+                tf.reduce_all(png_at_size),
+                lambda: decode_groups(
+                    lambda x: tf.reshape(_decode_native(x, num_channels), group_spec.shape[1:])
+                ),
+            ),
+            (
+                tf.reduce_all(_is_native(data)),
+                lambda: decode_groups(
+                    lambda x: _to_size(_decode_native(x, num_channels), image_size, num_channels)
+                ),
+            ),
+        ],
+        default=lambda: decode_groups(lambda x: decode_image(x, image_size, num_channels)),
+        exclusive=False,
+    )
+    return tf.reshape(images, [-1, *image_size, num_channels])[:count]
+
+
 def augment_images(images, seed, max_shift=2):
     """Shifts each image of a batch `[B, H, W, C]` by up to `max_shift` pixels each way.
 
-    Pads by reflection, then reads each image's window at a random offset with two
-    batched gathers (one op for the whole batch, not one per image). Flips are left out on
+    Pixels shifted in from beyond an edge are its reflection (`tf.pad`'s "REFLECT"). The
+    whole batch moves in two gathers of whole rows, then of whole columns, since padding
+    and per-pixel gathers cost more than decoding the images. Flips are left out on
     purpose: they change what a digit or a written word in an image means.
     """
     size = tf.shape(images)[0]
-    height, width = images.shape[1], images.shape[2]
-    padded = tf.pad(
-        images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]], "REFLECT"
-    )
-    offsets = tf.random.stateless_uniform([2, size], seed, 0, 2 * max_shift + 1, tf.int32)
-    rows = offsets[0][:, None] + tf.range(height)[None, :]  # [B, H]
-    columns = offsets[1][:, None] + tf.range(width)[None, :]  # [B, W]
-    shifted = tf.gather(padded, rows, axis=1, batch_dims=1)
-    return tf.gather(shifted, columns, axis=2, batch_dims=1)
+    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+    offsets = tf.random.stateless_uniform([2, size], seed, -max_shift, max_shift + 1, tf.int32)
+    first = tf.range(size)[:, None]
+    rows = first * height + _reflect(offsets[0][:, None] + tf.range(height), height)  # [B, H]
+    columns = first * width + _reflect(offsets[1][:, None] + tf.range(width), width)  # [B, W]
+    shifted = tf.gather(tf.reshape(images, [-1, width, channels]), rows)  # [B, H, W, C]
+    shifted = tf.transpose(shifted, [0, 2, 1, 3])  # columns become rows
+    shifted = tf.gather(tf.reshape(shifted, [-1, height, channels]), columns)
+    return tf.transpose(shifted, [0, 2, 1, 3])
+
+
+def _reflect(index, size):
+    """Maps positions in `[-size + 1, 2 * size - 2]` into `[0, size)` by mirroring at the edges."""
+    return (size - 1) - tf.abs((size - 1) - tf.abs(index))
 
 
 def resample(audio, rate, target_rate):
@@ -165,20 +235,22 @@ def decode_audio(data, sample_rate, num_samples, offset_fraction=0.5):
     return tf.ensure_shape(audio, [num_samples])
 
 
-def frame_indices(count, num_frames):
-    """`num_frames` indices spread evenly over `count` frames (repeats when count is short)."""
-    positions = tf.linspace(0.0, tf.cast(count - 1, tf.float32), num_frames)
-    return tf.cast(tf.round(positions), tf.int32)
+def frame_indices(counts, num_frames):
+    """`[B]` frame counts → `[B, num_frames]` indices spread evenly over each record's
+    frames (repeating frames when a record has fewer than `num_frames`)."""
+    last = tf.cast(counts - 1, tf.float32)
+    positions = tf.linspace(tf.zeros_like(last), last, num_frames, axis=-1)
+    return tf.cast(tf.round(positions), tf.int64)
 
 
-def decode_video(frames, num_frames, image_size, num_channels):
-    """Encoded frames `[n]` → uint8 `[num_frames, H, W, C]`, sampled evenly over the n."""
-    chosen = tf.gather(frames, frame_indices(tf.shape(frames)[0], num_frames))
-    return tf.map_fn(
-        lambda frame: decode_image(frame, image_size, num_channels),
-        chosen,
-        fn_output_signature=tf.TensorSpec([*image_size, num_channels], tf.uint8),
+def decode_videos(frames, num_frames, image_size, num_channels):
+    """Encoded frames, ragged `[B, (n)]` → uint8 `[B, num_frames, H, W, C]`, each record's
+    frames sampled evenly over its n."""
+    chosen = frame_indices(frames.row_lengths(), num_frames) + frames.row_starts()[:, None]
+    images = decode_images(
+        tf.gather(frames.flat_values, tf.reshape(chosen, [-1])), image_size, num_channels
     )
+    return tf.reshape(images, [-1, num_frames, *image_size, num_channels])
 
 
 def decode_file_errors(image=None, audio=None, video=None):

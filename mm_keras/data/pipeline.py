@@ -52,6 +52,37 @@ def make_batches(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+# Records travel in chunks of this many from the source to the batch.
+CHUNK_SIZE = 64
+
+
+def _shuffle_records(chunks, buffer_size, seed=None, num_parallel_calls=tf.data.AUTOTUNE):
+    """Shuffles a dataset of record chunks (dicts with a `"label"` each) without a tf.data element per record.
+
+    The chunks' order is shuffled (`buffer_size // CHUNK_SIZE` at a time), then records
+    are regrouped into windows of `buffer_size` and permuted within each window, anew
+    every epoch. Like `Dataset.shuffle(buffer_size)`, a record moves about one buffer from
+    its place in the source; per-record elements would cost more than decoding them.
+    """
+    chunks = chunks.shuffle(max(buffer_size // CHUNK_SIZE, 1), seed, True)
+    windows = chunks.rebatch(buffer_size)
+    # Offset from the augmentation's seeds (`Pipeline.dataset`), which the same seed starts.
+    window_seed = None if seed is None else seed + 1
+    seeds = tf.data.Dataset.random(seed=window_seed, rerandomize_each_iteration=True).batch(2)
+
+    def permute(window, pair):
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.size(window["label"])), pair)
+        return tf.nest.map_structure(lambda values: tf.gather(values, order), window)
+
+    return tf.data.Dataset.zip(windows, seeds).map(permute, num_parallel_calls=num_parallel_calls)
+
+
+def _label_records(path, chunk_index, serialized):
+    """A shard's chunk → (serialized records, their shard path, their index in the shard)."""
+    count = tf.size(serialized, out_type=tf.int64)
+    return serialized, tf.fill([count], path), chunk_index * CHUNK_SIZE + tf.range(count)
+
+
 # Per-record checks, shared by the manifest and TFRecord paths: reason → what was expected.
 CHECKS = {
     "corrupt_image": "a complete PNG, JPEG, GIF or BMP file",
@@ -224,22 +255,28 @@ class Pipeline:
         return _ErrorReport(self)
 
     def _raw_batches(
-        self, batch_size, shuffle, shuffle_buffer, seed, input_context, drop_remainder
+        self,
+        batch_size,
+        shuffle,
+        shuffle_buffer,
+        seed,
+        input_context,
+        drop_remainder,
+        num_parallel_calls,
     ):
         """Batches of raw records, each with a `"source"` naming it, shuffled if asked."""
         if self._manifest is not None:
-            dataset = self._records_from_manifest(input_context)
+            chunks = self._records_from_manifest(input_context, num_parallel_calls)
         else:
             # Interleaved (out of order) reading only when the order does not matter.
-            dataset = self._records_from_tfrecords(shuffle and seed is None, input_context)
+            interleave = shuffle and seed is None
+            chunks = self._records_from_tfrecords(interleave, input_context, num_parallel_calls)
         if shuffle:
-            dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        if self._manifest is not None:
-            return dataset.ragged_batch(batch_size, drop_remainder=drop_remainder)
-        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-        return dataset.map(self._parse, num_parallel_calls=tf.data.AUTOTUNE)
+            chunks = _shuffle_records(chunks, shuffle_buffer, seed, num_parallel_calls)
+        return chunks.rebatch(batch_size, drop_remainder=drop_remainder)
 
-    def _records_from_manifest(self, input_context):
+    def _records_from_manifest(self, input_context, num_parallel_calls):
+        """Chunks of `CHUNK_SIZE` records with their files read, in manifest order."""
         rows = self._manifest.records
         columns = {key: [r[key] for r in rows] for key in (*self.modalities, "label", "source")}
         if "video" in columns:
@@ -261,10 +298,15 @@ class Pipeline:
                 )
             return record
 
-        return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(read, num_parallel_calls=num_parallel_calls)
+        return dataset.ragged_batch(CHUNK_SIZE)
 
-    def _records_from_tfrecords(self, interleave, input_context):
-        """(serialized example, shard path, index in the shard) for every record."""
+    def _records_from_tfrecords(self, interleave, input_context, num_parallel_calls):
+        """Chunks of up to `CHUNK_SIZE` parsed records, each named by shard path and index.
+
+        Records stay in chunks from the file to the batch: a tf.data element per record
+        costs more than parsing, checking and tokenizing it.
+        """
         files = self._files
         shard_records = input_context is not None and len(files) < input_context.num_input_pipelines
         if input_context is not None and not shard_records:
@@ -272,33 +314,34 @@ class Pipeline:
         # Sharding by record needs every pipeline to see the records in the same order.
         interleave = interleave and not shard_records
 
-        def read_shard(path, chunk=256):
-            # Paths and indices are attached a chunk at a time: per-record work is what
-            # limits tf.data throughput here.
-            def label(i, serialized):
-                count = tf.size(serialized, out_type=tf.int64)
-                return serialized, tf.fill([count], path), i * chunk + tf.range(count)
-
-            chunks = tf.data.TFRecordDataset(path).batch(chunk).enumerate()
-            return chunks.map(label).unbatch()
+        def read_shard(path):
+            # Datasets only, no functions: a function here is set up anew for every shard
+            # in every epoch, which costs more than the records it labels.
+            chunks = tf.data.TFRecordDataset(path).batch(CHUNK_SIZE)
+            paths = tf.data.Dataset.from_tensors(path).repeat()
+            return tf.data.Dataset.zip(paths, tf.data.Dataset.counter(), chunks)
 
         dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
             read_shard,
             cycle_length=tf.data.AUTOTUNE if interleave else 1,
-            num_parallel_calls=tf.data.AUTOTUNE if interleave else None,
-            deterministic=False if interleave else None,
+            num_parallel_calls=num_parallel_calls if interleave else None,
+            deterministic=False if interleave and num_parallel_calls else None,
         )
         if shard_records:
-            dataset = dataset.shard(
+            dataset = dataset.map(_label_records).unbatch().shard(
                 input_context.num_input_pipelines, input_context.input_pipeline_id
             )
+            dataset = dataset.batch(CHUNK_SIZE).map(self._parse)
+        else:
+            parse = lambda *chunk: self._parse(*_label_records(*chunk))  # noqa: E731
+            dataset = dataset.map(parse, num_parallel_calls=num_parallel_calls)
         return dataset
 
     def _parse(self, serialized, paths, indices):
         batch = tf.io.parse_example(serialized, records.feature_spec(self.modalities))
         if "video" in batch:
             batch["video"] = tf.RaggedTensor.from_sparse(batch["video"])
-        # Formatted only for the record an error names (see `_source_of`).
+        # Formatted only for the record an error names (see `_first_bad`).
         batch["shard"], batch["index"] = paths, indices
         return batch
 
@@ -347,44 +390,31 @@ class Pipeline:
 
     def _decode(self, batch, seed, training):
         """Decodes (and when training, augments) every record of a checked batch."""
-        size = tf.shape(batch["label"])[0]
-        seeds = tf.random.experimental.stateless_split(seed, size)
-        fields = {k: v for k, v in batch.items() if k in ("image", "audio", "video")}
-        image_spec = tf.TensorSpec([*self.image_size, self.num_channels], tf.uint8)
-        signature = {
-            "image": image_spec,
-            "audio": tf.TensorSpec([self.num_samples], tf.float32),
-            "video": tf.TensorSpec([self.num_frames, *image_spec.shape], tf.uint8),
-        }
-
-        def decode_one(inputs):
-            example, example_seed = inputs
-            out = {}
-            if "image" in example:
-                out["image"] = decode.decode_image(
-                    example["image"], self.image_size, self.num_channels
-                )
-            if "audio" in example:
-                offset = tf.random.stateless_uniform([], example_seed) if training else 0.5
-                out["audio"] = decode.decode_audio(
-                    example["audio"], self.sample_rate, self.num_samples, offset
-                )
-            if "video" in example:
-                out["video"] = decode.decode_video(
-                    example["video"], self.num_frames, self.image_size, self.num_channels
-                )
-            return out
-
-        decoded = {}
-        if fields:
-            decoded = tf.map_fn(
-                decode_one,
-                (fields, seeds),
-                fn_output_signature={key: signature[key] for key in fields},
+        decoded = {"label": tf.cast(batch["label"], tf.int32)}
+        if "image" in batch:
+            decoded["image"] = decode.decode_images(
+                batch["image"], self.image_size, self.num_channels
             )
-        if training and "image" in decoded:
-            decoded["image"] = decode.augment_images(decoded["image"], seed)
-        decoded["label"] = tf.cast(batch["label"], tf.int32)
+            if training:
+                decoded["image"] = decode.augment_images(decoded["image"], seed)
+        if "audio" in batch:
+            size = tf.shape(batch["audio"])[0]
+            if training:  # random crops, drawn apart from the image shifts
+                audio_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+                offsets = tf.random.stateless_uniform([size], audio_seed)
+            else:
+                offsets = tf.fill([size], 0.5)
+            decoded["audio"] = tf.map_fn(
+                lambda inputs: decode.decode_audio(
+                    inputs[0], self.sample_rate, self.num_samples, offset_fraction=inputs[1]
+                ),
+                (batch["audio"], offsets),
+                fn_output_signature=tf.TensorSpec([self.num_samples], tf.float32),
+            )
+        if "video" in batch:
+            decoded["video"] = decode.decode_videos(
+                batch["video"], self.num_frames, self.image_size, self.num_channels
+            )
         if "text" in batch:
             decoded["text"] = batch["text"]
         return decoded
@@ -403,8 +433,9 @@ class Pipeline:
     ):
         """The batched `tf.data.Dataset`.
 
-        Records are checked and decoded a batch at a time (vectorized checks, one
-        `tf.map_fn` of decoders), which is several times faster than record by record.
+        Records travel in chunks from the files to the batches, and are checked and
+        decoded a batch at a time (vectorized checks, images decoded 16 to a `tf.map_fn`
+        iteration), which is several times faster than record by record.
 
         Args:
             batch_size: int, the global batch size (divided among input pipelines when
@@ -412,14 +443,16 @@ class Pipeline:
             training: bool, shuffle, augment (image shifts, random audio crops) and read
                 shards interleaved; otherwise the order is the source's.
             tokenizer: optional text tokenizer; `"text"` then holds token ids.
-            shuffle_buffer: int, records shuffled together when training.
+            shuffle_buffer: int, records shuffled together when training (windows of
+                this many records, each permuted, from chunks in shuffled order).
             seed: optional int, seed of shuffling and augmentation.
             drop_remainder: bool, drop a last smaller batch (default: when training).
             cache: bool, keep the decoded examples in memory after the first epoch (then
                 augmentation, and skip counting, happen once; shuffling still happens).
             input_context: a `tf.distribute.InputContext`, for
                 `strategy.distribute_datasets_from_function`: this pipeline reads its share.
-            num_parallel_calls: batches checked and decoded at once (`tf.data.AUTOTUNE`).
+            num_parallel_calls: chunks read and batches checked and decoded at once, in
+                each stage (`tf.data.AUTOTUNE`); None runs every stage in one thread.
         """
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
@@ -444,38 +477,31 @@ class Pipeline:
             seed,
             input_context,
             drop_remainder=drop_remainder and not regroup,
+            num_parallel_calls=num_parallel_calls,
         )
-        # Tokenizing in the same map as decoding saves a pipeline stage, unless batches
-        # are regrouped first.
-        tokenize_here = tokenizer is not None and not regroup
 
         def check_and_decode(batch, pair):
             decoded = self._decode(self._check(batch), pair, training)
-            if tokenize_here:
+            if tokenizer is not None:
                 decoded["text"] = tokenizer(decoded["text"])["token_ids"]
             return decoded
 
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         # Out-of-order results are faster, but a seed asks for a reproducible order.
-        unordered = training and seed is None and num_parallel_calls != 1
+        unordered = training and seed is None and num_parallel_calls not in (None, 1)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
             check_and_decode,
             num_parallel_calls=num_parallel_calls,
             deterministic=False if unordered else None,
         )
         if cache:
-            dataset = dataset.unbatch().cache()
+            dataset = dataset.cache()
             if training:
-                dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-            dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+                dataset = _shuffle_records(dataset, shuffle_buffer, seed, num_parallel_calls)
+            dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)
         elif self.on_error == "skip":
             # Skipped records leave short batches: regroup to full ones.
-            dataset = dataset.unbatch().batch(batch_size, drop_remainder=drop_remainder)
-        if tokenizer is not None and not tokenize_here:
-            dataset = dataset.map(
-                lambda batch: {**batch, "text": tokenizer(batch["text"])["token_ids"]},
-                num_parallel_calls=num_parallel_calls,
-            )
+            dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
 
