@@ -53,7 +53,8 @@ def _split_count(data, separator):
 def _unsigned(data, position, count, byteorder="little"):
     """The unsigned integer of `count` bytes at `position` (0 past the end)."""
     field = tf.strings.substr(_bytes_at(data, position, count) + b"\0" * count, 0, count)
-    values = tf.cast(tf.io.decode_raw(field, tf.uint8), tf.int64)
+    values = tf.io.decode_raw(field, tf.uint8)  # [..., count], but [0, 0] for no strings
+    values = tf.cast(tf.reshape(values, tf.concat([tf.shape(field), [count]], 0)), tf.int64)
     weights = [256**i for i in range(count)]
     return tf.reduce_sum(values * (weights if byteorder == "little" else weights[::-1]), -1)
 

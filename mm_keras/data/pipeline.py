@@ -57,7 +57,7 @@ CHUNK_SIZE = 64
 
 
 def _shuffle_records(chunks, buffer_size, seed=None, num_parallel_calls=tf.data.AUTOTUNE):
-    """Shuffles a dataset of record chunks (dicts with a `"label"` each) without a tf.data element per record.
+    """Shuffles record chunks (dicts with a `"label"`) without a tf.data element per record.
 
     The chunks' order is shuffled (`buffer_size // CHUNK_SIZE` at a time), then records
     are regrouped into windows of `buffer_size` and permuted within each window, anew
@@ -328,8 +328,10 @@ class Pipeline:
             deterministic=False if interleave and num_parallel_calls else None,
         )
         if shard_records:
-            dataset = dataset.map(_label_records).unbatch().shard(
-                input_context.num_input_pipelines, input_context.input_pipeline_id
+            dataset = (
+                dataset.map(_label_records)
+                .unbatch()
+                .shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
             )
             dataset = dataset.batch(CHUNK_SIZE).map(self._parse)
         else:

@@ -201,3 +201,19 @@ def test_converter_refuses_a_manifest_without_good_records(files, tmp_path):
             manifest, str(tmp_path / "out"), MODALITIES, on_error="skip", verbose=False
         )
     assert not list(tmp_path.glob("out-*"))
+
+
+def test_tfrecord_error_names_a_record_past_the_first_chunk(tmp_path):
+    # Records are read in chunks of 64: the name must count across them.
+    serialized = [
+        serialize({"text": f"caption {i}", "label": 9 if i == 70 else 1, "source": f"m:{i}"})
+        for i in range(100)
+    ]
+    shard = str(tmp_path / "long-00000-of-00001.tfrecord")
+    write_shard(shard, serialized)
+    pipeline = Pipeline.from_tfrecords(shard, ("text",), num_classes=3)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"(?s)label_out_of_range.*long-00000-of-00001.tfrecord.*#.*\[70\].*m:70",
+    ):
+        _ids(pipeline.dataset(16, training=True, seed=0))

@@ -157,9 +157,10 @@ def test_csv_manifest(manifest, tmp_path):
     assert from_csv.records[2]["source"] == f"{csv_path}:4"
 
 
-def test_input_pipelines_read_disjoint_shares(manifest, tmp_path):
+@pytest.mark.parametrize("num_shards", [3, 1])  # shared by files, or by records of one file
+def test_input_pipelines_read_disjoint_shares(manifest, tmp_path, num_shards):
     shards = manifest_to_tfrecords(
-        manifest, str(tmp_path / "train"), ("text",), num_shards=3, verbose=False
+        manifest, str(tmp_path / "train"), ("text",), num_shards=num_shards, verbose=False
     )["shards"]
     for pipeline in (
         Pipeline.from_manifest(manifest, ("text",)),
@@ -174,4 +175,4 @@ def test_input_pipelines_read_disjoint_shares(manifest, tmp_path):
             shares.append([t.decode() for b in dataset for t in np.asarray(b["text"])])
         assert not set(shares[0]) & set(shares[1])
         assert sorted(shares[0] + shares[1]) == [f"example number {i}" for i in range(6)]
-    assert len(shards) == 3
+    assert len(shards) == num_shards

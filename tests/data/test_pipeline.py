@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mm_keras.data import load_digits, make_batches
+from mm_keras.data import Pipeline, load_digits, make_batches, records
+from mm_keras.data.pipeline import CHUNK_SIZE, _shuffle_records
 from mm_keras.tokenizers import TextTokenizer
 
 
@@ -34,3 +35,39 @@ def test_tokenizer_without_text_field_raises(tokenizer):
         make_batches(load_digits("validation", ("image",)), 8, tokenizer)
     with pytest.raises(ValueError, match="batch_size=0"):
         make_batches(load_digits("validation", ("image",)), 0)
+
+
+def _labels(dataset):
+    return np.concatenate([np.asarray(batch["label"]) for batch in dataset])
+
+
+def test_shuffled_records_are_a_new_permutation_every_epoch():
+    chunks = tf.data.Dataset.from_tensor_slices({"label": tf.range(1000)}).batch(CHUNK_SIZE)
+    shuffled = _shuffle_records(chunks, 256, seed=3).rebatch(64)
+    first, second = _labels(shuffled), _labels(shuffled)
+    assert sorted(first) == sorted(second) == list(range(1000))
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(_labels(_shuffle_records(chunks, 256, seed=3)), first)
+    # Each batch mixes records from several chunks of the source, not one run of it.
+    for batch in np.split(first[:960], 15):
+        assert len(set(batch // CHUNK_SIZE)) >= 3
+    # A buffer of one record keeps the source's order.
+    np.testing.assert_array_equal(_labels(_shuffle_records(chunks, 1)), np.arange(1000))
+
+
+def test_tfrecord_pipeline_shuffles_sorted_records_and_keeps_every_one(tmp_path):
+    # 300 records sorted by label, as a manifest grouped by class would give them.
+    shard = str(tmp_path / "sorted-00000-of-00001.tfrecord")
+    serialized = [
+        records.serialize({"text": f"t{i}", "label": i // 30, "source": f"m:{i}"})
+        for i in range(300)
+    ]
+    records.write_shard(shard, serialized)
+    pipeline = Pipeline.from_tfrecords(shard, ("text",), num_classes=10)
+    dataset = pipeline.dataset(32, training=True, shuffle_buffer=128, drop_remainder=False)
+    epochs = [[t.decode() for b in dataset for t in np.asarray(b["text"])] for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(f"t{i}" for i in range(300))
+    assert epochs[0] != epochs[1]
+    first_batch = next(iter(dataset))["label"].numpy()
+    assert len(set(first_batch)) >= 3
+    assert [len(b["label"]) for b in dataset] == [32] * 9 + [12]
