@@ -237,16 +237,21 @@ def decode_audio(data, sample_rate, num_samples, offset_fraction=0.5):
 
 
 def frame_indices(counts, num_frames):
-    """`[B]` frame counts → `[B, num_frames]` indices spread evenly over each record's
-    frames (repeating frames when a record has fewer than `num_frames`)."""
+    """Frame counts `[B]` → `[B, num_frames]` indices spread evenly over each record's frames.
+
+    A record with fewer than `num_frames` frames repeats some.
+    """
     last = tf.cast(counts - 1, tf.float32)
     positions = tf.linspace(tf.zeros_like(last), last, num_frames, axis=-1)
     return tf.cast(tf.round(positions), tf.int64)
 
 
 def decode_videos(frames, num_frames, image_size, num_channels):
-    """Encoded frames, ragged `[B, (n)]` → uint8 `[B, num_frames, H, W, C]`, each record's
-    frames sampled evenly over its n."""
+    """Encoded frames, ragged `[B, (n)]` → uint8 `[B, num_frames, H, W, C]`.
+
+    Each record's frames are sampled evenly (`frame_indices`), then all are decoded as one
+    batch of images.
+    """
     chosen = frame_indices(frames.row_lengths(), num_frames) + frames.row_starts()[:, None]
     images = decode_images(
         tf.gather(frames.flat_values, tf.reshape(chosen, [-1])), image_size, num_channels

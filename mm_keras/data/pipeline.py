@@ -66,7 +66,7 @@ def _shuffle_records(chunks, buffer_size, seed=None, num_parallel_calls=tf.data.
     """
     chunks = chunks.shuffle(max(buffer_size // CHUNK_SIZE, 1), seed, True)
     windows = chunks.rebatch(buffer_size)
-    # Offset from the augmentation's seeds (`Pipeline.dataset`), which the same seed starts.
+    # Not the stream of `seed` itself: `Pipeline.dataset` draws augmentation seeds from it.
     window_seed = None if seed is None else seed + 1
     seeds = tf.data.Dataset.random(seed=window_seed, rerandomize_each_iteration=True).batch(2)
 
