@@ -134,14 +134,15 @@ def decode_images(data, image_size, num_channels, group_size=16):
     """Encoded images `[B]` → uint8 `[B, H, W, C]`, each decoded as `decode_image` does.
 
     A `tf.map_fn` iteration costs about as much as decoding a small image, so each
-    iteration decodes `group_size` images (the batch padded with copies of its first
-    image to a multiple of it). A batch of only PNG and JPEG files skips the per-image
+    iteration decodes `group_size` images (the batch padded to a multiple of it with a
+    blank PNG of `image_size`). A batch of only PNG and JPEG files skips the per-image
     format check, and one of only PNGs whose headers say `image_size` the size check too.
     """
     _check_channels(num_channels)
     height, width = image_size
     count = tf.size(data)
-    padded = tf.concat([data, tf.repeat(data[:1], -count % group_size)], axis=0)
+    blank = tf.io.encode_png(tf.zeros([*image_size, num_channels], tf.uint8))
+    padded = tf.concat([data, tf.fill([-count % group_size], blank)], axis=0)
     groups = tf.reshape(padded, [-1, group_size])
     group_spec = tf.TensorSpec([group_size, *image_size, num_channels], tf.uint8)
 
@@ -186,6 +187,11 @@ def augment_images(images, seed, max_shift=2):
     """
     size = tf.shape(images)[0]
     height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+    if max_shift >= min(height, width):
+        raise ValueError(
+            f"`max_shift` must be smaller than the images' height and width. "
+            f"Received: max_shift={max_shift} for images of shape {images.shape}"
+        )
     offsets = tf.random.stateless_uniform([2, size], seed, -max_shift, max_shift + 1, tf.int32)
     first = tf.range(size)[:, None]
     rows = first * height + _reflect(offsets[0][:, None] + tf.range(height), height)  # [B, H]
@@ -252,7 +258,8 @@ def decode_videos(frames, num_frames, image_size, num_channels):
     Each record's frames are sampled evenly (`frame_indices`), then all are decoded as one
     batch of images.
     """
-    chosen = frame_indices(frames.row_lengths(), num_frames) + frames.row_starts()[:, None]
+    starts = tf.cast(frames.row_starts(), tf.int64)[:, None]
+    chosen = frame_indices(frames.row_lengths(), num_frames) + starts
     images = decode_images(
         tf.gather(frames.flat_values, tf.reshape(chosen, [-1])), image_size, num_channels
     )

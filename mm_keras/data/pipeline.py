@@ -333,7 +333,9 @@ class Pipeline:
                 .unbatch()
                 .shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
             )
-            dataset = dataset.batch(CHUNK_SIZE).map(self._parse)
+            dataset = dataset.batch(CHUNK_SIZE).map(
+                self._parse, num_parallel_calls=num_parallel_calls
+            )
         else:
             parse = lambda *chunk: self._parse(*_label_records(*chunk))  # noqa: E731
             dataset = dataset.map(parse, num_parallel_calls=num_parallel_calls)
@@ -444,9 +446,11 @@ class Pipeline:
                 `input_context` is given).
             training: bool, shuffle, augment (image shifts, random audio crops) and read
                 shards interleaved; otherwise the order is the source's.
-            tokenizer: optional text tokenizer; `"text"` then holds token ids.
+            tokenizer: optional text tokenizer returning ids of one fixed length (as every
+                mm_keras text tokenizer does); `"text"` then holds token ids.
             shuffle_buffer: int, records shuffled together when training (windows of
-                this many records, each permuted, from chunks in shuffled order).
+                this many records, each permuted, from chunks in shuffled order; up to
+                about twice this many records are held in memory).
             seed: optional int, seed of shuffling and augmentation.
             drop_remainder: bool, drop a last smaller batch (default: when training).
             cache: bool, keep the decoded examples in memory after the first epoch (then
@@ -454,7 +458,7 @@ class Pipeline:
             input_context: a `tf.distribute.InputContext`, for
                 `strategy.distribute_datasets_from_function`: this pipeline reads its share.
             num_parallel_calls: chunks read and batches checked and decoded at once, in
-                each stage (`tf.data.AUTOTUNE`); None runs every stage in one thread.
+                each stage (`tf.data.AUTOTUNE`); None runs each stage sequentially.
         """
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
@@ -497,7 +501,7 @@ class Pipeline:
             deterministic=False if unordered else None,
         )
         if cache:
-            dataset = dataset.cache()
+            dataset = dataset.rebatch(CHUNK_SIZE).cache()
             if training:
                 dataset = _shuffle_records(dataset, shuffle_buffer, seed, num_parallel_calls)
             dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)

@@ -51,11 +51,12 @@ def test_decode_images_matches_decoding_one_at_a_time(formats, shapes, num_chann
     np.testing.assert_array_equal(decoded, np.reshape(expected, decoded.shape))
 
 
-def test_decode_videos_samples_frames_evenly():
+@pytest.mark.parametrize("splits_dtype", [tf.int64, tf.int32])
+def test_decode_videos_samples_frames_evenly(splits_dtype):
     frames = _images(["png"] * 7, [(16, 16, 1)] * 7)
     # Three frames, then four: sampled to 4 they are 0, 1, 1, 2 and 0, 1, 2, 3.
-    videos = tf.RaggedTensor.from_row_lengths(frames, [3, 4])
-    decoded = decode.decode_videos(videos, 4, SIZE, 1)
+    lengths = tf.constant([3, 4], splits_dtype)
+    decoded = decode.decode_videos(tf.RaggedTensor.from_row_lengths(frames, lengths), 4, SIZE, 1)
     each = [decode.decode_image(frame, SIZE, 1).numpy() for frame in frames]
     expected = [[each[i] for i in (0, 1, 1, 2)], [each[i] for i in (3, 4, 5, 6)]]
     np.testing.assert_array_equal(decoded, expected)
@@ -88,3 +89,8 @@ def test_augment_images_shifts_match_a_numpy_reference(shape, max_shift):
             for c in range(2 * max_shift + 1)
         ]
         assert any(np.array_equal(out, w) for w in windows)
+
+
+def test_augment_images_refuses_a_shift_as_large_as_the_image():
+    with pytest.raises(ValueError, match=r"max_shift=4 for images of shape \(2, 4, 8, 1\)"):
+        decode.augment_images(tf.zeros([2, 4, 8, 1], tf.uint8), tf.constant([0, 0]), 4)

@@ -109,6 +109,31 @@ def test_training_mode_augments_and_a_seed_makes_it_reproducible(manifest):
             np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_seeded_training_on_tfrecords_shuffles_every_modality_reproducibly(manifest, tmp_path):
+    manifest_to_tfrecords(manifest, str(tmp_path / "train"), MODALITIES, verbose=False)
+    pipeline = Pipeline.from_tfrecords(str(tmp_path / "train-*"), MODALITIES, **OPTIONS)
+
+    def epoch(**options):
+        batches = _batches(pipeline.dataset(4, drop_remainder=False, **options))
+        return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+    plain = epoch()
+    first, again = (epoch(training=True, shuffle_buffer=4, seed=5) for _ in range(2))
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key], err_msg=key)
+    assert sorted(first["text"]) == sorted(plain["text"]) and len(first["text"]) == 6
+    order = [list(plain["text"]).index(t) for t in first["text"]]
+    assert order != sorted(order)
+    # Frames travel with their record through the shuffle; audio longer than
+    # `num_samples` (records 2 to 5) is cropped at random, shorter audio only padded.
+    np.testing.assert_array_equal(first["video"], plain["video"][order])
+    cropped = [i for i, j in enumerate(order) if j >= 2]
+    assert any(not np.array_equal(first["audio"][i], plain["audio"][order[i]]) for i in cropped)
+    for i, j in enumerate(order):
+        if j < 2:
+            np.testing.assert_array_equal(first["audio"][i], plain["audio"][j])
+
+
 def test_gif_and_bmp_decode_to_the_requested_channels(tmp_path):
     from PIL import Image  # matplotlib's dependency; only tests use it
 

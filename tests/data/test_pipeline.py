@@ -71,3 +71,24 @@ def test_tfrecord_pipeline_shuffles_sorted_records_and_keeps_every_one(tmp_path)
     first_batch = next(iter(dataset))["label"].numpy()
     assert len(set(first_batch)) >= 3
     assert [len(b["label"]) for b in dataset] == [32] * 9 + [12]
+
+
+@pytest.mark.parametrize("options", [{"on_error": "skip"}, {}])
+@pytest.mark.parametrize("cache", [False, True])
+def test_tokenized_batches_keep_their_size_when_regrouped(tmp_path, tokenizer, options, cache):
+    # Record 5's caption is blank: with "skip" it leaves a short batch to regroup.
+    shard = str(tmp_path / "text-00000-of-00001.tfrecord")
+    captions = ["the digit 7" if i != 5 else " " for i in range(40)]
+    if not options:
+        captions[5] = "a handwritten seven"
+    records.write_shard(
+        shard, [records.serialize({"text": t, "source": f"m:{i}"}) for i, t in enumerate(captions)]
+    )
+    pipeline = Pipeline.from_tfrecords(shard, ("text",), **options)
+    dataset = pipeline.dataset(8, training=True, tokenizer=tokenizer, cache=cache, seed=0)
+    for _ in range(2):  # the second epoch of a cached pipeline replays the cache
+        batches = [b["text"].numpy() for b in dataset]
+        assert [b.shape for b in batches] == [(8, 10)] * (4 if options else 5)
+    # Counted every epoch, or once for a cache; `error_report` resets them between epochs.
+    skipped = {"empty_caption": 1 if cache else 2}
+    assert pipeline.error_counts() == (skipped if options else {})
