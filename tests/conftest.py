@@ -42,13 +42,3 @@ def tiny_model(tokenizer):
 def examples():
     test = datasets.load_digits_arrays("test", ("image", "text"))
     return {"image": test["image"][:6], "text": test["text"][:6].tolist()}
-
-
-# The recipe and benchmark tests run whole scripts for minutes each. Started first, they
-# overlap the many short tests on the other worker instead of leaving one worker idle
-# behind a long test at the end of the run.
-_LONG_FIRST = ("tests/recipes/", "tests/benchmarks/")
-
-
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: not item.nodeid.startswith(_LONG_FIRST))
