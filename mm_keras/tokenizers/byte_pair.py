@@ -24,7 +24,8 @@ class BytePairTextTokenizer(BaseTextTokenizer):
 
     Args:
         vocabulary: dict token → id with `<pad>` at id 0, or the path of a file written by
-            `save_vocabulary` (JSON with the vocabulary and the merges).
+            `save_vocabulary` (JSON with the vocabulary and the merges). `None` leaves the
+            tokenizer empty until `load_vocabulary` or `load_assets` fills it.
         merges: list of `"a b"` merge rules, in order; omit when `vocabulary` is a path.
         sequence_length: int, length every output is padded or truncated to.
 
@@ -34,27 +35,46 @@ class BytePairTextTokenizer(BaseTextTokenizer):
     ['the digit seven']
     """
 
-    def __init__(self, vocabulary, merges=None, sequence_length=16, **kwargs):
+    vocabulary_file = "byte_pair.json"
+    vocabulary_argument = "vocabulary"
+
+    def __init__(self, vocabulary=None, merges=None, sequence_length=16, **kwargs):
         super().__init__(sequence_length=sequence_length, **kwargs)
+        self.vocabulary = None
+        self.merges = None
+        self.tokenizer = keras_hub.tokenizers.BytePairTokenizer(
+            sequence_length=sequence_length, dtype="int32"
+        )
         if isinstance(vocabulary, str):
-            with open(vocabulary, encoding="utf-8") as f:
-                saved = json.load(f)
-            vocabulary, merges = saved["vocabulary"], saved["merges"]
-        if merges is None:
-            raise ValueError("`merges` must be given with a vocabulary dict. Received: None")
+            self.load_vocabulary(vocabulary)
+        elif vocabulary is not None:
+            self.set_vocabulary_and_merges(vocabulary, merges)
+
+    @property
+    def has_vocabulary(self):
+        return self.vocabulary is not None
+
+    def set_vocabulary_and_merges(self, vocabulary, merges):
+        """Tokenizes with `vocabulary` (dict token → id) and `merges` from now on."""
+        if not isinstance(vocabulary, dict) or merges is None:
+            raise ValueError(
+                "Expected a vocabulary dict and a list of merges. "
+                f"Received: vocabulary of type {type(vocabulary).__name__}, "
+                f"merges of type {type(merges).__name__}"
+            )
         if vocabulary.get(PAD_TOKEN) != self.pad_id:
             raise ValueError(
                 f"The vocabulary must map {PAD_TOKEN!r} to id {self.pad_id}. "
                 f"Received: {PAD_TOKEN!r} → {vocabulary.get(PAD_TOKEN)}"
             )
+        self.tokenizer.set_vocabulary_and_merges(dict(vocabulary), list(merges))
         self.vocabulary = dict(vocabulary)
         self.merges = list(merges)
-        self.tokenizer = keras_hub.tokenizers.BytePairTokenizer(
-            vocabulary=self.vocabulary,
-            merges=self.merges,
-            sequence_length=sequence_length,
-            dtype="int32",
-        )
+
+    def load_vocabulary(self, path):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        self.set_vocabulary_and_merges(saved.get("vocabulary"), saved.get("merges"))
 
     @classmethod
     def train(cls, corpus, vocabulary_size, sequence_length=16):
@@ -93,5 +113,5 @@ class BytePairTextTokenizer(BaseTextTokenizer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"vocabulary": self.vocabulary, "merges": self.merges})
+        config.update({"vocabulary": None, "merges": None})
         return config

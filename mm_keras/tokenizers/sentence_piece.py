@@ -22,7 +22,8 @@ class SentencePieceTextTokenizer(BaseTextTokenizer):
 
     Args:
         proto: bytes of a trained SentencePiece model, or the path of a `.model` file
-            written by `save_vocabulary`.
+            written by `save_vocabulary`. `None` leaves the tokenizer empty until
+            `load_vocabulary` or `load_assets` fills it.
         sequence_length: int, length every output is padded or truncated to.
 
     Example:
@@ -31,20 +32,37 @@ class SentencePieceTextTokenizer(BaseTextTokenizer):
     ['the digit seven']
     """
 
-    def __init__(self, proto, sequence_length=16, **kwargs):
+    vocabulary_file = "sentence_piece.model"
+    vocabulary_argument = "proto"
+
+    def __init__(self, proto=None, sequence_length=16, **kwargs):
         super().__init__(sequence_length=sequence_length, **kwargs)
-        if isinstance(proto, str):
-            with open(proto, "rb") as f:
-                proto = f.read()
-        self.proto = bytes(proto)
+        self.proto = None
         self.tokenizer = keras_hub.tokenizers.SentencePieceTokenizer(
-            proto=self.proto, sequence_length=sequence_length, dtype="int32"
+            sequence_length=sequence_length, dtype="int32"
         )
+        if isinstance(proto, str):
+            self.load_vocabulary(proto)
+        elif proto is not None:
+            self.set_proto(proto)
+
+    @property
+    def has_vocabulary(self):
+        return self.proto is not None
+
+    def set_proto(self, proto):
+        """Tokenizes with the SentencePiece model `proto` (bytes) from now on."""
+        self.tokenizer.set_proto(bytes(proto))
         if self.tokenizer.id_to_token(self.pad_id) != "<pad>":
             raise ValueError(
                 f"The SentencePiece model must have <pad> at id {self.pad_id}. "
                 f"Received: {self.tokenizer.id_to_token(self.pad_id)!r}"
             )
+        self.proto = bytes(proto)
+
+    def load_vocabulary(self, path):
+        with open(path, "rb") as f:
+            self.set_proto(f.read())
 
     @classmethod
     def train(
@@ -82,11 +100,18 @@ class SentencePieceTextTokenizer(BaseTextTokenizer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"proto": base64.b64encode(self.proto).decode("ascii")})
+        config.update({"proto": None})
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["proto"] = base64.b64decode(config["proto"])
+        if isinstance(config.get("proto"), str):
+            # Archives written before vocabularies became assets hold the model inline,
+            # base64-encoded. Anything else (a path) is never opened: `load_assets`
+            # supplies the model from inside the archive.
+            try:
+                config["proto"] = base64.b64decode(config["proto"], validate=True)
+            except ValueError:
+                config["proto"] = None
         return cls(**config)

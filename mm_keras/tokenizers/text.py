@@ -1,5 +1,7 @@
 """Text tokenization: strings → padded WordPiece ids → token sequences."""
 
+import os
+
 import keras
 import keras_hub
 import tensorflow as tf
@@ -28,7 +30,13 @@ class BaseTextTokenizer(keras.layers.Layer):
     `SentencePieceTextTokenizer`) wrap a keras-hub tokenizer, learn a vocabulary with
     `train(corpus, vocabulary_size, sequence_length)`, write it with
     `save_vocabulary(path)`, and load it by passing that path to their constructor. Id 0
-    is always padding. `call` returns `{"token_ids": int32 [B, L], "mask": bool [B, L]}`
+    is always padding.
+
+    In a `.keras` archive the vocabulary is an asset (`save_assets`/`load_assets`, the
+    file `save_vocabulary` writes), never part of the config: a config is read from files
+    that may be hostile, so a path named in one is never opened (it would read
+    `/etc/passwd` into an error message, or `/dev/zero` until memory runs out). Archives
+    written before (vocabulary inline in the config) still load. `call` returns `{"token_ids": int32 [B, L], "mask": bool [B, L]}`
     and refuses an empty batch or a string without tokens (it would pool over nothing
     downstream); `detokenize` maps ids back to text. They run in `tf.data` pipelines or
     eagerly; they hold string ops, so they stay outside XLA-compiled models and TFLite
@@ -39,6 +47,10 @@ class BaseTextTokenizer(keras.layers.Layer):
     """
 
     pad_id = 0
+    # The asset file in a `.keras` archive, and the config key that held the vocabulary
+    # inline in archives written before vocabularies became assets.
+    vocabulary_file = None
+    vocabulary_argument = None
 
     def __init__(self, sequence_length=16, **kwargs):
         kwargs.setdefault("trainable", False)
@@ -51,8 +63,45 @@ class BaseTextTokenizer(keras.layers.Layer):
         self.sequence_length = sequence_length
         self._allow_non_tensor_positional_args = True
 
+    @property
+    def has_vocabulary(self):
+        raise NotImplementedError
+
+    def load_vocabulary(self, path):
+        """Reads a file written by `save_vocabulary` and tokenizes with it from now on."""
+        raise NotImplementedError
+
+    def save_assets(self, dir_path):
+        self.save_vocabulary(os.path.join(dir_path, self.vocabulary_file))
+
+    def load_assets(self, dir_path):
+        path = os.path.join(dir_path, self.vocabulary_file) if dir_path else None
+        if path and os.path.isfile(path):
+            self.load_vocabulary(path)
+        elif not self.has_vocabulary:
+            raise ValueError(
+                f"Expected the vocabulary of {type(self).__name__} {self.name!r} inside the "
+                f"archive as the asset {self.vocabulary_file!r}. Received an archive "
+                "without it"
+            )
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get(cls.vocabulary_argument), str):
+            # A path named by a config is never opened: `load_assets` supplies the
+            # vocabulary from inside the archive.
+            config[cls.vocabulary_argument] = None
+        return cls(**config)
+
     def tokenize(self, inputs):
         """Strings → int32 ids padded with 0 to `sequence_length` (no checks)."""
+        if not self.has_vocabulary:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r} has no vocabulary. Expected one passed "
+                "as `vocabulary`, or loaded with the `.keras` archive that holds it. "
+                "Received: vocabulary=None"
+            )
         return self.tokenizer(inputs)
 
     def detokenize(self, token_ids):
@@ -113,7 +162,8 @@ class TextTokenizer(BaseTextTokenizer):
 
     Args:
         vocabulary: list of strings, or a path to a vocabulary file with one token per line.
-            Its first two tokens must be `[PAD]` and `[UNK]`.
+            Its first two tokens must be `[PAD]` and `[UNK]`. `None` leaves the tokenizer
+            empty until `load_vocabulary` or `load_assets` fills it.
         sequence_length: int, length every output is padded or truncated to.
         lowercase: bool, whether to lowercase the input before splitting.
 
@@ -124,26 +174,42 @@ class TextTokenizer(BaseTextTokenizer):
     (1, 8)
     """
 
-    def __init__(self, vocabulary, sequence_length=16, lowercase=True, **kwargs):
+    vocabulary_file = "vocabulary.txt"
+    vocabulary_argument = "vocabulary"
+
+    def __init__(self, vocabulary=None, sequence_length=16, lowercase=True, **kwargs):
         super().__init__(sequence_length=sequence_length, **kwargs)
+        self.lowercase = lowercase
+        self.vocabulary = None
+        self.tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
+            sequence_length=sequence_length,
+            lowercase=lowercase,
+            oov_token=UNK_TOKEN,
+            dtype="int32",
+        )
         if isinstance(vocabulary, str):
-            with open(vocabulary, encoding="utf-8") as f:
-                vocabulary = [line.rstrip("\n") for line in f if line.rstrip("\n")]
+            self.load_vocabulary(vocabulary)
+        elif vocabulary is not None:
+            self.set_vocabulary(vocabulary)
+
+    @property
+    def has_vocabulary(self):
+        return self.vocabulary is not None
+
+    def set_vocabulary(self, vocabulary):
+        """Tokenizes with `vocabulary` (a list of tokens) from now on."""
         vocabulary = list(vocabulary)
         if tuple(vocabulary[: len(RESERVED_TOKENS)]) != RESERVED_TOKENS:
             raise ValueError(
                 f"The vocabulary must start with {list(RESERVED_TOKENS)}. "
                 f"Received: {vocabulary[: len(RESERVED_TOKENS)]}"
             )
+        self.tokenizer.set_vocabulary(vocabulary)
         self.vocabulary = vocabulary
-        self.lowercase = lowercase
-        self.tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
-            vocabulary=vocabulary,
-            sequence_length=sequence_length,
-            lowercase=lowercase,
-            oov_token=UNK_TOKEN,
-            dtype="int32",
-        )
+
+    def load_vocabulary(self, path):
+        with open(path, encoding="utf-8") as f:
+            self.set_vocabulary(line.rstrip("\n") for line in f if line.rstrip("\n"))
 
     @classmethod
     def train(cls, corpus, vocabulary_size, sequence_length=16, lowercase=True):
@@ -174,7 +240,7 @@ class TextTokenizer(BaseTextTokenizer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"vocabulary": self.vocabulary, "lowercase": self.lowercase})
+        config.update({"vocabulary": None, "lowercase": self.lowercase})
         return config
 
 

@@ -49,8 +49,13 @@ def test_vocabulary_save_and_load_gives_same_ids(tokenizer, tmp_path):
     np.testing.assert_array_equal(loaded(CORPUS)["token_ids"], tokenizer(CORPUS)["token_ids"])
 
 
-def test_config_roundtrip_keeps_vocabulary(tokenizer):
-    clone = TextTokenizer.from_config(tokenizer.get_config())
+def test_config_roundtrips_and_assets_carry_the_vocabulary(tokenizer, tmp_path):
+    config = tokenizer.get_config()
+    assert config["vocabulary"] is None
+    clone = TextTokenizer.from_config(config)
+    assert clone.get_config() == config
+    tokenizer.save_assets(str(tmp_path))
+    clone.load_assets(str(tmp_path))
     np.testing.assert_array_equal(clone(CORPUS)["token_ids"], tokenizer(CORPUS)["token_ids"])
 
 
