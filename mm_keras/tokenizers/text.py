@@ -30,17 +30,17 @@ class BaseTextTokenizer(keras.layers.Layer):
     `SentencePieceTextTokenizer`) wrap a keras-hub tokenizer, learn a vocabulary with
     `train(corpus, vocabulary_size, sequence_length)`, write it with
     `save_vocabulary(path)`, and load it by passing that path to their constructor. Id 0
-    is always padding.
+    is always padding. `call` returns `{"token_ids": int32 [B, L], "mask": bool [B, L]}`
+    and refuses an empty batch or a string without tokens (it would pool over nothing
+    downstream); `detokenize` maps ids back to text. They run in `tf.data` pipelines or
+    eagerly; they hold string ops, so they stay outside XLA-compiled models and TFLite
+    graphs.
 
     In a `.keras` archive the vocabulary is an asset (`save_assets`/`load_assets`, the
     file `save_vocabulary` writes), never part of the config: a config is read from files
     that may be hostile, so a path named in one is never opened (it would read
     `/etc/passwd` into an error message, or `/dev/zero` until memory runs out). Archives
-    written before (vocabulary inline in the config) still load. `call` returns `{"token_ids": int32 [B, L], "mask": bool [B, L]}`
-    and refuses an empty batch or a string without tokens (it would pool over nothing
-    downstream); `detokenize` maps ids back to text. They run in `tf.data` pipelines or
-    eagerly; they hold string ops, so they stay outside XLA-compiled models and TFLite
-    graphs.
+    written before (vocabulary inline in the config) still load.
 
     Args:
         sequence_length: int, length every output is padded or truncated to.

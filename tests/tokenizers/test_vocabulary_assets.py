@@ -50,7 +50,8 @@ def _rewrite(path, out, vocabulary=None, drop_assets=None):
                 layer["proto" if "proto" in layer else "vocabulary"] = vocabulary
                 data = json.dumps(config).encode()
             name = item.filename
-            if drop_assets is not None and name.startswith("assets/") and name.endswith(drop_assets):
+            dropped = drop_assets is not None and name.endswith(drop_assets)
+            if dropped and name.startswith("assets/"):
                 continue
             dst.writestr(item, data)
     return out
