@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from mm_keras.models.towers import TowersMixin, build_tower, check_modality_inputs
+from mm_keras.models.towers import TowersMixin, build_tower, check_modality_inputs, masked_mean
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -85,7 +85,6 @@ class DualEncoder(TowersMixin, keras.Model):
         self.projection_dim = projection_dim
         self.logit_scale_init = logit_scale_init
         self.logit_bias_init = logit_bias_init
-        self.pooling = keras.layers.GlobalAveragePooling1D(dtype=self.dtype_policy, name="pool")
         self.projections = {
             m: keras.layers.Dense(
                 projection_dim, use_bias=False, dtype=self.dtype_policy, name=f"{m}_projection"
@@ -146,7 +145,7 @@ class DualEncoder(TowersMixin, keras.Model):
             ids = ops.full((ops.shape(tokens)[0],), index, "int32")
             sequence = {"tokens": tokens, "mask": sequence["mask"], "modality_ids": ids}
         sequence = self._encoder(modality)(sequence, training=training)
-        pooled = self.pooling(sequence["tokens"], mask=sequence["mask"])
+        pooled = masked_mean(sequence["tokens"], sequence["mask"])
         return ops.normalize(self.projections[modality](pooled), axis=-1)
 
     def call(self, inputs, training=None):

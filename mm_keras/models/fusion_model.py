@@ -10,16 +10,9 @@ from mm_keras.layers.fusion import (
     GatedCrossAttention,
     Resampler,
 )
-from mm_keras.models.towers import TowersMixin, build_tower, check_modality_inputs
+from mm_keras.models.towers import TowersMixin, build_tower, check_modality_inputs, masked_mean
 
 FUSIONS = ("co_attention", "gated_cross_attention", "resampler")
-
-
-def _masked_mean(tokens, mask):
-    """Mean over the valid tokens; zeros where an example has none (an absent modality)."""
-    weights = ops.cast(mask, tokens.dtype)[..., None]
-    count = ops.maximum(ops.sum(weights, axis=1), 1.0)
-    return ops.sum(tokens * weights, axis=1) / count
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
@@ -264,7 +257,7 @@ class FusionModel(TowersMixin, keras.Model):
                     a = a_bridge[i](a, a_hidden[i - depth])
                     b = b_bridge[i](b, b_hidden[i - depth])
                 a, b = layer(a, b, inputs_mask=a_mask, context_mask=b_mask, training=training)
-            pooled = [_masked_mean(a, a_mask), _masked_mean(b, b_mask)]
+            pooled = [masked_mean(a, a_mask), masked_mean(b, b_mask)]
         elif self.fusion == "gated_cross_attention":
             first, *others = self.modalities
             x, x_mask, _ = streams[first]
@@ -272,8 +265,8 @@ class FusionModel(TowersMixin, keras.Model):
             context_mask = ops.concatenate(masks[1:], axis=1)
             for layer in self.fusion_layers:
                 x = layer(x, context, context_mask=context_mask, training=training)
-            pooled = [_masked_mean(x, x_mask)]
-            pooled += [_masked_mean(streams[m][0], streams[m][1]) for m in others]
+            pooled = [masked_mean(x, x_mask)]
+            pooled += [masked_mean(streams[m][0], streams[m][1]) for m in others]
         else:
             tokens = ops.concatenate([streams[m][0] for m in self.modalities], axis=1)
             latents = self.fusion_layers[0](

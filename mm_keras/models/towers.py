@@ -1,6 +1,7 @@
 """What models made of per-modality towers share: input checks, input shapes, building."""
 
 import keras
+from keras import ops
 
 from mm_keras.data.mixing import present_key
 
@@ -36,6 +37,18 @@ def check_modality_inputs(inputs, modalities, presence_flags=False):
     return given
 
 
+def masked_mean(tokens, mask):
+    """Mean over the valid tokens of `[B, L, D]`; zeros where an example has none.
+
+    An example without valid tokens (an empty caption, an absent modality) pools to zeros
+    rather than 0/0, and invalid positions are selected away rather than multiplied by 0,
+    so whatever an encoder leaves there (even NaN) never reaches the result.
+    """
+    valid = ops.expand_dims(mask, -1)
+    count = ops.maximum(ops.sum(ops.cast(valid, tokens.dtype), axis=1), 1.0)
+    return ops.sum(ops.where(valid, tokens, ops.zeros_like(tokens)), axis=1) / count
+
+
 def build_tower(tokenizer, encoder, shape):
     """Builds a tokenizer for raw inputs of `shape`, then its encoder; returns the token shape."""
     if not tokenizer.built:
@@ -53,6 +66,22 @@ class TowersMixin:
     def input_shapes(self):
         """Each modality's raw input shape, `{modality: (None, ...)}`, from its tokenizer."""
         return {m: tuple(self.tokenizers[m].default_input_shape) for m in self.modalities}
+
+    def predict(self, x, *args, **kwargs):
+        """Keras's `predict`, refusing first what it would fail on obscurely.
+
+        A dict of arrays with an empty batch (Keras: `UnboundLocalError`) or with
+        modalities of different batch sizes (Keras: an `AttributeError` from its data
+        adapter) raises a `ValueError` naming the batch sizes.
+        """
+        if isinstance(x, dict) and all(hasattr(value, "shape") for value in x.values()):
+            given = check_modality_inputs(x, self.modalities, presence_flags=True)
+            if any(x[m].shape[0] == 0 for m in given):
+                raise ValueError(
+                    "Expected at least one example to predict. Received batch sizes: "
+                    f"{ {m: x[m].shape[0] for m in given} }"
+                )
+        return super().predict(x, *args, **kwargs)
 
     def get_build_config(self):
         # Recorded whichever way the model was built (also with no shapes), so that a

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from mm_keras.tokenizers.patches import PatchTokenizer
+from mm_keras.tokenizers.patches import PatchTokenizer, ensure_shape
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
@@ -110,7 +110,10 @@ class AudioSpectrogramTokenizer(PatchTokenizer):
         return (None, self.num_samples)
 
     def _check_shape(self, shape):
-        if len(shape) != 2 or shape[-1] not in (None, self.num_samples):
+        shape = tf.TensorShape(shape)
+        if shape.rank is None:
+            return  # checked on the values by `ensure_shape` in `call`
+        if shape.rank != 2 or shape[-1] not in (None, self.num_samples):
             raise ValueError(
                 f"Expected waveforms of shape [batch, num_samples={self.num_samples}]. "
                 f"Received: shape={tuple(shape)}"
@@ -134,6 +137,7 @@ class AudioSpectrogramTokenizer(PatchTokenizer):
 
     def call(self, waveforms):
         self._check_shape(waveforms.shape)
+        waveforms = ensure_shape(waveforms, (None, self.num_samples))
         spectrogram = self.log_mel(waveforms)[:, : self.grid[0] * self.patch_size[0]]
         spectrogram = ops.cast(spectrogram[..., None], self.compute_dtype)
         patches = self.patch_projection(spectrogram)  # [B, time patches, mel patches, D]

@@ -1,9 +1,10 @@
 """Image tokenization: pixels → patches → token sequences."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 
-from mm_keras.tokenizers.patches import PatchTokenizer
+from mm_keras.tokenizers.patches import PatchTokenizer, assert_finite, ensure_shape
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
@@ -21,7 +22,8 @@ class ImagePatchTokenizer(PatchTokenizer):
         hidden_dim: int, width D of each token.
         num_channels: int, channels C the input must have.
 
-    Inputs are `uint8` or float images `[B, H, W, C]` with values in [0, 255].
+    Inputs are `uint8` or float images `[B, H, W, C]` with values in [0, 255]; float
+    images with NaN or Inf values are refused.
 
     Example:
     >>> layer = ImagePatchTokenizer(image_size=32, patch_size=8, hidden_dim=64)
@@ -60,12 +62,15 @@ class ImagePatchTokenizer(PatchTokenizer):
         return (None, *self.image_size, self.num_channels)
 
     def _check_shape(self, shape):
-        if len(shape) != 4:
+        shape = tf.TensorShape(shape)
+        if shape.rank is None:
+            return  # checked on the values by `ensure_shape` in `call`
+        if shape.rank != 4:
             raise ValueError(
                 "Expected images of rank 4, [batch, height, width, channels]. "
                 f"Received: shape={tuple(shape)}"
             )
-        if shape[-1] != self.num_channels:
+        if shape[-1] is not None and shape[-1] != self.num_channels:
             raise ValueError(
                 f"Expected images with num_channels={self.num_channels}. "
                 f"Received: shape={tuple(shape)} ({shape[-1]} channels)"
@@ -78,6 +83,9 @@ class ImagePatchTokenizer(PatchTokenizer):
 
     def call(self, images):
         self._check_shape(images.shape)
+        images = ensure_shape(images, (None, None, None, self.num_channels))
+        if images.dtype.is_floating:
+            images = assert_finite(images, "pixel values")
         images = ops.cast(images, self.compute_dtype)
         if tuple(images.shape[1:3]) != self.image_size:
             images = ops.image.resize(images, self.image_size, interpolation="bilinear")

@@ -1,7 +1,35 @@
 """What the image, audio and video tokenizers share: patches plus positions as tokens."""
 
 import keras
+import tensorflow as tf
 from keras import ops
+
+
+def ensure_shape(inputs, expected):
+    """`inputs`, checked against `expected` (None: any size) in the graph when its traced
+    shape leaves the check open.
+
+    Keras retraces `predict` with relaxed shapes after differently shaped batches, so a
+    layer may see an unknown rank or `None` channels; the static check then has nothing
+    to check, and this check on the values' shape (`InvalidArgumentError`) takes over.
+    Where the traced shape settles it, no op is added (TFLite graphs stay as they are).
+    """
+    shape = tf.TensorShape(inputs.shape)
+    settled = shape.rank == len(expected) and all(
+        size is not None for size, want in zip(shape, expected) if want is not None
+    )
+    return inputs if settled else tf.ensure_shape(inputs, expected)
+
+
+def assert_finite(values, description):
+    """`values`, refused when any is NaN or Inf: eagerly a `ValueError`, in a graph an
+    `InvalidArgumentError` (XLA-compiled functions skip the check)."""
+    message = f"Expected finite {description}. Received NaN or Inf values"
+    if tf.executing_eagerly():
+        if not bool(tf.reduce_all(tf.math.is_finite(values))):
+            raise ValueError(message)
+        return values
+    return tf.debugging.assert_all_finite(values, message)
 
 
 class PatchTokenizer(keras.layers.Layer):

@@ -1,9 +1,10 @@
 """Video tokenization: frames → spatio-temporal tubelets → token sequence."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 
-from mm_keras.tokenizers.patches import PatchTokenizer
+from mm_keras.tokenizers.patches import PatchTokenizer, ensure_shape
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
@@ -79,8 +80,11 @@ class VideoTubeletTokenizer(PatchTokenizer):
         return (None, self.num_frames, *self.image_size, self.num_channels)
 
     def _check_shape(self, shape):
+        shape = tf.TensorShape(shape)
+        if shape.rank is None:
+            return  # checked on the values by `ensure_shape` in `call`
         expected = self.default_input_shape[1:]
-        if len(shape) != 5 or tuple(shape[1:]) != expected:
+        if shape.rank != 5 or not shape[1:].is_compatible_with(expected):
             raise ValueError(
                 f"Expected videos of shape [batch, {', '.join(map(str, expected))}]. "
                 f"Received: shape={tuple(shape)}"
@@ -93,6 +97,7 @@ class VideoTubeletTokenizer(PatchTokenizer):
 
     def call(self, videos):
         self._check_shape(videos.shape)
+        videos = ensure_shape(videos, self.default_input_shape)
         videos = ops.cast(videos, self.compute_dtype) / 127.5 - 1.0
         tubelets = self.tubelet_projection(videos)  # [B, T', H', W', D]
         return self.token_sequence(tubelets)

@@ -3,6 +3,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from mm_keras.encoders import TransformerEncoder
 from mm_keras.models import DualEncoder
@@ -125,3 +126,48 @@ def test_presence_flags_are_refused_not_ignored():
     inputs = dict(_inputs(), text_present=np.array([True, False, True]))
     with pytest.raises(ValueError, match="Received keys: \\['image', 'text', 'text_present'\\]"):
         _model()(inputs)
+
+
+def test_text_of_padding_only_embeds_to_zero_not_nan():
+    # An empty caption tokenizes to all-padding ids: masked mean pooling has no token to
+    # average, pools to zeros, and the embedding is the zero vector (cosine 0 to anything).
+    inputs = _inputs()
+    inputs["text"][1] = 0
+    text = np.asarray(_model()(inputs)["text"])
+    np.testing.assert_array_equal(text[1], 0.0)
+    np.testing.assert_allclose(np.linalg.norm(text[[0, 2]], axis=-1), 1.0, atol=1e-5)
+
+
+def test_predict_refuses_an_empty_batch_and_mismatched_batch_sizes():
+    model = _model()
+    with pytest.raises(ValueError, match=r"at least one example.*\{'image': 0\}"):
+        model.predict({"image": np.zeros((0, 16, 16, 1), "uint8")}, verbose=0)
+    inputs = _inputs()
+    inputs["text"] = inputs["text"][:2]
+    with pytest.raises(ValueError, match=r"same batch size.*'image': 3, 'text': 2"):
+        model.predict(inputs, verbose=0)
+
+
+def test_non_finite_pixels_are_refused_eagerly_and_by_predict():
+    model = _model()
+    images = np.full((2, 16, 16, 1), 128.0, "float32")
+    images[1, 3, 4, 0] = np.nan
+    with pytest.raises(ValueError, match="Expected finite pixel values. Received NaN or Inf"):
+        model({"image": images})
+    images[1, 3, 4, 0] = np.inf
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Expected finite pixel values"):
+        model.predict({"image": images}, verbose=0)
+
+
+def test_shape_errors_name_the_shape_after_predict_retraced_with_relaxed_shapes():
+    # Differently shaped batches make Keras retrace `predict` with unknown dimensions: a
+    # valid batch must still embed, and a wrong one must still name what it received.
+    model = _model()
+    for shape in [(2, 16, 16, 1), (3, 20, 20, 1), (1, 24, 12, 1), (5, 8, 8, 1)]:
+        assert model.predict({"image": np.zeros(shape, "uint8")}, verbose=0)["image"].shape == (
+            shape[0],
+            16,
+        )
+    for shape, received in [((2, 16, 16, 3), r"\[2,16,16,3\]"), ((16, 16, 1), r"\[16,16,1\]")]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"{received}.*expected shape"):
+            model.predict({"image": np.zeros(shape, "uint8")}, verbose=0)

@@ -54,3 +54,12 @@ def test_wrong_length_raises():
         layer(np.zeros((2, 3000), "float32"))
     with pytest.raises(ValueError, match="patch_size=\\(2, 5\\)"):
         AudioSpectrogramTokenizer(**CONFIG, patch_size=(2, 5))
+
+
+def test_length_is_checked_on_the_values_when_the_traced_shape_is_unknown():
+    layer = AudioSpectrogramTokenizer(**CONFIG)
+    layer.build(layer.default_input_shape)
+    fn = tf.function(lambda x: layer(x)["tokens"], input_signature=[tf.TensorSpec(None)])
+    assert fn(tf.zeros((1, 4000))).shape[0] == 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[4000\].*expected shape"):
+        fn(tf.zeros((4000,)))

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from mm_keras.tokenizers import ImagePatchTokenizer
 from tests.roundtrip import check_layer_roundtrip
@@ -50,3 +51,39 @@ def test_wrong_channel_count_raises():
 def test_patch_size_must_divide_image():
     with pytest.raises(ValueError, match="patch_size=5, image_size=\\(16, 16\\)"):
         ImagePatchTokenizer(image_size=16, patch_size=5, hidden_dim=8)
+
+
+def _unknown_shape_fn(layer, dtype):
+    """The built layer traced for inputs of unknown shape, as a relaxed retrace sees them."""
+    layer.build(layer.default_input_shape)
+    spec = tf.TensorSpec(None, dtype)
+    return tf.function(lambda x: layer(x)["tokens"], input_signature=[spec])
+
+
+def test_checks_run_on_the_values_when_the_traced_shape_is_unknown():
+    layer = ImagePatchTokenizer(image_size=16, patch_size=8, hidden_dim=8)
+    fn = _unknown_shape_fn(layer, tf.float32)
+    assert fn(tf.zeros((2, 16, 16, 1))).shape == (2, 4, 8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[16,16,1\].*expected shape"):
+        fn(tf.zeros((16, 16, 1)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[2,16,16,3\].*expected shape"):
+        fn(tf.zeros((2, 16, 16, 3)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Expected finite pixel values"):
+        fn(tf.fill((1, 16, 16, 1), np.inf))
+
+
+def test_non_finite_pixels_raise_eagerly():
+    layer = ImagePatchTokenizer(image_size=16, patch_size=8, hidden_dim=8)
+    images = _images().astype("float32")
+    images[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="Expected finite pixel values. Received NaN or Inf"):
+        layer(images)
+
+
+def test_a_settled_uint8_trace_adds_no_check_ops():
+    # TFLite towers trace fixed-shape uint8 pixels: they must stay free of TF-only ops.
+    layer = ImagePatchTokenizer(image_size=16, patch_size=8, hidden_dim=8)
+    spec = tf.TensorSpec((1, 16, 16, 1), tf.uint8)
+    graph = tf.function(lambda x: layer(x)["tokens"]).get_concrete_function(spec).graph
+    ops = {op.type for op in graph.get_operations()}
+    assert not ops & {"EnsureShape", "CheckNumerics"}

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from mm_keras.tokenizers.video import VideoTubeletTokenizer
 from tests.roundtrip import check_layer_roundtrip
@@ -40,3 +41,12 @@ def test_wrong_shapes_raise():
         layer(_videos((2, 3, 16, 16, 1)))
     with pytest.raises(ValueError, match="num_frames=5, tubelet_size=2"):
         VideoTubeletTokenizer(**{**CONFIG, "num_frames": 5})
+
+
+def test_shape_is_checked_on_the_values_when_the_traced_shape_is_unknown():
+    layer = VideoTubeletTokenizer(**CONFIG)
+    layer.build(layer.default_input_shape)
+    fn = tf.function(lambda x: layer(x)["tokens"], input_signature=[tf.TensorSpec(None)])
+    assert fn(tf.zeros((1, 4, 16, 16, 1))).shape[0] == 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[1,3,16,16,1\].*expected"):
+        fn(tf.zeros((1, 3, 16, 16, 1)))
