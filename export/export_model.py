@@ -10,7 +10,10 @@ Reads `model.keras` and the `vocabulary.txt` beside it. Writes to `--output_dir`
 * `tflite/<tower>_<mode>.tflite` for each mode (`float32`, `dynamic`, `float16`, `int8`,
   which calibrates on training examples), with the vocabulary and a pure-Python tokenizer;
 * `report.json`: size, error and cosine against the Keras model, zero-shot accuracy and
-  latency of each artifact, measured on the embedded dataset's test split.
+  latency of each artifact, measured on the embedded dataset's test split; the SavedModel
+  version each artifact comes from and the SavedModel's `max_image_pixels`.
+
+A rerun after a killed export removes the staging directories the killed one left.
 """
 
 import os
@@ -25,7 +28,10 @@ import tensorflow as tf  # noqa: E402
 
 from mm_keras.data import datasets  # noqa: E402
 from mm_keras.export import MODES, export_artifacts, verify  # noqa: E402
-from mm_keras.export.saved_model import text_and_image_towers  # noqa: E402
+from mm_keras.export.saved_model import (  # noqa: E402
+    DEFAULT_MAX_IMAGE_PIXELS,
+    text_and_image_towers,
+)
 from mm_keras.serving import warmup, write_batching_parameters, write_model_config  # noqa: E402
 from mm_keras.tokenizers import TextTokenizer  # noqa: E402
 
@@ -40,6 +46,14 @@ flags.DEFINE_list("allow_ops", [], "Non-core ops to accept although stock TF Ser
 flags.DEFINE_bool("allow_flex", False, "Allow TensorFlow (Flex) ops in TFLite files.")
 flags.DEFINE_integer("calibration_examples", 256, "Training examples that calibrate int8.")
 flags.DEFINE_integer("latency_examples", 50, "Examples timed one at a time per tower.")
+flags.DEFINE_integer(
+    "max_image_pixels",
+    DEFAULT_MAX_IMAGE_PIXELS,
+    "Most pixels (height x width, read from the header) an image sent to the SavedModel may "
+    "have; larger ones are refused before decoding. Default 4096 x 4096: above phone photos, "
+    "at most ~50 MB per decode.",
+    lower_bound=1,
+)
 
 
 def next_version(base_dir):
@@ -80,6 +94,7 @@ def main(argv):
         modes=FLAGS.modes,
         allow_ops=FLAGS.allow_ops,
         allow_flex=FLAGS.allow_flex,
+        max_image_pixels=FLAGS.max_image_pixels,
         warmup_requests=warmup.writer(
             FLAGS.name, images=test["image"][:4], texts=test["text"][:4].tolist()
         ),

@@ -1,15 +1,19 @@
 """One call from a trained dual encoder to every serving artifact, verified."""
 
+import json
 import os
 import shutil
-import tempfile
 
-from mm_keras.export import tflite, verify, wordpiece
+from mm_keras.export import staging, tflite, verify, wordpiece
 from mm_keras.export.saved_model import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     check_exportable_tokenizer,
+    check_max_image_pixels,
     export_saved_model,
     text_and_image_towers,
 )
+
+MANIFEST_FILE = "manifest.json"
 
 
 def export_artifacts(
@@ -23,6 +27,7 @@ def export_artifacts(
     allow_ops=(),
     allow_flex=False,
     warmup_requests=None,
+    max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
 ):
     """Writes the SavedModel and the TFLite files of a dual encoder under `output_dir`.
 
@@ -32,6 +37,13 @@ def export_artifacts(
         output_dir/tflite/<modality>_<mode>.tflite  one file per tower and mode
         output_dir/tflite/vocabulary.txt            the text tokenizer's vocabulary
         output_dir/tflite/text_tokenizer.py         pure-Python tokenizer for the text tower
+        output_dir/tflite/manifest.json             the SavedModel version they came from
+
+    The SavedModel version appears first, then `tflite/` is replaced whole: until then the
+    old TFLite files sit beside the new version, and `tflite/manifest.json` (written with
+    the files, so it always describes them) names the version they match. Staging
+    directories that a killed export left behind are removed first (see
+    `mm_keras.export.staging`).
 
     Args:
         model: a `DualEncoder` with a text and an image tower.
@@ -47,6 +59,8 @@ def export_artifacts(
         allow_flex: bool, allow Flex ops in the TFLite files.
         warmup_requests: optional callable writing `assets.extra/` into the SavedModel
             version before it is renamed into place.
+        max_image_pixels: int, the most pixels an image sent to the SavedModel may have
+            (see `export_saved_model`).
 
     Returns:
         dict artifact name → artifact (runner, size, ops) for `mm_keras.export.verify`:
@@ -54,6 +68,9 @@ def export_artifacts(
     """
     text, image = text_and_image_towers(model)
     check_exportable_tokenizer(tokenizer)
+    check_max_image_pixels(max_image_pixels)
+    os.makedirs(output_dir, exist_ok=True)
+    staging.remove_stale(output_dir)
     path, non_core = export_saved_model(
         model,
         tokenizer,
@@ -61,16 +78,21 @@ def export_artifacts(
         version=version,
         allow_ops=allow_ops,
         warmup_requests=warmup_requests,
+        max_image_pixels=max_image_pixels,
     )
-    artifacts = {"saved_model": verify.saved_model_artifact(path, non_core)}
+    artifacts = {
+        "saved_model": verify.saved_model_artifact(path, non_core, version, max_image_pixels)
+    }
 
     # All TFLite files are written to a staging directory that then replaces `tflite/`
     # whole, so a failed conversion never leaves a mix of new and old files.
     tflite_dir = os.path.join(output_dir, "tflite")
-    staging = tempfile.mkdtemp(prefix=".tflite-", dir=output_dir)
+    staged = staging.make_directory("tflite", output_dir)
     try:
-        tokenizer.save_vocabulary(os.path.join(staging, "vocabulary.txt"))
-        shutil.copyfile(wordpiece.__file__, os.path.join(staging, "text_tokenizer.py"))
+        tokenizer.save_vocabulary(os.path.join(staged, "vocabulary.txt"))
+        shutil.copyfile(wordpiece.__file__, os.path.join(staged, "text_tokenizer.py"))
+        with open(os.path.join(staged, MANIFEST_FILE), "w") as f:
+            json.dump({"saved_model": name, "saved_model_version": version}, f, indent=2)
         int8_ops = set()
         for mode in modes:
             for modality in (image, text):
@@ -81,14 +103,14 @@ def export_artifacts(
                     representative_inputs=representative_inputs.get(modality),
                     allow_flex=allow_flex,
                 )
-                path = os.path.join(staging, f"{modality}_{mode}.tflite")
+                path = os.path.join(staged, f"{modality}_{mode}.tflite")
                 tflite.write_tflite(tflite_model, path, allow_flex=allow_flex)
                 if mode == "int8":
                     int8_ops.update(tflite.int8_ops(tflite_model))
-        os.chmod(staging, 0o755)
-        _replace_directory(staging, tflite_dir)
+        os.chmod(staged, 0o755)
+        _replace_directory(staged, tflite_dir)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staged, ignore_errors=True)
         raise
     for mode in modes:
         paths = {
@@ -99,6 +121,7 @@ def export_artifacts(
             paths,
             os.path.join(tflite_dir, "vocabulary.txt"),
             tokenizer.sequence_length,
+            saved_model_version=version,
             int8_ops=sorted(int8_ops) if mode == "int8" else None,
         )
     return artifacts
@@ -107,7 +130,7 @@ def export_artifacts(
 def _replace_directory(new, target):
     """Moves `new` to `target`, replacing any directory there with two renames."""
     if os.path.exists(target):
-        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(target))
+        old = staging.make_directory("old", os.path.dirname(target))
         os.rename(target, os.path.join(old, "previous"))
         os.rename(new, target)
         shutil.rmtree(old)

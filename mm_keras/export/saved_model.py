@@ -8,21 +8,123 @@ import keras
 import tensorflow as tf
 
 from mm_keras.export import ops as graph_ops
+from mm_keras.export import staging
 from mm_keras.export.serving_tokenizer import ServingWordPiece
 from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding, TextTokenizer
 
 VOCABULARY_FILE = "vocabulary.txt"
 
+# 4096 x 4096: above the 12-megapixel photos of phone cameras, and a decode at the limit
+# allocates at most ~50 MB (three channels) and takes a fraction of a second, so a request
+# cannot make the server decode much more than it sent. Pillow's warning threshold (89 MP)
+# is for desktop tools, not for a server that decodes many requests at once.
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 
-def decode_images(encoded, image_size, num_channels):
-    """Decodes a batch of PNG/JPEG/BMP/GIF bytes to float32 `[B, H, W, C]` at `image_size`.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
 
+
+def ensure_input_shape(tensor, expected, name):
+    """`tensor` with the static shape `expected` (None: any size), checked when the graph runs.
+
+    Serving signatures take inputs of unknown shape and check them here, since neither a
+    loaded SavedModel nor TF Serving checks a request against the signature's shape: a
+    wrong rank would reach a kernel that aborts the whole process.
+
+    Raises:
+        tf.errors.InvalidArgumentError: naming the expected and the received shape.
+    """
+    received = tf.shape(tensor)
+    fixed = [(axis, size) for axis, size in enumerate(expected) if size is not None]
+
+    def sizes_match():
+        return tf.reduce_all(tf.stack([True] + [tf.equal(received[a], s) for a, s in fixed]))
+
+    matches = tf.cond(
+        tf.equal(tf.size(received), len(expected)), sizes_match, lambda: tf.constant(False)
+    )
+    shape = ", ".join("N" if size is None else str(size) for size in expected)
+    check = tf.debugging.Assert(
+        matches,
+        [f"Expected `{name}` of shape [{shape}] (N: any size). Received: shape=", received],
+        summarize=len(expected) + 8,  # the whole shape, up to an absurd rank
+    )
+    with tf.control_dependencies([check]):
+        return tf.ensure_shape(tf.identity(tensor), expected)
+
+
+def _bytes_at(data, start, count):
+    """Up to `count` bytes of a scalar string from `start`: shorter past the end, never an error."""
+    return tf.strings.substr(data, tf.minimum(start, tf.strings.length(data)), count)
+
+
+def header_image_size(data):
+    """`int64 [height, width]` of PNG or JPEG bytes, read from the header, before any decoding.
+
+    PNG: the IHDR chunk, which the PNG format puts first (width then height, big-endian, at
+    bytes 16 to 24). JPEG: the frame header (SOF), as `tf.image.extract_jpeg_shape` reads it.
+
+    Raises:
+        tf.errors.InvalidArgumentError: for bytes of any other format. GIF is refused, not
+            decoded: its frames declare their own sizes and count beyond the header's, and
+            TensorFlow's decoder expands every frame before keeping the first.
+    """
+    is_png = (
+        (_bytes_at(data, 0, 8) == _PNG_SIGNATURE)
+        & (_bytes_at(data, 12, 4) == b"IHDR")
+        & (tf.strings.length(data) >= 24)
+    )
+    is_jpeg = _bytes_at(data, 0, 3) == _JPEG_SIGNATURE
+    check = tf.debugging.Assert(
+        is_png | is_jpeg,
+        ["Expected PNG or JPEG image bytes. Received bytes starting with:", _bytes_at(data, 0, 8)],
+    )
+
+    def png_size():
+        digits = tf.cast(tf.io.decode_raw(_bytes_at(data, 16, 8), tf.uint8), tf.int64)
+        width_height = tf.reduce_sum(
+            tf.reshape(digits, [2, 4]) * tf.constant([2**24, 2**16, 2**8, 1], tf.int64), axis=1
+        )
+        return tf.reverse(width_height, [0])
+
+    with tf.control_dependencies([check]):
+        return tf.cond(
+            is_png,
+            png_size,
+            lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64),
+        )
+
+
+def check_image_size(data, max_image_pixels):
+    """An op that fails unless the header of encoded image `data` says <= `max_image_pixels`."""
+    size = header_image_size(data)
+    pixels = tf.reduce_prod(tf.cast(size, tf.float64))  # float: two 32-bit sizes overflow int64
+    return tf.debugging.Assert(
+        pixels <= max_image_pixels,
+        [
+            f"Expected an image of at most max_image_pixels={max_image_pixels} pixels (set "
+            "at export). Received: [height, width]=",
+            size,
+        ],
+    )
+
+
+def decode_images(encoded, image_size, num_channels, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    """Decodes a batch of PNG/JPEG bytes to float32 `[B, H, W, C]` at `image_size`.
+
+    Each image's size is read from its header first, and one over `max_image_pixels` is
+    refused before it is decoded: a few kilobytes of PNG can hold a 20,000 x 20,000 image.
     Bilinear resizing without antialiasing, as `ImagePatchTokenizer` resizes, so an image
     already at `image_size` comes out with its exact pixel values.
+
+    Raises:
+        tf.errors.InvalidArgumentError: for other formats, an image over the limit, or
+            bytes the decoder cannot read.
     """
 
     def decode_one(data):
-        image = tf.io.decode_image(data, channels=num_channels, expand_animations=False)
+        with tf.control_dependencies([check_image_size(data, max_image_pixels)]):
+            image = tf.io.decode_image(data, channels=num_channels, expand_animations=False)
         return tf.image.resize(image, image_size, method="bilinear")
 
     return tf.map_fn(
@@ -59,7 +161,7 @@ def check_exportable_tokenizer(tokenizer):
         )
 
 
-def build_archive(model, text_tokenizer):
+def build_archive(model, text_tokenizer, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """A `keras.export.ExportArchive` with the serving endpoints of a dual encoder.
 
     `text_tokenizer` maps `tf.string [N]` to token ids inside the graph: a
@@ -68,21 +170,40 @@ def build_archive(model, text_tokenizer):
     Endpoints, each a TF Serving signature with named inputs and outputs:
 
     * `embed_text`: `text` `tf.string [N]` → `text_embedding` `float32 [N, P]`;
-    * `embed_image`: `image` `tf.string [N]` of encoded PNG/JPEG → `image_embedding`;
+    * `embed_image`: `image` `tf.string [N]` of encoded PNG or JPEG → `image_embedding`;
     * `embed_image_pixels`: `pixels` `uint8 [N, H, W, C]` → `image_embedding`;
     * `serving_default`: `image` `tf.string [N]` and `text` `tf.string [M]` → both
       embeddings and `logits` `[N, M]` (the scaled similarities). TF Serving's row
       ("instances") format needs N == M; the columnar ("inputs") format does not.
+
+    Every input is checked inside the graph, since TF Serving runs the graph without
+    checking a request against the signature: the signatures declare inputs of unknown
+    shape, and a request fails with `InvalidArgumentError`, naming what was expected and
+    what was received, for a wrong rank, size or channel count (`pixels` must be exactly
+    `[N, H, W, C]`), a wrong dtype, a string without a token (empty or only whitespace),
+    bytes that are not PNG or JPEG (GIF and BMP included), or an image whose header says
+    more than `max_image_pixels` pixels (refused before it is decoded). No input is a
+    float, so none can carry NaN or Inf; an output that is not finite (a diverged model)
+    fails the request too. An empty batch (N = 0 or M = 0) is valid and gives empty
+    results: `[0, P]` embeddings and `[0, M]` or `[N, 0]` logits.
     """
     text, image = text_and_image_towers(model)
     image_layer = model.tokenizers[image]
     image_size, channels = image_layer.image_size, image_layer.num_channels
 
     def embed_text(strings):
-        return model.embed(text, text_tokenizer(strings))
+        strings = ensure_input_shape(strings, [None], "text")
+        embedding = model.embed(text, text_tokenizer(strings))
+        return tf.debugging.check_numerics(embedding, "text_embedding")
+
+    def embed_pixels(pixels):
+        pixels = ensure_input_shape(pixels, [None, *image_size, channels], "pixels")
+        return tf.debugging.check_numerics(model.embed(image, pixels), "image_embedding")
 
     def embed_encoded_images(encoded):
-        return model.embed(image, decode_images(encoded, image_size, channels))
+        encoded = ensure_input_shape(encoded, [None], "image")
+        images = decode_images(encoded, image_size, channels, max_image_pixels)
+        return tf.debugging.check_numerics(model.embed(image, images), "image_embedding")
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -90,17 +211,17 @@ def build_archive(model, text_tokenizer):
     archive.add_endpoint(
         "embed_text",
         lambda text: {"text_embedding": embed_text(text)},
-        input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+        input_signature=[tf.TensorSpec(None, tf.string, name="text")],
     )
     archive.add_endpoint(
         "embed_image",
         lambda image: {"image_embedding": embed_encoded_images(image)},
-        input_signature=[tf.TensorSpec([None], tf.string, name="image")],
+        input_signature=[tf.TensorSpec(None, tf.string, name="image")],
     )
     archive.add_endpoint(
         "embed_image_pixels",
-        lambda pixels: {"image_embedding": model.embed(image, pixels)},
-        input_signature=[tf.TensorSpec([None, *image_size, channels], tf.uint8, name="pixels")],
+        lambda pixels: {"image_embedding": embed_pixels(pixels)},
+        input_signature=[tf.TensorSpec(None, tf.uint8, name="pixels")],
     )
 
     def serving_default(image, text):
@@ -116,25 +237,35 @@ def build_archive(model, text_tokenizer):
         "serving_default",
         serving_default,
         input_signature=[
-            tf.TensorSpec([None], tf.string, name="image"),
-            tf.TensorSpec([None], tf.string, name="text"),
+            tf.TensorSpec(None, tf.string, name="image"),
+            tf.TensorSpec(None, tf.string, name="text"),
         ],
     )
     return archive
 
 
 def export_saved_model(
-    model, tokenizer, base_dir, version=1, allow_ops=(), warmup_requests=None, verbose=False
+    model,
+    tokenizer,
+    base_dir,
+    version=1,
+    allow_ops=(),
+    warmup_requests=None,
+    max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+    verbose=False,
 ):
     """Writes a dual encoder as `base_dir/<version>/`, TF Serving's versioned layout.
 
-    The version is written to a temporary directory beside it and renamed into place, so a
+    The version is written to a staging directory beside it and renamed into place, so a
     server polling `base_dir` never sees half a version, and an existing version is never
-    overwritten. Text is tokenized in the graph by `ServingWordPiece` (core TensorFlow ops,
-    the same ids as `tokenizer`), with the vocabulary as the asset `assets/vocabulary.txt`,
-    so the SavedModel loads in any TensorFlow or TF Serving build. Every op of the graph
-    that is not core TensorFlow is still listed, and one the stock `tensorflow/serving`
-    image lacks is refused unless named in `allow_ops` (see `mm_keras.export.ops`).
+    overwritten. A staging directory that a killed export left in `base_dir` is removed
+    first (see `mm_keras.export.staging`). Text is tokenized in the graph by
+    `ServingWordPiece` (core TensorFlow ops, the same ids as `tokenizer`), with the
+    vocabulary as the asset `assets/vocabulary.txt`, so the SavedModel loads in any
+    TensorFlow or TF Serving build. Every op of the graph that is not core TensorFlow is
+    still listed, and one the stock `tensorflow/serving` image lacks is refused unless named
+    in `allow_ops` (see `mm_keras.export.ops`). The signatures and the input checks inside
+    them are described in `build_archive`.
 
     Args:
         model: a `DualEncoder` with a `TextEmbedding` and an `ImagePatchTokenizer` tower.
@@ -144,6 +275,8 @@ def export_saved_model(
         allow_ops: op names to accept although the stock server lacks them.
         warmup_requests: optional callable `(version_dir) -> None` that writes
             `assets.extra/` content before the rename (see `mm_keras.serving.warmup`).
+        max_image_pixels: int, the most pixels (height x width, from the image's header)
+            an encoded image may have; larger ones are refused before they are decoded.
         verbose: bool, print the endpoints as Keras writes them.
 
     Returns:
@@ -156,6 +289,7 @@ def export_saved_model(
     """
     if not isinstance(version, int) or version < 1:
         raise ValueError(f"`version` must be an int >= 1. Received: version={version!r}")
+    check_max_image_pixels(max_image_pixels)
     final = os.path.join(base_dir, str(version))
     if os.path.exists(final):
         raise ValueError(
@@ -171,13 +305,15 @@ def export_saved_model(
             f"sequence_length={model.tokenizers[text].sequence_length}"
         )
     os.makedirs(base_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir)
+    staging.remove_stale(base_dir)
+    tmp = staging.make_directory("tmp", base_dir)
     try:
         with tempfile.TemporaryDirectory() as scratch:
             vocabulary = os.path.join(scratch, VOCABULARY_FILE)
             tokenizer.save_vocabulary(vocabulary)
             serving_tokenizer = ServingWordPiece(vocabulary, tokenizer.sequence_length)
-            build_archive(model, serving_tokenizer).write_out(tmp, verbose=verbose)
+            archive = build_archive(model, serving_tokenizer, max_image_pixels)
+            archive.write_out(tmp, verbose=verbose)
         non_core = graph_ops.check_stock_serving_ops(graph_ops.saved_model_ops(tmp), allow_ops)
         if warmup_requests is not None:
             warmup_requests(tmp)
@@ -187,3 +323,12 @@ def export_saved_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final, non_core
+
+
+def check_max_image_pixels(max_image_pixels):
+    is_int = isinstance(max_image_pixels, int) and not isinstance(max_image_pixels, bool)
+    if not is_int or max_image_pixels < 1:
+        raise ValueError(
+            "`max_image_pixels` must be an int >= 1. "
+            f"Received: max_image_pixels={max_image_pixels!r}"
+        )

@@ -185,7 +185,10 @@ def verify(model, tokenizer, artifacts, examples, report_path, latency_examples=
     for name, artifact in artifacts.items():
         metrics, _ = measure(artifact["runner"], examples, reference, latency_examples)
         report[name] = {**metrics, "size_bytes": artifact["size_bytes"], "ops": artifact["ops"]}
-        for key in ("int8_ops", "non_core_ops", "files"):
+        for key in (
+            "int8_ops", "non_core_ops", "files", "version", "max_image_pixels",
+            "saved_model_version",
+        ):  # fmt: skip
             if key in artifact:
                 report[name][key] = artifact[key]
     tmp = f"{report_path}.tmp"
@@ -214,18 +217,24 @@ def format_report(report):
     return "\n".join(rows)
 
 
-def saved_model_artifact(path, non_core_ops):
+def saved_model_artifact(path, non_core_ops, version, max_image_pixels):
     """The report entry inputs of a SavedModel version directory."""
     return {
         "runner": SavedModelRunner(path),
         "size_bytes": directory_size(path),
         "ops": saved_model_ops(path),
         "non_core_ops": non_core_ops,
+        "version": version,
+        "max_image_pixels": max_image_pixels,
     }
 
 
-def tflite_artifact(paths, vocabulary_path, sequence_length, int8_ops=None):
-    """The report entry inputs of a pair of tower files (`{"image": path, "text": path}`)."""
+def tflite_artifact(paths, vocabulary_path, sequence_length, saved_model_version, int8_ops=None):
+    """The report entry inputs of a pair of tower files (`{"image": path, "text": path}`).
+
+    `saved_model_version` is the SavedModel version exported with them, which the report
+    names, since a new version is in place before the TFLite files are.
+    """
     ops = set()
     for path in paths.values():
         with open(path, "rb") as f:
@@ -235,6 +244,7 @@ def tflite_artifact(paths, vocabulary_path, sequence_length, int8_ops=None):
         "size_bytes": sum(os.path.getsize(p) for p in paths.values()),
         "ops": sorted(ops),
         "files": {m: os.path.basename(p) for m, p in paths.items()},
+        "saved_model_version": saved_model_version,
     }
     if int8_ops is not None:
         artifact["int8_ops"] = int8_ops

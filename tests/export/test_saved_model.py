@@ -11,14 +11,6 @@ from mm_keras.serving import warmup
 from mm_keras.tokenizers import TextTokenizer
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_model, tokenizer, examples, tmp_path_factory):
-    base = str(tmp_path_factory.mktemp("serving") / "clip")
-    write_warmup = warmup.writer("clip", examples["image"][:2], examples["text"][:2])
-    path, non_core = export_saved_model(tiny_model, tokenizer, base, warmup_requests=write_warmup)
-    return base, path, non_core
-
-
 def _png(images):
     return tf.stack([tf.io.encode_png(image) for image in images])
 
@@ -109,3 +101,9 @@ def test_tokenizer_without_lowercasing_is_refused(tiny_model, tokenizer, tmp_pat
     cased = TextTokenizer(tokenizer.vocabulary, sequence_length=12, lowercase=False)
     with pytest.raises(ValueError, match="lowercase=True.*Received: lowercase=False"):
         export_saved_model(tiny_model, cased, str(tmp_path / "clip"))
+
+
+def test_bad_pixel_limit_raises(tiny_model, tokenizer, tmp_path):
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"Received: max_image_pixels={bad}"):
+            export_saved_model(tiny_model, tokenizer, str(tmp_path), max_image_pixels=bad)

@@ -1,0 +1,74 @@
+"""Staging directories named for the process that writes them, so a rerun removes a dead one's.
+
+An export writes each artifact into a staging directory beside its destination and renames it
+into place (`.tmp-*` for a SavedModel version, `.tflite-*` for the TFLite files, `.old-*` for
+the files they replace). A killed export leaves its staging directory behind. Each name carries
+the writer's PID and host, `.tmp-<pid>@<host>-<random>`, and the next export in that directory
+removes the ones whose writer is gone: same host, and no process with that PID. A staging
+directory of a live export (a concurrent one into the same directory, or the current one) is
+kept, and so is one written from another host sharing the filesystem, whose PIDs this host
+cannot check. A reused PID makes a dead writer look alive; its directory then waits for a later
+export, which is the safe way to be wrong.
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import tempfile
+
+KINDS = ("tmp", "tflite", "old")
+_NAME = re.compile(r"^\.(?P<kind>[a-z]+)-(?P<pid>\d+)@(?P<host>.+)-[a-z0-9_]+$")
+
+
+def _host():
+    # Characters outside the pattern would make a name this module cannot parse back.
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+
+
+def prefix(kind, pid=None):
+    """The name prefix of a staging directory of `kind` written by `pid` (default: this process)."""
+    if kind not in KINDS:
+        raise ValueError(f"`kind` must be one of {KINDS}. Received: kind={kind!r}")
+    return f".{kind}-{os.getpid() if pid is None else pid}@{_host()}-"
+
+
+def make_directory(kind, parent):
+    """Creates a new staging directory of `kind` in `parent` and returns its path."""
+    return tempfile.mkdtemp(prefix=prefix(kind), dir=parent)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale(parent):
+    """Removes the staging directories in `parent` whose writer on this host has exited.
+
+    Returns:
+        Sorted names of what was removed.
+    """
+    if not os.path.isdir(parent):
+        return []
+    host, removed = _host(), []
+    for name in sorted(os.listdir(parent)):
+        match = _NAME.match(name)
+        if match is None or match["kind"] not in KINDS or match["host"] != host:
+            continue
+        if _alive(int(match["pid"])):
+            continue
+        path = os.path.join(parent, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):  # a concurrent export removed it
+                os.remove(path)
+        removed.append(name)
+    return removed

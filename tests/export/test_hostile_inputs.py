@@ -1,0 +1,131 @@
+"""Every signature of the exported SavedModel against malformed inputs and image bombs.
+
+The calls run in a subprocess (`tests/export/hostile_inputs.py`): a kernel that aborts, as a
+wrong-rank `pixels` array once did (exit 134), fails the test instead of killing pytest.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.scripts import ROOT
+
+REFUSED = "InvalidArgumentError"
+P = 16  # the tiny model's projection_dim
+
+# (signature, case) → the error class, or the output shapes the docstring promises. None of
+# the inputs is a float, so NaN and Inf can only arrive as a wrong dtype.
+EXPECTED = {
+    ("embed_text", "scalar"): REFUSED,
+    ("embed_text", "rank 2"): REFUSED,
+    ("embed_text", "int32"): REFUSED,
+    ("embed_text", "float NaN/Inf"): REFUSED,
+    ("embed_text", "empty batch"): {"text_embedding": [0, P]},
+    ("embed_text", "empty string"): REFUSED,
+    ("embed_text", "whitespace only"): REFUSED,
+    ("embed_image", "warm-up"): {"image_embedding": [2, P]},
+    ("embed_image", "png bomb"): REFUSED,
+    ("embed_image", "jpeg bomb"): REFUSED,
+    ("embed_image", "png under the limit"): {"image_embedding": [1, P]},
+    ("embed_image", "jpeg under the limit"): {"image_embedding": [1, P]},
+    ("embed_image", "scalar"): REFUSED,
+    ("embed_image", "rank 2"): REFUSED,
+    ("embed_image", "uint8 pixels"): REFUSED,
+    ("embed_image", "float NaN/Inf"): REFUSED,
+    ("embed_image", "empty batch"): {"image_embedding": [0, P]},
+    ("embed_image", "three channels"): {"image_embedding": [1, P]},  # converted to grey
+    ("embed_image", "empty bytes"): REFUSED,
+    ("embed_image", "not an image"): REFUSED,
+    ("embed_image", "gif"): REFUSED,
+    ("embed_image", "truncated png"): REFUSED,
+    ("embed_image_pixels", "rank 3"): REFUSED,
+    ("embed_image_pixels", "rank 5"): REFUSED,
+    ("embed_image_pixels", "scalar"): REFUSED,
+    ("embed_image_pixels", "float32"): REFUSED,
+    ("embed_image_pixels", "float NaN/Inf"): REFUSED,
+    ("embed_image_pixels", "int32"): REFUSED,
+    ("embed_image_pixels", "three channels"): REFUSED,
+    ("embed_image_pixels", "other size"): REFUSED,
+    ("embed_image_pixels", "empty batch"): {"image_embedding": [0, P]},
+    ("embed_image_pixels", "one image"): {"image_embedding": [1, P]},
+    ("serving_default", "image rank 2"): REFUSED,
+    ("serving_default", "text scalar"): REFUSED,
+    ("serving_default", "image uint8"): REFUSED,
+    ("serving_default", "text float NaN"): REFUSED,
+    ("serving_default", "empty string"): REFUSED,
+    ("serving_default", "image bomb"): REFUSED,
+    ("serving_default", "empty image batch"): {
+        "image_embedding": [0, P], "text_embedding": [2, P], "logits": [0, 2]
+    },
+    ("serving_default", "empty text batch"): {
+        "image_embedding": [1, P], "text_embedding": [0, P], "logits": [1, 0]
+    },
+    ("serving_default", "different batch sizes"): {
+        "image_embedding": [2, P], "text_embedding": [3, P], "logits": [2, 3]
+    },
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def calls(exported):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    script = os.path.join(ROOT, "tests", "export", "hostile_inputs.py")
+    result = subprocess.run(
+        [sys.executable, script, exported[1]],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        env=env,
+    )
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    last = lines[-1] if lines else None
+    assert result.returncode == 0, (result.returncode, last, result.stderr[-2000:])
+    assert "done" in last, last
+    return {(r["signature"], r["case"]): r for r in lines[:-1] if "start" not in r}, last["done"]
+
+
+def test_every_signature_refuses_malformed_inputs_without_aborting(calls):
+    records, signatures = calls
+    assert {signature for signature, _ in records} == set(signatures)
+    for key, expected in EXPECTED.items():
+        record = records[key]
+        if expected == REFUSED:
+            assert record["error"] == REFUSED, record
+            # Our checks say "Expected ..."; TensorFlow's say so for a dtype, "Invalid" for
+            # bytes its decoder rejects.
+            assert "expected" in record["message"].lower() or "Invalid PNG" in record["message"]
+        else:
+            assert record["error"] is None, record
+            assert record["shapes"] == expected, record
+            assert record["finite"], record
+    assert set(records) == set(EXPECTED)
+
+
+def test_errors_name_what_was_expected_and_received(calls):
+    records, _ = calls
+    message = records["embed_image_pixels", "rank 3"]["message"]
+    assert "Expected `pixels` of shape [N, 32, 32, 1]" in message and "[32 32 1]" in message
+    assert (
+        "Received: shape=] [1 32 32 3]"
+        in records["embed_image_pixels", "three channels"]["message"]
+    )
+    assert "Expected PNG or JPEG" in records["embed_image", "gif"]["message"]
+    assert "at least one token" in records["embed_text", "empty string"]["message"]
+
+
+@pytest.mark.parametrize("case", ["png bomb", "jpeg bomb"])
+def test_image_over_the_pixel_limit_is_refused_from_its_header(calls, case):
+    record = calls[0]["embed_image", case]
+    assert "max_image_pixels=16777216" in record["message"], record
+    assert record["seconds"] < 0.1, record
+    assert record["rss_growth_mb"] < 50, record
+
+
+def test_image_under_the_pixel_limit_still_embeds(calls):
+    for case in ("png under the limit", "jpeg under the limit"):
+        record = calls[0]["embed_image", case]
+        assert record["error"] is None and record["finite"], record
