@@ -10,23 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mm_keras.export import export_saved_model
 from mm_keras.serving import DevServer, GrpcClient, RestClient, ServingError
-
-
-@pytest.fixture(scope="module")
-def base_path(tiny_model, tokenizer, tmp_path_factory):
-    base = str(tmp_path_factory.mktemp("models") / "clip")
-    export_saved_model(tiny_model, tokenizer, base)
-    return base
-
-
-@pytest.fixture(scope="module")
-def server(base_path):
-    # Bounded: binds 127.0.0.1 on free ports, stops itself after 2 minutes at the latest.
-    server = DevServer({"clip": base_path}, rest_port=0, grpc_port=0, max_seconds=120).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -136,20 +120,87 @@ def test_server_stops_itself_after_max_requests(base_path):
         urllib.request.urlopen(f"{server.url}/v1/models/clip", timeout=5).read()
 
 
-def test_stalled_clients_cannot_hold_the_server(base_path):
+def _stall(port, declared=100, sent=b"{"):
+    """A connection that sends its headers and part of its body, then nothing."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.putrequest("POST", "/v1/models/clip:predict")
+    connection.putheader("Content-Length", str(declared))
+    connection.endheaders(sent)
+    return connection
+
+
+def test_32_stalled_bodies_do_not_stop_a_get_or_a_predict(server, examples):
+    stalled = [_stall(server.rest_port) for _ in range(32)]
+    time.sleep(0.3)  # every stalled request is now waiting for its body
+    start = time.monotonic()
+    with urllib.request.urlopen(f"{server.url}/v1/models/clip", timeout=1) as response:
+        assert response.status == 200
+    out = RestClient(server.url, "clip", timeout=1).predict({"text": examples["text"]}, "embed_text")
+    assert out["text_embedding"].shape[0] == len(examples["text"])
+    assert time.monotonic() - start < 1.0
+    for connection in stalled:
+        connection.close()
+
+
+def test_slow_bodies_time_out_and_connections_are_capped(base_path):
     server = DevServer(
-        {"clip": base_path}, rest_port=0, max_concurrent=1, socket_timeout=1.0, max_seconds=60
+        {"clip": base_path}, rest_port=0, max_connections=2, body_timeout=0.5, max_seconds=60
     ).start()
-    stalled = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=10)
-    stalled.putrequest("POST", "/v1/models/clip:predict")
-    stalled.putheader("Content-Length", "100")
-    stalled.endheaders()  # ...and never sends the body: it holds the only slot
-    time.sleep(0.3)
-    with pytest.raises(urllib.error.HTTPError) as busy:
-        urllib.request.urlopen(f"{server.url}/v1/models/clip", timeout=10)
-    assert busy.value.code == 503
-    time.sleep(1.5)  # the stalled connection times out and frees its slot
-    assert urllib.request.urlopen(f"{server.url}/v1/models/clip", timeout=10).status == 200
-    stalled.close()
+    # A client trickling its body keeps no connection past `body_timeout`, however it paces.
+    trickling = _stall(server.rest_port, declared=10, sent=b"{")
+    stalled = _stall(server.rest_port)
+    time.sleep(0.2)
+    with pytest.raises(urllib.error.HTTPError) as refused:  # a third connection: refused
+        urllib.request.urlopen(f"{server.url}/v1/models/clip", timeout=5)
+    assert refused.value.code == 503 and "Too many open connections" in refused.value.read().decode()
+    for _ in range(3):
+        trickling.send(b" ")
+        time.sleep(0.1)
+    for connection in (trickling, stalled):
+        response = connection.getresponse()
+        assert response.status == 408 and "within 0.5 s" in json.loads(response.read())["error"]
+        connection.close()
+    assert urllib.request.urlopen(f"{server.url}/v1/models/clip", timeout=5).status == 200
     server.stop()
     server.wait()
+
+
+def test_malformed_tensor_protos_are_invalid_argument(server):
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    def proto(array, **changes):
+        tensor = tf.make_tensor_proto(array)
+        for field, value in changes.items():
+            setattr(tensor, field, value)
+        return tensor
+
+    pixels = np.zeros((1, 32, 32, 1), np.uint8)
+    huge = proto(np.zeros((1,), np.uint8))
+    huge.tensor_shape.dim[0].size = 10**12  # no values: decoding would allocate a terabyte
+    negative = proto(np.zeros((1,), np.uint8))
+    negative.tensor_shape.dim[0].size = -3
+    cases = {
+        # fewer bytes than the shape needs
+        "fails to decode": proto(pixels, tensor_content=proto(pixels).tensor_content[:-5]),
+        "dtype 0": proto(pixels, dtype=0),  # DT_INVALID
+        "dtype 999": proto(pixels, dtype=999),
+        "at most": huge,
+        "no negative sizes": negative,
+        "Expected integers in [0, 255]": proto(pixels.astype(np.float32) + 0.5),
+        "Expected numbers": proto(np.array([b"x"], object)),
+    }
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "clip"
+    request.model_spec.signature_name = "embed_image_pixels"
+    for expected, tensor in cases.items():
+        request.inputs["pixels"].CopyFrom(tensor)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Predict(request, timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, expected
+        assert expected in error.value.details()
+    request.inputs["pixels"].CopyFrom(proto(pixels))  # the server still answers
+    assert stub.Predict(request, timeout=30).outputs["image_embedding"].dtype == tf.float32
+    channel.close()
