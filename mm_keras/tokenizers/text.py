@@ -63,6 +63,10 @@ class BaseTextTokenizer(keras.layers.Layer):
         self.sequence_length = sequence_length
         self._allow_non_tensor_positional_args = True
 
+    def build(self, input_shape=None):
+        # No weights: the vocabulary is the only state, set in `__init__` or `load_assets`.
+        self.built = True
+
     @property
     def has_vocabulary(self):
         raise NotImplementedError
