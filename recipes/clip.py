@@ -26,9 +26,13 @@ Writes to `--output_dir` (default `runs/clip/`): `model.keras` (the `DualEncoder
 tokenizer, when text is used), `metrics.json`, `training_log.csv` and
 `training_curves.png`. A run that is killed resumes where its last backup
 (`output_dir/backup/`, every epoch or every `--backup_every_steps` steps) left off when
-started again with the same flags; the backup is deleted when training completes, and
-kept when it stops on a NaN or Inf loss. Under a multi-worker strategy the workers other
-than the chief write to `output_dir/worker_<id>/`.
+started again with the same flags: at the same step, on the same batches, so it ends
+after as many optimizer steps as an uninterrupted run. The backup is deleted once
+`model.keras` and `metrics.json` are written (a run killed before that resumes with
+nothing left to train), and kept when training stops on a NaN or Inf loss. One run at a
+time holds `--output_dir`: a second one started on it exits at once, naming the holder's
+PID and host. Under a multi-worker strategy the workers other than the chief write to
+`output_dir/worker_<id>/`.
 
 On 2 CPU cores with the defaults: image-text zero-shot top-1 ≈ 0.98, recall@1 ≈ 0.98
 (image→text) and 1.0 (text→image), about 45 s of training; image-audio recall@1
@@ -38,6 +42,7 @@ audio→image ≈ 0.95.
 import csv
 import json
 import os
+import sys
 import time
 
 from absl import app, flags
@@ -55,6 +60,8 @@ from matplotlib import pyplot as plt  # noqa: E402
 from mm_keras.callbacks import (  # noqa: E402
     BackupAndRestore,
     BestModelCheckpoint,
+    RunLock,
+    RunLockedError,
     save_model_atomically,
 )
 from mm_keras.data import datasets, make_batches  # noqa: E402
@@ -169,6 +176,11 @@ def read_training_log(path):
     """The CSV log's columns; of an epoch logged twice (redone after a kill), the last row."""
     with open(path) as f:
         rows = {int(row["epoch"]): row for row in csv.DictReader(f)}
+    if not rows:
+        raise ValueError(
+            f"Expected a row per trained epoch in the training log {path}. "
+            "Received: no rows"
+        )
     epochs = sorted(rows)
     return {key: np.array([float(rows[e][key]) for e in epochs]) for key in rows[epochs[0]]}
 
@@ -220,20 +232,12 @@ def distributed_batches(strategy, split, modalities, tokenizer, training):
     return dataset, steps
 
 
-def backed_up_epoch(backup_dir):
-    """The epoch a backup in `backup_dir` resumes from (0 when there is none)."""
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        return int(json.load(f)["epoch"])
-
-
 def run(build=build_model, report=None):
     """Trains, evaluates and writes the run; returns its metrics.
 
     `build(modalities, vocabulary_size)` makes the model, and `report(model, test_inputs)`
-    may add metrics: recipes built on this one pass their own.
+    may add metrics: recipes built on this one pass their own. Raises `RunLockedError`
+    when another live run holds the output directory.
     """
     tf.get_logger().setLevel("ERROR")  # evaluation retraces `predict` per input structure
     devices = split_cpu(FLAGS.cpu_replicas) if FLAGS.cpu_replicas else None
@@ -241,8 +245,12 @@ def run(build=build_model, report=None):
     keras.utils.set_random_seed(FLAGS.seed)
     keras.config.set_dtype_policy(FLAGS.dtype_policy)
     output_dir = worker_path(strategy, FLAGS.output_dir)
-    os.makedirs(output_dir, exist_ok=True)
+    with RunLock(output_dir):
+        return train_and_report(strategy, output_dir, build, report)
 
+
+def train_and_report(strategy, output_dir, build, report):
+    """`run`'s work, done while it holds `output_dir`."""
     modalities = tuple(FLAGS.modalities)
     if (
         len(modalities) != 2
@@ -276,21 +284,28 @@ def run(build=build_model, report=None):
         )
         trainer.compile(optimizer=adamw(schedule, weight_decay=FLAGS.weight_decay))
 
-    backup_dir = os.path.join(output_dir, "backup")
-    resumed_from_epoch = backed_up_epoch(backup_dir)
+    # Kept when `fit` ends and deleted once the results are written, so that a kill at
+    # any moment leaves a backup or the finished run. The training stream repeats, so a
+    # resumed run skips to the backup's step in it.
+    backup = BackupAndRestore(
+        os.path.join(output_dir, "backup"),
+        save_freq=FLAGS.backup_every_steps or "epoch",
+        delete_checkpoint=False,
+        repeating_input=True,
+    )
     log_path = os.path.join(output_dir, "training_log.csv")
-    if resumed_from_epoch == 0 and os.path.exists(log_path):
+    if backup.backed_up_position() is None and os.path.exists(log_path):
         os.remove(log_path)  # a fresh run, not a resumed one
     callbacks = [
         # The log before the backup: a kill between the two redoes an epoch, which the
         # log then holds twice (the plot keeps the last), rather than missing one.
         keras.callbacks.CSVLogger(log_path, append=True),
         BestModelCheckpoint(os.path.join(output_dir, "best_model.keras"), model=model),
-        BackupAndRestore(backup_dir, save_freq=FLAGS.backup_every_steps or "epoch"),
+        backup,
         keras.callbacks.TerminateOnNaN(raise_error=True),
     ]
     start = time.perf_counter()
-    history = trainer.fit(
+    trainer.fit(
         train,
         validation_data=validation,
         epochs=FLAGS.epochs,
@@ -300,7 +315,10 @@ def run(build=build_model, report=None):
         verbose=1,
     )
     train_seconds = time.perf_counter() - start
-    trained_epochs = len(history.history["loss"])
+    restored = backup.restored or {"epoch": 0, "batch": 0}
+    resumed_from_epoch = restored["epoch"]
+    resumed_from_step = restored["epoch"] * steps_per_epoch + restored["batch"]
+    trained_steps = int(trainer.optimizer.iterations.numpy()) - resumed_from_step
 
     # Evaluate the saved file, loaded outside the strategy: what a user gets, and no
     # cross-worker collectives in `predict`.
@@ -329,11 +347,10 @@ def run(build=build_model, report=None):
         {
             "num_params": float(model.count_params()),
             "train_seconds": train_seconds,
-            "train_examples_per_second": (
-                trained_epochs * steps_per_epoch * FLAGS.batch_size / train_seconds
-            ),
+            "train_examples_per_second": trained_steps * FLAGS.batch_size / train_seconds,
             "epochs": float(FLAGS.epochs),
             "resumed_from_epoch": float(resumed_from_epoch),
+            "resumed_from_step": float(resumed_from_step),
             "optimizer_iterations": float(trainer.optimizer.iterations.numpy()),
             "replicas": float(strategy.num_replicas_in_sync),
             "final_train_loss": float(log["loss"][-1]),
@@ -346,10 +363,11 @@ def run(build=build_model, report=None):
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
     plot_history(log, os.path.join(output_dir, "training_curves.png"))
+    backup.delete_backup()
 
     print(f"\nTest split ({len(test['label'])} examples), written to {output_dir}/:")
-    if resumed_from_epoch:
-        print(f"  resumed from the backup of epoch {resumed_from_epoch}")
+    if backup.restored:
+        print(f"  resumed from the backup of epoch {resumed_from_epoch}, step {resumed_from_step}")
     if "zero_shot_top1" in metrics:
         other = next(m for m in modalities if m != "text")
         print(f"  zero-shot top-1 ({other}→text prompts): {metrics['zero_shot_top1']:.4f}")
@@ -365,7 +383,10 @@ def run(build=build_model, report=None):
 
 def main(argv):
     del argv
-    run()
+    try:
+        run()
+    except RunLockedError as error:
+        sys.exit(f"{sys.argv[0]}: {error}")
 
 
 if __name__ == "__main__":

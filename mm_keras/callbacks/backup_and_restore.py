@@ -1,4 +1,4 @@
-"""Backups a killed run resumes from, written so that a kill at any moment leaves one readable."""
+"""Backups a killed run resumes from exactly where it stopped, each one written by a rename."""
 
 import json
 import os
@@ -8,22 +8,42 @@ import zipfile
 
 import keras
 import numpy as np
+import tensorflow as tf
+
+# What a backup holds besides its position, by group: the state `fit` changes.
+GROUPS = ("weights", "optimizer", "seeds", "metrics")
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
-    """`keras.callbacks.BackupAndRestore` that also restores the optimizer, atomically.
+    """`keras.callbacks.BackupAndRestore` that resumes a run exactly, from one atomic file.
 
-    Keras backs up the model's weights and the epoch counter but not the optimizer, so
-    a resumed run restarts Adam's moments and the learning-rate schedule's step count;
-    and it writes its files in place, so a process killed while writing leaves a
-    truncated file. Here the backup holds the weights (`latest.weights.h5`), the
-    optimizer's variables (`optimizer.npz`) and the epoch counter
-    (`training_metadata.json`); each is written beside the backup and renamed over it,
-    and the previous backup (`double_checkpoint`, on by default) is copied by rename too,
-    so every file in `backup_dir` is always complete. A kill between the renames leaves
-    new weights with the previous epoch counter: the resumed run repeats one epoch
-    rather than losing one. If the latest backup cannot be read, the previous one is
-    used, with a warning.
+    Keras backs up the weights and the epoch counter, and a resumed run restarts the
+    epoch: from a mid-epoch backup it retrains the epoch's first batches while a restored
+    optimizer keeps counting, so the run overshoots its schedule. Here a backup is one
+    file, `backup_dir/backup.npz`, written beside and renamed over the last, holding
+    everything `fit` changes: the weights, the optimizer's variables (moments, step
+    count), the state of every `keras.random.SeedGenerator` in the model (dropout), the
+    metrics' running sums, and the position (epoch, batches done in it, steps per epoch).
+    A process killed at any moment leaves a complete backup.
+
+    On resume the position is restored too: `fit` starts at the backed-up epoch, the
+    batches of that epoch trained before the backup are skipped (they consume their input
+    but are not trained on, and report the restored metrics), and with
+    `repeating_input=True` the batches of the earlier epochs are read and discarded first.
+    The resumed run then performs the optimizer steps the uninterrupted run would, on the
+    same batches: with op determinism on (`keras.utils.set_random_seed` and
+    `tf.config.experimental.enable_op_determinism()`) its weights end equal. That needs
+    an input that yields the same batches in a new process: a seeded
+    `shuffle(..., seed=s)` does, as the recipes' `make_batches(..., seed=s)` and a
+    `.repeat()`; an unseeded one, or random ops seeded by neither a seed nor a layer's
+    `SeedGenerator`, make the resume approximate (still the right step count). Skipping
+    reads the skipped input, about as fast as the input pipeline runs.
+
+    `double_checkpoint` (on by default) keeps the previous backup as `backup.npz.bkp`,
+    for when the latest cannot be read. With `delete_checkpoint=False` the backup is kept
+    when `fit` ends, marked complete, so that a run killed after `fit` but before it has
+    saved its model resumes with nothing left to train; delete it with `delete_backup()`
+    once the model is saved.
 
     Stopping on a NaN or Inf loss must not delete the backup: use
     `keras.callbacks.TerminateOnNaN(raise_error=True)`, which raises before `fit` ends
@@ -34,20 +54,30 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             `mm_keras.distribute.worker_path`).
         save_freq: `"epoch"` or an int, back up every epoch or every `save_freq` batches.
         double_checkpoint: bool, keep the previous backup too, for a resumed run to fall
-            back to if the latest weights cannot be read.
+            back to if the latest cannot be read.
         delete_checkpoint: bool, delete the backup when training ends normally.
+        repeating_input: bool, whether `fit` reads its input as one stream over all
+            epochs (a dataset that repeats, with `steps_per_epoch`, as
+            `mm_keras.distribute.distribute_batches` builds). When False, each epoch
+            iterates the input anew, and only the resumed epoch's batches are skipped.
 
     Example:
+    >>> backup = BackupAndRestore("runs/clip/backup", save_freq=100, repeating_input=True)
     >>> trainer.fit(
-    ...     train,
+    ...     train.repeat(),
     ...     epochs=30,
-    ...     callbacks=[BackupAndRestore("runs/clip/backup"),
-    ...                keras.callbacks.TerminateOnNaN(raise_error=True)],
+    ...     steps_per_epoch=steps,
+    ...     callbacks=[backup, keras.callbacks.TerminateOnNaN(raise_error=True)],
     ... )
     """
 
     def __init__(
-        self, backup_dir, save_freq="epoch", double_checkpoint=True, delete_checkpoint=True
+        self,
+        backup_dir,
+        save_freq="epoch",
+        double_checkpoint=True,
+        delete_checkpoint=True,
+        repeating_input=False,
     ):
         super().__init__(
             backup_dir,
@@ -55,79 +85,240 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             double_checkpoint=double_checkpoint,
             delete_checkpoint=delete_checkpoint,
         )
+        self.repeating_input = repeating_input
+        self._latest_path = os.path.join(backup_dir, "backup.npz")
+        self._previous_path = f"{self._latest_path}.bkp"
+        self.restored = None
+        self._epoch_batches = 0
+        self._skipped_batches = 0
+        self._metrics_to_restore = None
 
-    @property
-    def _files(self):
-        """(latest, previous) paths of the backup's files, in the order they are replaced."""
-        latest = (self._weights_path, self._optimizer_path, self._training_metadata_path)
-        return [(path, f"{path}.bkp") for path in latest]
+    def backed_up_position(self):
+        """The position the backup resumes from, or None when there is no readable backup.
 
-    @property
-    def _optimizer_path(self):
-        return os.path.join(self.backup_dir, "optimizer.npz")
+        A dict: `epoch`, `batch` (the batches of `epoch` already trained),
+        `steps_per_epoch`, and `completed` (whether `fit` had ended).
+        """
+        for path in (self._latest_path, self._previous_path):
+            try:
+                with np.load(path) as backup:
+                    return json.loads(str(backup["position"]))
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                continue
+        return None
+
+    def delete_backup(self):
+        """Deletes the backup, the latest file last: a kill midway leaves it usable."""
+        for path in (self._previous_path, self._latest_path):
+            if os.path.exists(path):
+                os.remove(path)
+        if os.path.isdir(self.backup_dir):
+            shutil.rmtree(self.backup_dir)
 
     def on_train_begin(self, logs=None):
+        if not self.model.built:
+            raise ValueError(
+                "BackupAndRestore restores into the model's variables, so expected a built "
+                f"model; build it before `fit`. Received: an unbuilt {self.model.name!r}"
+            )
+        _unwrap_train_function(self.model)
+        self.model._initial_epoch = None
+        self.restored, self._metrics_to_restore = None, None
         if os.path.isdir(self.backup_dir):
             for name in os.listdir(self.backup_dir):
                 if name.startswith(".staging"):
                     os.remove(os.path.join(self.backup_dir, name))
-        try:
-            self._load_model()
-        except (OSError, ValueError, zipfile.BadZipFile) as error:
-            if not os.path.exists(self._prev_weights_path):
-                raise
-            warnings.warn(
-                f"The latest backup in {self.backup_dir} cannot be read ({error}); "
-                "resuming from the previous one.",
-                stacklevel=2,
-            )
-            for latest, previous in self._files:
-                if os.path.exists(previous):
-                    _copy_atomically(previous, latest)
-                elif os.path.exists(latest):
-                    os.remove(latest)
-            self._load_model()
-
-    def _load_model(self):
-        super()._load_model()
-        optimizer = self.model.optimizer
-        if optimizer is not None and os.path.exists(self._optimizer_path):
-            with np.load(self._optimizer_path) as saved:
-                variables = dict(saved)
-            # Keras skips a mismatched optimizer with only a warning; resuming with fresh
-            # moments and a restarted schedule would be a different run.
-            if len(variables) != len(optimizer.variables):
-                raise ValueError(
-                    f"The backup's optimizer has {len(variables)} variables; expected the "
-                    f"{len(optimizer.variables)} of {optimizer.name!r}. Received: "
-                    f"{self._optimizer_path}"
+        paths = [p for p in (self._latest_path, self._previous_path) if os.path.exists(p)]
+        for i, path in enumerate(paths):
+            try:
+                backup = _read(path)
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+                if i + 1 == len(paths):
+                    raise ValueError(f"No backup in {self.backup_dir} can be read.") from error
+                warnings.warn(
+                    f"The latest backup in {self.backup_dir} cannot be read ({error}); "
+                    "resuming from the previous one.",
+                    stacklevel=2,
                 )
-            optimizer.load_own_variables(variables)
+                continue
+            self._restore(backup)
+            return
 
-    def _save_model(self):
+    def _restore(self, backup):
+        position = backup["position"]
+        epoch, batch = position["epoch"], position["batch"]
+        steps, saved_steps = self.params.get("steps"), position["steps_per_epoch"]
+        discard = batch + (epoch * saved_steps if self.repeating_input else 0)
+        if discard and steps != saved_steps:
+            raise ValueError(
+                f"The backup in {self.backup_dir} was taken at {saved_steps} steps per "
+                "epoch; resuming its input position needs the same. "
+                f"Received: steps_per_epoch={steps}"
+            )
+        calls, left = divmod(batch, self.model.steps_per_execution)
+        if left:
+            raise ValueError(
+                f"The backup in {self.backup_dir} is {batch} batches into its epoch, not a "
+                "multiple of the model's steps_per_execution. "
+                f"Received: steps_per_execution={self.model.steps_per_execution}"
+            )
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        variables = self._variables()
+        for group in ("weights", "optimizer", "seeds"):
+            _check(group, backup[group], variables[group], self.backup_dir)
+        for group in ("weights", "optimizer", "seeds"):
+            for variable, value in zip(variables[group], backup[group]):
+                variable.assign(value)
+        self.restored = position
+        self.model._initial_epoch = epoch
+        if position["completed"]:
+            self.model._initial_epoch = max(epoch, self.params.get("epochs", epoch))
+        elif batch:
+            self._metrics_to_restore = backup["metrics"]
+        if discard:
+            _replay(self.model, discard, calls)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch, self._epoch_batches = epoch, 0
+        if self._metrics_to_restore is not None:
+            # `fit` has just reset the metrics: give them the sums of the batches skipped.
+            variables = self.model.metrics_variables
+            if len(variables) == len(self._metrics_to_restore):
+                for variable, value in zip(variables, self._metrics_to_restore):
+                    variable.assign(value)
+            else:  # `compile` metrics are built by the first step, after this
+                warnings.warn(
+                    f"The model's {len(variables)} metric variables do not match the "
+                    f"backup's {len(self._metrics_to_restore)}: the resumed epoch's metrics "
+                    "cover only the batches trained after the resume.",
+                    stacklevel=2,
+                )
+            self._metrics_to_restore = None
+            self._epoch_batches = self._skipped_batches = self.restored["batch"]
+            self._last_batch_seen = self._epoch_batches - 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch < self._skipped_batches:
+            return
+        self._epoch_batches = batch + 1
+        super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._epoch_batches = self._skipped_batches = 0
+        super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        _unwrap_train_function(self.model)
+        self.model._initial_epoch = None
+        if self.delete_checkpoint:
+            self.delete_backup()
+        else:
+            self._save_model(completed=True)
+
+    def _variables(self):
+        model = self.model
+        weights = model.weights
+        ids = {id(v) for v in weights}
+        return {
+            "weights": weights,
+            "optimizer": model.optimizer.variables if model.optimizer is not None else [],
+            # Beyond the weights, a model's variables are its seed generators' states.
+            "seeds": [v for v in model.variables if id(v) not in ids],
+            "metrics": model.metrics_variables,
+        }
+
+    def _save_model(self, completed=False):
         os.makedirs(self.backup_dir, exist_ok=True)
-        staged = [
-            os.path.join(self.backup_dir, f".staging.{name}")
-            for name in ("latest.weights.h5", "optimizer.npz", "training_metadata.json")
-        ]
-        self.model.save_weights(staged[0], overwrite=True)
-        # Keras's weights files leave the optimizer out; without its moments and step
-        # count, a resumed run would restart the learning-rate schedule.
-        variables = {}
-        if self.model.optimizer is not None:
-            self.model.optimizer.save_own_variables(variables)
-        with open(staged[1], "wb") as f:
-            np.savez(f, **variables)
-        with open(staged[2], "w") as f:
-            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
-        for latest, previous in self._files:
-            if self.double_checkpoint and os.path.exists(latest):
-                _copy_atomically(latest, previous)
-        for (latest, _), new in zip(self._files, staged):
-            os.replace(new, latest)
+        position = {
+            "epoch": self._current_epoch,
+            "batch": self._epoch_batches,
+            "steps_per_epoch": self.params.get("steps"),
+            "completed": completed,
+        }
+        arrays = {"position": np.array(json.dumps(position))}
+        for group, variables in self._variables().items():
+            for i, variable in enumerate(variables):
+                arrays[f"{group}.{i}"] = keras.ops.convert_to_numpy(variable)
+        staged = os.path.join(self.backup_dir, ".staging.backup.npz")
+        with open(staged, "wb") as f:
+            np.savez(f, **arrays)
+        if self.double_checkpoint and os.path.exists(self._latest_path):
+            _link_or_copy(self._latest_path, self._previous_path)
+        os.replace(staged, self._latest_path)
 
 
-def _copy_atomically(source, destination):
-    staged = os.path.join(os.path.dirname(destination), ".staging.copy")
-    shutil.copyfile(source, staged)
+def _read(path):
+    """A backup file as {"position": dict, group: [arrays in order]}."""
+    with np.load(path) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    backup = {"position": json.loads(str(arrays.pop("position")))}
+    for group in GROUPS:
+        count = sum(name.startswith(f"{group}.") for name in arrays)
+        backup[group] = [arrays[f"{group}.{i}"] for i in range(count)]
+    return backup
+
+
+def _check(group, values, variables, backup_dir):
+    if len(values) != len(variables):
+        raise ValueError(
+            f"The backup in {backup_dir} holds {len(values)} {group} variables; expected "
+            f"the model's {len(variables)}. Received: {len(values)} {group} variables"
+        )
+    for value, variable in zip(values, variables):
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"The backup in {backup_dir} does not fit the model: {group} variable "
+                f"{variable.path!r} has shape {tuple(variable.shape)}. "
+                f"Received: shape {tuple(value.shape)}"
+            )
+
+
+def _replay(model, discard, skipped_calls):
+    """Makes `fit`'s next calls skip the input and the training done before the backup.
+
+    The first call reads and drops `discard` batches; it and the next `skipped_calls - 1`
+    calls train nothing and return the restored metrics.
+    """
+    train_function = model.train_function
+
+    def replay(iterator):
+        nonlocal discard, skipped_calls
+        for done in range(discard):
+            try:
+                next(iterator)
+            except (StopIteration, tf.errors.OutOfRangeError):
+                raise ValueError(
+                    f"The input ran out after {done} of the {discard} batches to skip to "
+                    "the backup's position. Expected an input that repeats as it did "
+                    "before the backup (with repeating_input=True, a `.repeat()`ed dataset "
+                    "and `steps_per_epoch`)."
+                ) from None
+        discard = 0
+        if skipped_calls:
+            skipped_calls -= 1
+            # `compile` metrics are built by the first step trained: none to report yet.
+            built = all(getattr(metric, "built", True) for metric in model.metrics)
+            return model.get_metrics_result() if built else {}
+        model.train_function = train_function
+        return train_function(iterator)
+
+    replay.replaced = train_function
+    model.train_function = replay
+
+
+def _unwrap_train_function(model):
+    replaced = getattr(model.train_function, "replaced", None)
+    if replaced is not None:
+        model.train_function = replaced
+
+
+def _link_or_copy(source, destination):
+    """Makes `destination` a copy of `source` by one rename: a hard link where it can."""
+    staged = os.path.join(os.path.dirname(destination), ".staging.previous")
+    try:
+        os.link(source, staged)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, staged)
     os.replace(staged, destination)

@@ -1,19 +1,51 @@
-"""A recipe run killed with SIGKILL mid-epoch resumes from its last backup."""
+"""A recipe run killed with SIGKILL at any moment resumes exactly; one run per output directory."""
 
 import csv
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 
-import h5py
+import keras
 import numpy as np
+import pytest
 
+from mm_keras.callbacks import BackupAndRestore
 from tests.scripts import ROOT, run_script
 
-FLAGS = ("--strategy=mirrored", "--cpu_replicas=2", "--epochs=6", "--batch_size=32")
+# Two replicas, so the resumed input goes through a distributed iterator; a small model.
+FLAGS = (
+    "--strategy=mirrored",
+    "--cpu_replicas=2",
+    "--epochs=2",
+    "--batch_size=64",
+    "--hidden_dim=32",
+    "--num_layers=1",
+    "--backup_every_steps=3",
+)
+STEPS_PER_EPOCH = 1258 // 64  # the train split's full batches
+STEPS = 2 * STEPS_PER_EPOCH
+
+# The recipe, killed by SIGKILL as soon as `fit` has returned, before `model.keras` exists.
+KILLED_BEFORE_SAVE = """
+import os, signal, sys
+sys.path.insert(0, "recipes")
+import clip
+from absl import app
+
+def kill(*args):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+clip.save_model_atomically = kill
+app.run(clip.main)
+"""
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=ROOT)
 
 
 def _metrics(output_dir):
@@ -26,71 +58,147 @@ def _logged_epochs(output_dir):
         return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
-def _backup_is_readable(backup_dir):
-    """Every file but a staging one opens; returns the epoch the backup resumes from."""
-    for name in os.listdir(backup_dir):
-        path = os.path.join(backup_dir, name)
-        if name.startswith(".staging"):
-            continue
-        if ".weights.h5" in name:
-            with h5py.File(path, "r") as f:
-                assert len(f.keys()), name
-        elif ".npz" in name:
-            with np.load(path) as f:
-                assert all(np.isfinite(f[k]).all() for k in f.files), name
-        else:
-            with open(path) as f:
-                json.load(f)
-    with open(os.path.join(backup_dir, "training_metadata.json")) as f:
-        return json.load(f)["epoch"]
+def _weights(output_dir):
+    model = keras.saving.load_model(os.path.join(output_dir, "model.keras"), safe_mode=True)
+    return model.get_weights()
 
 
-def _start_and_kill_during_epoch(output_dir, epoch):
-    """Starts the recipe and kills it with SIGKILL just after epoch `epoch` began."""
-    metadata = os.path.join(output_dir, "backup", "training_metadata.json")
+def _max_abs_diff(a, b):
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    output_dir = str(tmp_path_factory.mktemp("uninterrupted"))
+    run_script("recipes/clip.py", *FLAGS, f"--output_dir={output_dir}")
+    return output_dir
+
+
+def _start_and_kill_at_step(output_dir, step):
+    """Starts the recipe and SIGKILLs it once its backup has reached `step` steps."""
+    backup = BackupAndRestore(os.path.join(output_dir, "backup"))
     process = subprocess.Popen(
         [sys.executable, "recipes/clip.py", *FLAGS, f"--output_dir={output_dir}"],
         cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT),
+        env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with open(metadata) as f:
-                    if json.load(f)["epoch"] == epoch:
-                        break
-            except (OSError, ValueError):  # not written yet
-                pass
-            time.sleep(0.01)
-        time.sleep(0.5)  # into the epoch, which takes seconds
+            position = backup.backed_up_position()
+            if position and position["epoch"] * STEPS_PER_EPOCH + position["batch"] >= step:
+                break
+            time.sleep(0.005)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert process.returncode == -signal.SIGKILL  # killed, not finished
+    return backup.backed_up_position()
 
 
-def test_killed_run_resumes_from_its_last_backup(tmp_path):
+def test_run_killed_at_a_random_step_resumes_to_the_uninterrupted_result(
+    tmp_path, uninterrupted
+):
+    step = random.Random().randrange(3, STEPS - 3, 3)  # a step the backup is taken at
     killed = str(tmp_path / "killed")
-    _start_and_kill_during_epoch(killed, epoch=3)
-    assert _backup_is_readable(os.path.join(killed, "backup")) == 3
-    assert _logged_epochs(killed) == [0, 1, 2]  # died inside epoch 3, before logging it
+    position = _start_and_kill_at_step(killed, step)
+    assert position is not None and not position["completed"], position
+    with open(os.path.join(killed, ".run.lock")) as f:
+        assert json.load(f)["pid"]  # the killed run's hold, left behind: it must not block
 
     result = run_script("recipes/clip.py", *FLAGS, f"--output_dir={killed}")
-    assert "resumed from the backup of epoch 3" in result.stdout
-    resumed = _metrics(killed)
-    assert resumed["resumed_from_epoch"] == 3
-    assert _logged_epochs(killed) == [0, 1, 2, 3, 4, 5]  # the epoch counter went on
-    # The optimizer's step count was restored with it (6 epochs of 1258 // 32 steps).
-    assert resumed["optimizer_iterations"] == 6 * 39
-    assert not os.path.exists(os.path.join(killed, "backup"))  # a completed run's is deleted
+    done = position["epoch"] * STEPS_PER_EPOCH + position["batch"]
+    assert f"resumed from the backup of epoch {position['epoch']}, step {done}" in result.stdout
+    resumed, reference = _metrics(killed), _metrics(uninterrupted)
+    assert resumed["resumed_from_step"] == done, f"killed at step {step}"
+    assert resumed["optimizer_iterations"] == reference["optimizer_iterations"] == STEPS
+    assert _logged_epochs(killed) in ([0, 1], [0, 0, 1])  # epoch 0 again if killed after it
+    # The same batches in the same order from the same state: the same model.
+    diff = _max_abs_diff(_weights(killed), _weights(uninterrupted))
+    assert diff < 1e-6, f"killed at step {step} of {STEPS}: weights differ by {diff}"
+    assert resumed["final_validation_loss"] == pytest.approx(
+        reference["final_validation_loss"], abs=1e-5
+    )
+    assert not os.path.exists(os.path.join(killed, "backup"))  # a finished run's is deleted
 
-    uninterrupted = str(tmp_path / "uninterrupted")
-    run_script("recipes/clip.py", *FLAGS, f"--output_dir={uninterrupted}")
-    reference = _metrics(uninterrupted)
-    # The resumed run reshuffles from its restart, so it matches closely, not exactly.
-    assert abs(resumed["final_validation_loss"] - reference["final_validation_loss"]) < 0.15
-    assert abs(resumed["zero_shot_top1"] - reference["zero_shot_top1"]) < 0.1
-    assert np.isfinite(resumed["final_train_loss"])
+
+def test_run_killed_after_training_before_saving_finishes_without_training(tmp_path):
+    output_dir = str(tmp_path / "run")
+    flags = (*FLAGS[:2], "--epochs=1", *FLAGS[3:])
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_BEFORE_SAVE, *flags, f"--output_dir={output_dir}"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not os.path.exists(os.path.join(output_dir, "model.keras"))
+    position = BackupAndRestore(os.path.join(output_dir, "backup")).backed_up_position()
+    assert position == {"epoch": 1, "batch": 0, "steps_per_epoch": STEPS_PER_EPOCH, "completed": True}
+
+    run_script("recipes/clip.py", *flags, f"--output_dir={output_dir}")
+    metrics = _metrics(output_dir)
+    assert metrics["resumed_from_step"] == metrics["optimizer_iterations"] == STEPS_PER_EPOCH
+    assert metrics["train_examples_per_second"] == 0.0  # nothing left to train
+    assert _logged_epochs(output_dir) == [0]
+    assert not os.path.exists(os.path.join(output_dir, "backup"))
+
+
+def test_second_run_on_a_live_runs_directory_exits_naming_the_holder(tmp_path):
+    output_dir = str(tmp_path / "run")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from mm_keras.callbacks import RunLock; "
+            "lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(300)",
+            output_dir,
+        ],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        second = subprocess.run(
+            [sys.executable, "recipes/clip.py", *FLAGS, f"--output_dir={output_dir}"],
+            cwd=ROOT,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.returncode == 1
+    assert f"PID {holder.pid} on host {os.uname().nodename}" in second.stderr
+    assert "Traceback" not in second.stderr and "Epoch 1/" not in second.stdout
+    assert not os.path.exists(os.path.join(output_dir, "backup"))  # it trained nothing
+
+
+def test_an_empty_training_log_is_a_clear_error(tmp_path):
+    log = tmp_path / "training_log.csv"
+    log.write_text("epoch,loss\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, 'recipes'); import clip; "
+            "clip.read_training_log(sys.argv[1])",
+            str(log),
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "ValueError: Expected a row per trained epoch" in result.stderr
+    assert "IndexError" not in result.stderr
