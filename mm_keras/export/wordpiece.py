@@ -16,6 +16,10 @@ code points), then greedy longest-match-first subwords with a `##` prefix after 
 `[UNK]` for a word that cannot be matched or is over 100 bytes, and truncation or padding
 with id 0 to `sequence_length`. A test checks the ids against the TensorFlow tokenizer on
 ASCII, full-width, compatibility and other Unicode text.
+
+A string without a token (empty, whitespace only) is refused with `ValueError`, as the
+SavedModel's `embed_text` refuses it: its ids would be padding only, which the text tower
+embeds to the zero vector, a result that matches nothing.
 """
 
 import unicodedata
@@ -115,8 +119,17 @@ class WordPieceTokenizer:
         return ids
 
     def encode(self, text):
-        """One string to `sequence_length` ids, padded with 0."""
+        """One string to `sequence_length` ids, padded with 0.
+
+        Raises:
+            ValueError: if `text` holds no token.
+        """
         ids = [i for word in split_words(text) for i in self._word_ids(word)]
+        if not ids:
+            raise ValueError(
+                "Expected text with at least one token: padding only embeds to the zero "
+                f"vector. Received: text={text!r}"
+            )
         ids = ids[: self.sequence_length]
         return ids + [0] * (self.sequence_length - len(ids))
 

@@ -74,3 +74,13 @@ def test_empty_string_fails_in_graph(vocabulary):
             tokenize(tf.constant(batch))
     only_long = tokenize(tf.constant(["x" * 150])).numpy()
     np.testing.assert_array_equal(only_long[0, :2], [1, 0])  # [UNK], then padding
+
+
+def test_pure_python_tokenizer_refuses_text_without_a_token(vocabulary):
+    tokenize = WordPieceTokenizer(vocabulary, 12)
+    for text in ("", "   ", "\u200b\u00ad"):  # empty, whitespace, default-ignorable only
+        with pytest.raises(ValueError, match=f"at least one token.*Received: text={text!r}"):
+            tokenize.encode(text)
+    with pytest.raises(ValueError, match="at least one token"):
+        tokenize(["a seven", ""])
+    assert tokenize.encode("x" * 150)[:2] == [1, 0]  # one [UNK] is a token

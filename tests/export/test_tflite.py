@@ -27,14 +27,26 @@ def tower_inputs(tokenizer, examples):
     }
 
 
+@pytest.fixture(scope="module")
+def converted(tiny_model, tower_inputs):
+    """(modality, mode) → the `.tflite` bytes of that tower, converted once per module."""
+    return {
+        (modality, mode): convert_tower(
+            tiny_model, modality, mode, representative_inputs=tower_inputs[modality]
+        )
+        for modality in ("image", "text")
+        for mode in MODES
+    }
+
+
 @pytest.mark.parametrize("modality", ["image", "text"])
-def test_every_mode_is_builtin_only_and_close_to_keras(tiny_model, tower_inputs, modality):
+def test_every_mode_is_builtin_only_and_close_to_keras(
+    tiny_model, tower_inputs, converted, modality
+):
     expected = np.asarray(tiny_model({modality: tower_inputs[modality]})[modality])
     tolerance = {"float32": 1e-4, "float16": 5e-3, "dynamic": 5e-2, "int8": 5e-2}
     for mode in MODES:
-        tflite_model = convert_tower(
-            tiny_model, modality, mode, representative_inputs=tower_inputs[modality]
-        )
+        tflite_model = converted[modality, mode]
         ops = tflite_ops(tflite_model)
         assert not [op for op in ops if op.startswith("Flex")], (mode, ops)
         actual = _run(tflite_model, tower_inputs[modality])
@@ -42,6 +54,15 @@ def test_every_mode_is_builtin_only_and_close_to_keras(tiny_model, tower_inputs,
         if mode == "int8":
             assert "FULLY_CONNECTED" in int8_ops(tflite_model)
             assert "BATCH_MATMUL" not in int8_ops(tflite_model)
+
+
+def test_text_of_padding_only_embeds_to_the_zero_vector_never_nan(converted):
+    # What an app gets for ids the shipped tokenizer refuses to make (an empty string):
+    # every text file defines it as the zero vector, as the Keras model does.
+    for mode in MODES:
+        embedding = _run(converted["text", mode], [np.zeros(12, np.int32)])
+        assert np.all(np.isfinite(embedding)), mode
+        np.testing.assert_array_equal(embedding, np.zeros_like(embedding), err_msg=mode)
 
 
 def test_int8_needs_calibration_examples(tiny_model):
