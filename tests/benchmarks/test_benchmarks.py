@@ -22,15 +22,26 @@ def test_export_benchmark_writes_latency_ratios(tmp_path):
     assert "FULLY_CONNECTED" in results["demo"]["text"]["int8"]["int8_ops"]
 
 
-def test_serving_benchmark_has_no_errors(tmp_path):
+def test_serving_benchmark_has_no_errors_and_survives_the_mixed_load(tmp_path):
     result = run_script(
-        "benchmarks/serving.py", "--requests=60", "--concurrency=4", f"--output_dir={tmp_path}"
+        "benchmarks/serving.py",
+        "--requests=40",
+        "--concurrency=4",
+        "--mixed_requests=30",
+        "--body_timeout=0.3",
+        f"--output_dir={tmp_path}",
     )
     assert result.stdout.strip().splitlines()[-1].startswith("ratio_vs_direct_signature")
     with open(tmp_path / "serving.json") as f:
         results = json.load(f)
     assert results["errors"] == 0 and results["throughput_rps"] > 0
     assert results["latency_ms_p99"] >= results["latency_ms_p50"] > 0
+    mixed = results["mixed_load"]
+    assert mixed["crashes"] == 0 and mixed["unexplained_5xx"] == [] and mixed["valid_errors"] == 0
+    statuses = mixed["statuses"]
+    assert statuses["stalled"] == {"408": 1} and statuses["oversized"] == {"413": 1}
+    assert statuses["content_length_superscript"] == {"400": 1}
+    assert mixed["embeddings_max_abs_diff_after"] == 0.0
 
 
 def test_input_pipeline_benchmark_writes_its_ratios(tmp_path):

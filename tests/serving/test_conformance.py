@@ -61,7 +61,8 @@ ROWS = [
      {"signature_name": "embed_text", "inputs": {"text": ["a"], "extra": [1]}}, {}, 200,
      "outputs", f"{JSON} FillTensorMapFromInputsMap: reads only the signature's inputs"),
     ("columnar_missing_input", "POST", PREDICT, {"inputs": {"text": ["a"]}}, {}, 400,
-     "Expected inputs ['image', 'text']", f"{JSON} FillTensorMapFromInputsMap: Missing named input"),
+     "Expected inputs ['image', 'text']",
+     f"{JSON} FillTensorMapFromInputsMap: Missing named input"),
     ("columnar_b64_scalar_wrong_rank", "POST", PREDICT,
      {"signature_name": "embed_image", "inputs": IMAGE}, {}, 400, "shape",
      f"{JSON} FillTensorMapFromInputsMap: a base64 object is a scalar"),
@@ -89,7 +90,8 @@ ROWS = [
      "shape", "InvalidArgumentError of the graph -> 400"),
     # Versions, labels, models.
     ("version", "POST", "/v1/models/clip/versions/1:predict",
-     {"signature_name": "embed_text", "inputs": ["a"]}, {}, 200, "outputs", f"{UTIL} ParseModelInfo"),
+     {"signature_name": "embed_text", "inputs": ["a"]}, {}, 200, "outputs",
+     f"{UTIL} ParseModelInfo"),
     ("version_unknown", "POST", "/v1/models/clip/versions/7:predict",
      {"signature_name": "embed_text", "inputs": ["a"]}, {}, 404,
      "Servable not found for request: Specific(clip, 7)", f"{CORE} GetServableHandle"),
@@ -136,7 +138,8 @@ ROWS = [
     # Classify and regress on a model whose signatures are all predict signatures.
     ("classify", "POST", "/v1/models/clip:classify", {"examples": [{"text": "a"}]}, {}, 400,
      "Expected classification signature method_name to be tensorflow/serving/classify. "
-     "Was: tensorflow/serving/predict", "servables/tensorflow/classifier.cc PreProcessClassification"),
+     "Was: tensorflow/serving/predict",
+     "servables/tensorflow/classifier.cc PreProcessClassification"),
     ("regress", "POST", "/v1/models/clip:regress", {"examples": [{"text": "a"}]}, {}, 400,
      "Expected regression signature method_name to be tensorflow/serving/regress",
      "servables/tensorflow/regressor.cc PreProcessRegression"),

@@ -135,7 +135,8 @@ def test_32_stalled_bodies_do_not_stop_a_get_or_a_predict(server, examples):
     start = time.monotonic()
     with urllib.request.urlopen(f"{server.url}/v1/models/clip", timeout=1) as response:
         assert response.status == 200
-    out = RestClient(server.url, "clip", timeout=1).predict({"text": examples["text"]}, "embed_text")
+    client = RestClient(server.url, "clip", timeout=1)
+    out = client.predict({"text": examples["text"]}, "embed_text")
     assert out["text_embedding"].shape[0] == len(examples["text"])
     assert time.monotonic() - start < 1.0
     for connection in stalled:
@@ -152,7 +153,8 @@ def test_slow_bodies_time_out_and_connections_are_capped(base_path):
     time.sleep(0.2)
     with pytest.raises(urllib.error.HTTPError) as refused:  # a third connection: refused
         urllib.request.urlopen(f"{server.url}/v1/models/clip", timeout=5)
-    assert refused.value.code == 503 and "Too many open connections" in refused.value.read().decode()
+    assert refused.value.code == 503
+    assert "Too many open connections" in refused.value.read().decode()
     for _ in range(3):
         trickling.send(b" ")
         time.sleep(0.1)
