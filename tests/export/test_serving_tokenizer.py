@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -79,7 +81,7 @@ def test_empty_string_fails_in_graph(vocabulary):
 def test_pure_python_tokenizer_refuses_text_without_a_token(vocabulary):
     tokenize = WordPieceTokenizer(vocabulary, 12)
     for text in ("", "   ", "\u200b\u00ad"):  # empty, whitespace, default-ignorable only
-        with pytest.raises(ValueError, match=f"at least one token.*Received: text={text!r}"):
+        with pytest.raises(ValueError, match=re.escape(f"Received: text={text!r}")):
             tokenize.encode(text)
     with pytest.raises(ValueError, match="at least one token"):
         tokenize(["a seven", ""])
