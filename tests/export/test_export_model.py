@@ -9,7 +9,10 @@ from tests.scripts import run_script
 def test_report_meets_the_size_error_and_accuracy_bars(tmp_path):
     run_script("recipes/clip.py", "--epochs=10", f"--output_dir={tmp_path}")
     run_script(
-        "export/export_model.py", f"--model={tmp_path / 'model.keras'}", "--latency_examples=5"
+        "export/export_model.py",
+        f"--model={tmp_path / 'model.keras'}",
+        "--latency_examples=5",
+        "--max_image_pixels=1000000",
     )
     with open(tmp_path / "export" / "report.json") as f:
         report = json.load(f)
@@ -26,6 +29,10 @@ def test_report_meets_the_size_error_and_accuracy_bars(tmp_path):
             assert entry["size_bytes"] > 0 and entry["ops"], name
     assert report["saved_model"]["max_abs_error"] < 1e-5
     assert report["saved_model"]["non_core_ops"] == []
+    assert report["saved_model"]["version"] == 1
+    assert report["saved_model"]["max_image_pixels"] == 1_000_000
+    for mode in ("float32", "dynamic", "float16", "int8"):
+        assert report[f"tflite_{mode}"]["saved_model_version"] == 1
     assert report["tflite_float32"]["max_abs_error"] < 1e-4
     float_size = report["tflite_float32"]["size_bytes"]
     dynamic, int8 = report["tflite_dynamic"], report["tflite_int8"]
