@@ -184,10 +184,10 @@ def build_archive(model, text_tokenizer, max_image_pixels=DEFAULT_MAX_IMAGE_PIXE
     bytes that are not PNG or JPEG (GIF and BMP included), or an image whose header says
     more than `max_image_pixels` pixels (refused before it is decoded); a PNG or JPEG
     within the limit is decoded to the model's channel count (grey or colour, whatever it
-    holds) and resized to its image size. No input is a
-    float, so none can carry NaN or Inf; an output that is not finite (a diverged model)
-    fails the request too. An empty batch (N = 0 or M = 0) is valid and gives empty
-    results: `[0, P]` embeddings and `[0, M]` or `[N, 0]` logits.
+    holds) and resized to its image size. No input is a float, so none can carry NaN or
+    Inf; an output that is not finite (a diverged model) fails the request too. An empty
+    batch (N = 0 or M = 0) is valid and gives empty results: `[0, P]` embeddings and
+    `[0, M]` or `[N, 0]` logits.
     """
     text, image = text_and_image_towers(model)
     image_layer = model.tokenizers[image]
