@@ -58,6 +58,13 @@ def _logged_epochs(output_dir):
         return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
+def _logged_losses(output_dir):
+    """Each epoch's training loss, from its last row in the log."""
+    with open(os.path.join(output_dir, "training_log.csv")) as f:
+        rows = {int(row["epoch"]): float(row["loss"]) for row in csv.DictReader(f)}
+    return [rows[epoch] for epoch in sorted(rows)]
+
+
 def _weights(output_dir):
     model = keras.saving.load_model(os.path.join(output_dir, "model.keras"), safe_mode=True)
     return model.get_weights()
@@ -115,6 +122,8 @@ def test_run_killed_at_a_random_step_resumes_to_the_uninterrupted_result(
     assert resumed["resumed_from_step"] == done, f"killed at step {step}"
     assert resumed["optimizer_iterations"] == reference["optimizer_iterations"] == STEPS
     assert _logged_epochs(killed) in ([0, 1], [0, 0, 1])  # epoch 0 again if killed after it
+    # The resumed epoch's loss averages the batches trained before the kill too.
+    np.testing.assert_allclose(_logged_losses(killed), _logged_losses(uninterrupted), atol=1e-5)
     # The same batches in the same order from the same state: the same model.
     diff = _max_abs_diff(_weights(killed), _weights(uninterrupted))
     assert diff < 1e-6, f"killed at step {step} of {STEPS}: weights differ by {diff}"
