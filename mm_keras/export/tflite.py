@@ -71,20 +71,6 @@ def int8_ops(tflite_model):
     return sorted(names - {"QUANTIZE", "DEQUANTIZE"})
 
 
-def tower_embedding(model, modality, inputs):
-    """`model.embed`, with token ids of padding only defined as the zero vector.
-
-    Such ids pool to zeros, which `keras.ops.normalize` scales by `min(rsqrt(0), 1/eps)`:
-    0 in TensorFlow, but NaN under XNNPACK, TFLite's default CPU delegate. The tower selects
-    the zero vector itself, so every runtime gives what the Keras model gives.
-    """
-    embedding = model.embed(modality, inputs)
-    if not isinstance(model.tokenizers[modality], TextEmbedding):
-        return embedding
-    has_tokens = tf.reduce_any(inputs != 0, axis=-1, keepdims=True)  # id 0 is [PAD]
-    return tf.where(has_tokens, embedding, tf.zeros_like(embedding))
-
-
 def convert_tower(model, modality, mode="float32", representative_inputs=None, allow_flex=False):
     """Converts one tower of a dual encoder to a TFLite flatbuffer.
 
@@ -92,7 +78,7 @@ def convert_tower(model, modality, mode="float32", representative_inputs=None, a
     `[1, L]`, from `TextTokenizer`) to its unit-norm embedding, output `"embedding"`. The
     fixed batch of one keeps shape arithmetic out of the graph. Ids of padding only (which
     the shipped tokenizer never makes: it refuses text without a token) embed to the zero
-    vector, never NaN (see `tower_embedding`).
+    vector, never NaN (see `mm_keras.models.towers.l2_normalize`).
 
     Modes: `"float32"`; `"dynamic"` (weights int8, activations float); `"float16"` (weights
     float16); `"int8"` (weights and activations int8 for `INT8_OPS`, calibrated on
@@ -118,7 +104,7 @@ def convert_tower(model, modality, mode="float32", representative_inputs=None, a
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint(
-            "embed", lambda x: {"embedding": tower_embedding(model, modality, x)}, [spec]
+            "embed", lambda x: {"embedding": model.embed(modality, x)}, [spec]
         )
         archive.write_out(saved_model_dir, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, ["embed"])

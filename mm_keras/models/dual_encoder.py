@@ -5,7 +5,13 @@ import math
 import keras
 from keras import ops
 
-from mm_keras.models.towers import TowersMixin, build_tower, check_modality_inputs, masked_mean
+from mm_keras.models.towers import (
+    TowersMixin,
+    build_tower,
+    check_modality_inputs,
+    l2_normalize,
+    masked_mean,
+)
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -26,7 +32,8 @@ class DualEncoder(TowersMixin, keras.Model):
 
     `call` takes a dict keyed by modality name (any subset of the towers; `"label"` is
     ignored) and returns a dict of `[B, projection_dim]` unit-norm embeddings for the
-    modalities given, so `model.predict({"image": images})` embeds images only. Modalities
+    modalities given (an example with no valid token, such as text of padding only,
+    embeds to the zero vector), so `model.predict({"image": images})` embeds images only. Modalities
     whose batch sizes differ raise a `ValueError` where the sizes are known when the call is
     traced (eager calls, fixed-size batches); inside a graph with an unknown batch size the
     mismatch surfaces as TensorFlow's own shape error in the loss.
@@ -146,7 +153,7 @@ class DualEncoder(TowersMixin, keras.Model):
             sequence = {"tokens": tokens, "mask": sequence["mask"], "modality_ids": ids}
         sequence = self._encoder(modality)(sequence, training=training)
         pooled = masked_mean(sequence["tokens"], sequence["mask"])
-        return ops.normalize(self.projections[modality](pooled), axis=-1)
+        return l2_normalize(self.projections[modality](pooled))
 
     def call(self, inputs, training=None):
         given = check_modality_inputs(inputs, self.modalities)

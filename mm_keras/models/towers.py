@@ -49,6 +49,17 @@ def masked_mean(tokens, mask):
     return ops.sum(ops.where(valid, tokens, ops.zeros_like(tokens)), axis=1) / count
 
 
+def l2_normalize(x, epsilon=1e-7):
+    """`x / max(‖x‖, epsilon)` along the last axis; a zero vector stays zero on every runtime.
+
+    `keras.ops.normalize` scales by `min(rsqrt(‖x‖²), 1/epsilon)`: `rsqrt(0)` is inf, and
+    under XNNPACK (TFLite's default CPU delegate) the zero vector then becomes NaN. Taking
+    the rsqrt of `max(‖x‖², epsilon²)` never meets 0.
+    """
+    square_sum = ops.sum(ops.square(x), axis=-1, keepdims=True)
+    return x * ops.rsqrt(ops.maximum(square_sum, epsilon**2))
+
+
 def build_tower(tokenizer, encoder, shape):
     """Builds a tokenizer for raw inputs of `shape`, then its encoder; returns the token shape."""
     if not tokenizer.built:
