@@ -166,7 +166,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
         variables = self._variables()
-        for group in ("weights", "optimizer", "seeds"):
+        for group in ("weights", "optimizer", "seeds"):  # all checked before any is assigned
             _check(group, backup[group], variables[group], self.backup_dir)
         for group in ("weights", "optimizer", "seeds"):
             for variable, value in zip(variables[group], backup[group]):
