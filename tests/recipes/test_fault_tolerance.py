@@ -147,7 +147,12 @@ def test_run_killed_after_training_before_saving_finishes_without_training(tmp_p
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not os.path.exists(os.path.join(output_dir, "model.keras"))
     position = BackupAndRestore(os.path.join(output_dir, "backup")).backed_up_position()
-    assert position == {"epoch": 1, "batch": 0, "steps_per_epoch": STEPS_PER_EPOCH, "completed": True}
+    assert position == {
+        "epoch": 1,
+        "batch": 0,
+        "steps_per_epoch": STEPS_PER_EPOCH,
+        "completed": True,
+    }
 
     run_script("recipes/clip.py", *flags, f"--output_dir={output_dir}")
     metrics = _metrics(output_dir)
