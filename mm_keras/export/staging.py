@@ -19,7 +19,10 @@ import socket
 import tempfile
 
 KINDS = ("tmp", "tflite", "old")
-_NAME = re.compile(r"^\.(?P<kind>[a-z]+)-(?P<pid>\d+)@(?P<host>.+)-[a-z0-9_]+$")
+_NAME = re.compile(r"^\.(?P<kind>[a-z]+)-(?P<pid>[0-9]+)@(?P<host>.+)-[a-z0-9_]+$")
+# Linux PIDs are positive 32-bit ints (at most 2**22 in practice): a larger number in a
+# name is not one this module wrote, and `os.kill` would raise OverflowError on it.
+_MAX_PID = 2**31 - 1
 
 
 def _host():
@@ -62,7 +65,7 @@ def remove_stale(parent):
         match = _NAME.match(name)
         if match is None or match["kind"] not in KINDS or match["host"] != host:
             continue
-        if _alive(int(match["pid"])):
+        if not 0 < int(match["pid"]) <= _MAX_PID or _alive(int(match["pid"])):
             continue
         path = os.path.join(parent, name)
         if os.path.isdir(path) and not os.path.islink(path):
