@@ -3,12 +3,15 @@
 An export writes each artifact into a staging directory beside its destination and renames it
 into place (`.tmp-*` for a SavedModel version, `.tflite-*` for the TFLite files, `.old-*` for
 the files they replace). A killed export leaves its staging directory behind. Each name carries
-the writer's PID and host, `.tmp-<pid>@<host>-<random>`, and the next export in that directory
-removes the ones whose writer is gone: same host, and no process with that PID. A staging
-directory of a live export (a concurrent one into the same directory, or the current one) is
-kept, and so is one written from another host sharing the filesystem, whose PIDs this host
-cannot check. A reused PID makes a dead writer look alive; its directory then waits for a later
-export, which is the safe way to be wrong.
+the writer's PID, host and PID namespace, `.tmp-<pid>@<host>.pidns<inode>-<random>`, and the
+next export in that directory removes the ones whose writer is gone: same host and namespace,
+and no process with that PID. A staging directory of a live export (a concurrent one into the
+same directory, or the current one) is kept, and so is one written from another host or
+another PID namespace sharing the filesystem, whose PIDs this process cannot check: two
+containers with host networking share a host name, and in each the other's live writer would
+look dead. A reused PID makes a dead writer look alive, and a restarted container gets a new
+namespace; such a directory then waits for a later export or for hand removal, which is the
+safe way to be wrong.
 """
 
 import contextlib
@@ -27,7 +30,11 @@ _MAX_PID = 2**31 - 1
 
 def _host():
     # Characters outside the pattern would make a name this module cannot parse back.
-    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+    try:
+        return f"{name}.pidns{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # no /proc (not Linux): one PID namespace per host
+        return name
 
 
 def prefix(kind, pid=None):

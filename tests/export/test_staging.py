@@ -66,6 +66,9 @@ def test_only_names_it_writes_are_recognised(tmp_path):
     others = [".tmp-notapid@host-abc", ".cache-1@host-abc", "tmp-1@host-abc", ".tmp-1-abc"]
     # PIDs no process can have (os.kill raises OverflowError on the first): kept, no crash.
     others += [staging.prefix("tmp", pid=10**20) + "abc", staging.prefix("tmp", pid=0) + "abc"]
+    # A dead PID of this host name but another PID namespace (a container with host
+    # networking): there the writer may be alive.
+    others.append(staging.prefix("tflite", int(dead.stdout)).replace(".pidns", ".pidns1") + "abc")
     for name in others:
         os.mkdir(tmp_path / name)
     assert staging.remove_stale(str(tmp_path)) == [os.path.basename(stale)]
