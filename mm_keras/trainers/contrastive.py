@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from mm_keras.data.mixing import present_key
 from mm_keras.distribute import all_gather, num_replicas, num_workers
 from mm_keras.losses.contrastive import clip_loss, in_batch_accuracy, siglip_loss
 
@@ -104,6 +105,15 @@ class ContrastiveTrainer(keras.Model):
             raise ValueError(
                 f"Expected a batch dict with modalities {self.modalities}. "
                 f"Received keys: {sorted(data)}"
+            )
+        flags = [present_key(m) for m in self.modalities if present_key(m) in data]
+        if flags:
+            # A flagged example may hold a placeholder for an absent modality: contrasted
+            # as a real pair, it would teach the model to match the placeholder.
+            raise ValueError(
+                "Expected batches of complete pairs, without presence flags (from "
+                "`modality_dropout` or `align_modalities`). Received keys: "
+                f"{sorted(data)}"
             )
         labels = data.get("label") if self.label_aware else None
         return {m: data[m] for m in self.modalities}, labels

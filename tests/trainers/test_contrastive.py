@@ -72,6 +72,13 @@ def test_batch_missing_a_modality_raises():
         toy_trainer().fit(images_only, verbose=0)
 
 
+def test_batches_with_presence_flags_raise():
+    # Flagged batches (modality dropout) may hold placeholders: never contrast them as pairs.
+    flagged = toy_batches().map(lambda b: {**b, "text_present": b["label"] >= 0})
+    with pytest.raises(ValueError, match=r"without presence flags.*'text_present'"):
+        toy_trainer().fit(flagged, verbose=0)
+
+
 def test_bad_arguments_raise():
     model = toy_trainer().model
     with pytest.raises(ValueError, match="loss='triplet'"):
