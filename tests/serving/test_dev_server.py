@@ -131,16 +131,22 @@ def _stall(port, declared=100, sent=b"{"):
 
 def test_32_stalled_bodies_do_not_stop_a_get_or_a_predict(server, examples):
     stalled = [_stall(server.rest_port) for _ in range(32)]
-    time.sleep(0.3)  # every stalled request is now waiting for its body
-    start = time.monotonic()
-    with urllib.request.urlopen(f"{server.url}/v1/models/clip", timeout=1) as response:
-        assert response.status == 200
-    client = RestClient(server.url, "clip", timeout=1)
-    out = client.predict({"text": examples["text"]}, "embed_text")
-    assert out["text_embedding"].shape[0] == len(examples["text"])
-    assert time.monotonic() - start < 1.0
-    for connection in stalled:
-        connection.close()
+    try:
+        time.sleep(0.3)  # every stalled request is now waiting for its body
+        start = time.monotonic()
+        with urllib.request.urlopen(f"{server.url}/v1/models/clip", timeout=1) as response:
+            assert response.status == 200
+        assert time.monotonic() - start < 1.0
+        # The 32 stalled requests hold none of the 32 compute slots, so a predict is not
+        # refused with 503. Its time is the model's: a full-suite run on a loaded machine
+        # once took over 1 s for it.
+        out = RestClient(server.url, "clip", timeout=10).predict(
+            {"text": examples["text"]}, "embed_text"
+        )
+        assert out["text_embedding"].shape[0] == len(examples["text"])
+    finally:
+        for connection in stalled:
+            connection.close()
 
 
 def test_slow_bodies_time_out_and_connections_are_capped(base_path):
