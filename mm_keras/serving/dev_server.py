@@ -492,7 +492,9 @@ class DevServer:
                         "Expected a Content-Length header; chunked request bodies are not "
                         "supported by the dev server",
                     )
-                lengths = self.headers.get_all("Content-Length") or ["0"]
+                # A field value excludes the whitespace around it (RFC 9110 5.5), which
+                # http.server keeps at the end and libevent trims.
+                lengths = [v.strip(" \t") for v in self.headers.get_all("Content-Length", ["0"])]
                 if len(lengths) != 1 or not _CONTENT_LENGTH.fullmatch(lengths[0]):
                     return self._refuse(
                         HTTPStatus.BAD_REQUEST,

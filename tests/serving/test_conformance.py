@@ -18,6 +18,7 @@ PNG = base64.b64encode(tf.io.encode_png(np.zeros((32, 32, 1), np.uint8)).numpy()
 IMAGE = {"b64": PNG}
 PIXELS = np.zeros((1, 32, 32, 1), np.uint8).tolist()
 PREDICT = "/v1/models/clip:predict"
+EMBED_TEXT = json.dumps({"signature_name": "embed_text", "inputs": ["a"]}).encode()
 HANDLER = "model_servers/http_rest_api_handler.cc"
 UTIL = "model_servers/http_rest_api_util.cc"
 JSON = "util/json_tensor.cc"
@@ -188,6 +189,9 @@ ROWS = [
     ("content_length_twice", "POST", PREDICT, None,
      {"Content-Length": ["2", "2"]}, 400, "Content-Length header of ASCII digits",
      "libevent evhttp_get_body_length"),
+    ("content_length_whitespace", "POST", PREDICT, EMBED_TEXT,
+     {"Content-Length": f"{len(EMBED_TEXT)} \t"}, 200, "outputs",
+     "libevent trims header values (evutil_rtrim_lws_); RFC 9110 5.5"),
     ("content_length_over_limit", "POST", PREDICT, None, {"Content-Length": str(10**12)}, 413,
      "Expected at most", "dev-server limit max_request_bytes"),
     ("chunked", "POST", PREDICT, None, {"Transfer-Encoding": "chunked"}, 411,
@@ -203,7 +207,7 @@ def _exchange(port, method, path, body, headers):
     for key, values in headers.items():
         for value in values if isinstance(values, list) else [values]:
             connection.putheader(key, value)
-    if body is not None:
+    if body is not None and "Content-Length" not in headers:
         connection.putheader("Content-Length", str(len(body)))
     connection.endheaders(body)
     response = connection.getresponse()
