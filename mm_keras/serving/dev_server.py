@@ -266,7 +266,11 @@ class DevServer:
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
                 _PredictionService(self.store, max_request_bytes), self._grpc
             )
-            self.grpc_port = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
+            try:
+                self.grpc_port = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
+            except RuntimeError:  # the port is taken: free the REST port bound above
+                self._http.server_close()
+                raise
 
     @property
     def url(self):

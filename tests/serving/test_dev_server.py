@@ -2,6 +2,7 @@
 
 import http.client
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -118,6 +119,19 @@ def test_server_stops_itself_after_max_requests(base_path):
     server.wait()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{server.url}/v1/models/clip", timeout=5).read()
+
+
+def test_a_taken_grpc_port_fails_the_start_and_frees_the_rest_port(base_path):
+    with socket.socket() as taken, socket.socket() as probe:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        probe.bind(("127.0.0.1", 0))
+        rest_port = probe.getsockname()[1]
+        probe.close()
+        with pytest.raises(RuntimeError, match="Failed to bind"):
+            DevServer({"clip": base_path}, rest_port=rest_port, grpc_port=taken.getsockname()[1])
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", rest_port))  # EADDRINUSE while a server socket leaks
 
 
 def _stall(port, declared=100, sent=b"{"):
