@@ -51,7 +51,7 @@ flags.DEFINE_integer(
     DEFAULT_MAX_IMAGE_PIXELS,
     "Most pixels (height x width, read from the header) an image sent to the SavedModel may "
     "have; larger ones are refused before decoding. Default 4096 x 4096: above phone photos, "
-    "at most ~50 MB per decode.",
+    "about 50 MB per decode (100 MB for a progressive JPEG).",
     lower_bound=1,
 )
 

@@ -15,8 +15,9 @@ from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding, TextTokenize
 VOCABULARY_FILE = "vocabulary.txt"
 
 # 4096 x 4096: above the 12-megapixel photos of phone cameras, and a decode at the limit
-# allocates at most ~50 MB (three channels) and takes a fraction of a second, so a request
-# cannot make the server decode much more than it sent. Pillow's warning threshold (89 MP)
+# allocates about 50 MB (three channels; a progressive JPEG, whose coefficients are held
+# whole, about twice that) and takes a fraction of a second, so an image cannot make the
+# server decode much more than it sent. Pillow's warning threshold (89 MP)
 # is for desktop tools, not for a server that decodes many requests at once.
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 
