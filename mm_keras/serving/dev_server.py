@@ -157,14 +157,14 @@ def _columns_to_rows(outputs):
     ]
 
 
-def _json_response(status, payload, head=False):
+def _json_response(status, payload):
     """The bytes of a whole HTTP/1.1 response, for answers sent outside a handler."""
-    data = b"" if payload is None else json.dumps(payload).encode("utf-8")
+    data = json.dumps(payload).encode("utf-8")
     header = (
         f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
     )
-    return header.encode("ascii") + (b"" if head else data)
+    return header.encode("ascii") + data
 
 
 class _HTTPServer(ThreadingHTTPServer):
