@@ -172,6 +172,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             for variable, value in zip(variables[group], backup[group]):
                 variable.assign(value)
         self.restored = position
+        # A completed backup trains no epoch, so `on_train_end` saves this position again.
+        self._current_epoch, self._epoch_batches = epoch, batch
         self.model._initial_epoch = epoch
         if position["completed"]:
             self.model._initial_epoch = max(epoch, self.params.get("epochs", epoch))

@@ -166,6 +166,7 @@ def test_kept_backup_is_marked_complete_and_resumes_with_nothing_to_train(tmp_pa
     restarted.fit(_stream(), epochs=2, steps_per_epoch=3, callbacks=[backup, epochs], verbose=0)
     assert epochs.seen == []
     assert int(restarted.optimizer.iterations.numpy()) == 6
+    assert _position(backup_dir)["epoch"] == 2  # kept as it was, for another restart
     for a, b in zip(restarted.get_weights(), trainer.get_weights()):
         np.testing.assert_array_equal(a, b)
     backup.delete_backup()
