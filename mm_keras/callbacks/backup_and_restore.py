@@ -142,6 +142,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 )
                 continue
             self._restore(backup)
+            if path != self._latest_path:
+                # Else the next backup keeps the unreadable one as the previous: while it
+                # writes the latest, no readable backup would exist.
+                os.replace(path, self._latest_path)
             return
 
     def _restore(self, backup):

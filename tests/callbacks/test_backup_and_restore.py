@@ -186,11 +186,15 @@ def test_falls_back_to_the_previous_backup_when_the_latest_is_unreadable(tmp_pat
     with open(os.path.join(backup_dir, "backup.npz"), "wb") as f:
         f.write(b"PK\x03\x04")  # damaged by something outside the callback
     resumed, epochs = toy_trainer(), _Epochs()
+    callbacks = [BackupAndRestore(backup_dir), epochs, _crash_at(2)]
     with pytest.warns(UserWarning, match="resuming from the previous one"):
-        resumed.fit(
-            toy_batches(), epochs=3, callbacks=[BackupAndRestore(backup_dir), epochs], verbose=0
-        )
+        with pytest.raises(KeyboardInterrupt):
+            resumed.fit(toy_batches(), epochs=3, callbacks=callbacks, verbose=0)
     assert epochs.seen == [1, 2]  # the previous backup, of epoch 1
+    # The backup that epoch 1 ended with kept the readable one, not the damaged, as previous.
+    assert _position(backup_dir)["epoch"] == 2
+    with np.load(os.path.join(backup_dir, "backup.npz.bkp")) as previous:
+        assert '"epoch": 1' in str(previous["position"])
 
 
 def test_nan_loss_stops_training_and_keeps_the_backup(tmp_path):
