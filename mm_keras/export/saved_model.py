@@ -21,8 +21,15 @@ VOCABULARY_FILE = "vocabulary.txt"
 # is for desktop tools, not for a server that decodes many requests at once.
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 
+# A progressive JPEG is decoded whole once per scan. Encoders write at most a few dozen
+# (libjpeg's progressive script: 10 for colour, 6 per component otherwise), but a scan
+# can take a few dozen bytes: 100 KB held a 4096 x 4096 JPEG of 1,000 scans, within the
+# pixel limit, that took 15 s to decode.
+MAX_JPEG_SCANS = 100
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
+_JPEG_START_OF_SCAN = b"\xff\xda"
 
 
 def ensure_input_shape(tensor, expected, name):
@@ -97,10 +104,15 @@ def header_image_size(data):
 
 
 def check_image_size(data, max_image_pixels):
-    """An op that fails unless the header of encoded image `data` says <= `max_image_pixels`."""
+    """An op that fails unless encoded image `data` is cheap to decode, judged before decoding.
+
+    Its header must say <= `max_image_pixels` pixels, and a JPEG may hold at most
+    `MAX_JPEG_SCANS` start-of-scan markers (entropy-coded data cannot contain one; one
+    inside metadata, such as an EXIF thumbnail's, counts too).
+    """
     size = header_image_size(data)
     pixels = tf.reduce_prod(tf.cast(size, tf.float64))  # float: two 32-bit sizes overflow int64
-    return tf.debugging.Assert(
+    size_check = tf.debugging.Assert(
         pixels <= max_image_pixels,
         [
             f"Expected an image of at most max_image_pixels={max_image_pixels} pixels (set "
@@ -108,6 +120,17 @@ def check_image_size(data, max_image_pixels):
             size,
         ],
     )
+    is_jpeg = _bytes_at(data, 0, 3) == _JPEG_SIGNATURE
+    scans = tf.size(tf.strings.split(data, sep=_JPEG_START_OF_SCAN)) - 1
+    scans_check = tf.debugging.Assert(
+        ~is_jpeg | (scans <= MAX_JPEG_SCANS),
+        [
+            f"Expected a JPEG of at most {MAX_JPEG_SCANS} scans: a progressive JPEG is "
+            "decoded once per scan. Received: scans=",
+            scans,
+        ],
+    )
+    return tf.group(size_check, scans_check)
 
 
 def decode_images(encoded, image_size, num_channels, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
@@ -115,6 +138,7 @@ def decode_images(encoded, image_size, num_channels, max_image_pixels=DEFAULT_MA
 
     Each image's size is read from its header first, and one over `max_image_pixels` is
     refused before it is decoded: a few kilobytes of PNG can hold a 20,000 x 20,000 image.
+    So is a JPEG of more than `MAX_JPEG_SCANS` scans, each of which decodes it again.
     Bilinear resizing without antialiasing, as `ImagePatchTokenizer` resizes, so an image
     already at `image_size` comes out with its exact pixel values.
 
@@ -182,13 +206,13 @@ def build_archive(model, text_tokenizer, max_image_pixels=DEFAULT_MAX_IMAGE_PIXE
     shape, and a request fails with `InvalidArgumentError`, naming what was expected and
     what was received, for a wrong rank, size or channel count (`pixels` must be exactly
     `[N, H, W, C]`), a wrong dtype, a string without a token (empty or only whitespace),
-    bytes that are not PNG or JPEG (GIF and BMP included), or an image whose header says
-    more than `max_image_pixels` pixels (refused before it is decoded); a PNG or JPEG
-    within the limit is decoded to the model's channel count (grey or colour, whatever it
-    holds) and resized to its image size. No input is a float, so none can carry NaN or
-    Inf; an output that is not finite (a diverged model) fails the request too. An empty
-    batch (N = 0 or M = 0) is valid and gives empty results: `[0, P]` embeddings and
-    `[0, M]` or `[N, 0]` logits.
+    bytes that are not PNG or JPEG (GIF and BMP included), an image whose header says
+    more than `max_image_pixels` pixels, or a JPEG of more than `MAX_JPEG_SCANS` scans
+    (both refused before decoding); a PNG or JPEG within the limits is decoded to the
+    model's channel count (grey or colour, whatever it holds) and resized to its image
+    size. No input is a float, so none can carry NaN or Inf; an output that is not finite
+    (a diverged model) fails the request too. An empty batch (N = 0 or M = 0) is valid
+    and gives empty results: `[0, P]` embeddings and `[0, M]` or `[N, 0]` logits.
     """
     text, image = text_and_image_towers(model)
     image_layer = model.tokenizers[image]

@@ -43,6 +43,14 @@ def jpeg_claiming(width, height):
     return bytes(data)
 
 
+def jpeg_of_many_scans(copies):
+    """A progressive 4096 x 4096 JPEG (within the pixel limit) whose last scan repeats
+    `copies` times: decoding it takes about 15 ms per repeat."""
+    data = tf.io.encode_jpeg(tf.zeros([4096, 4096, 1], tf.uint8), progressive=True).numpy()
+    last_scan = data[data.rindex(b"\xff\xda") : -2]  # up to the end-of-image marker
+    return data[:-2] + last_scan * copies + data[-2:]
+
+
 def peak_rss_mb():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
@@ -90,6 +98,7 @@ def main(path):
     for case, data in (
         ("png bomb", png_of_zeros(BOMB_SIDE, BOMB_SIDE)),
         ("jpeg bomb", jpeg_claiming(30_000, 30_000)),
+        ("jpeg of 1,000 scans", jpeg_of_many_scans(1_000)),
         ("png under the limit", png_of_zeros(2_000, 2_000)),
         ("jpeg under the limit", jpeg),
     ):

@@ -29,6 +29,7 @@ EXPECTED = {
     ("embed_image", "warm-up"): {"image_embedding": [2, P]},
     ("embed_image", "png bomb"): REFUSED,
     ("embed_image", "jpeg bomb"): REFUSED,
+    ("embed_image", "jpeg of 1,000 scans"): REFUSED,
     ("embed_image", "png under the limit"): {"image_embedding": [1, P]},
     ("embed_image", "jpeg under the limit"): {"image_embedding": [1, P]},
     ("embed_image", "scalar"): REFUSED,
@@ -123,6 +124,12 @@ def test_image_over_the_pixel_limit_is_refused_from_its_header(calls, case):
     assert "max_image_pixels=16777216" in record["message"], record
     assert record["seconds"] < 0.1, record
     assert record["rss_growth_mb"] < 50, record
+
+
+def test_jpeg_of_too_many_scans_is_refused_before_decoding(calls):
+    record = calls[0]["embed_image", "jpeg of 1,000 scans"]
+    assert "at most 100 scans" in record["message"] and "scans=] [1006]" in record["message"]
+    assert record["seconds"] < 0.1 and record["rss_growth_mb"] < 50, record
 
 
 def test_image_under_the_pixel_limit_still_embeds(calls):
