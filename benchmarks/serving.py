@@ -125,6 +125,7 @@ def summary(wall, latencies, errors):
         "errors": errors,
     }
 
+
 PREDICT = "/v1/models/clip:predict"
 MAX_REQUEST_BYTES = 8 * 1024 * 1024  # the dev server's default
 

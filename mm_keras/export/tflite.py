@@ -103,9 +103,7 @@ def convert_tower(model, modality, mode="float32", representative_inputs=None, a
     with tempfile.TemporaryDirectory() as saved_model_dir:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint(
-            "embed", lambda x: {"embedding": model.embed(modality, x)}, [spec]
-        )
+        archive.add_endpoint("embed", lambda x: {"embedding": model.embed(modality, x)}, [spec])
         archive.write_out(saved_model_dir, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, ["embed"])
         if mode != "float32":

@@ -74,9 +74,7 @@ def _parse_json(body):
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidArgumentError(f"Malformed JSON in the request body: {error}") from None
     if not isinstance(request, dict):
-        raise InvalidArgumentError(
-            f"Expected a JSON object. Received: {type(request).__name__}"
-        )
+        raise InvalidArgumentError(f"Expected a JSON object. Received: {type(request).__name__}")
     signature_name = request.get("signature_name", "serving_default")
     if not isinstance(signature_name, str):
         raise InvalidArgumentError(
@@ -116,8 +114,7 @@ def _request_columns(request, input_names):
     instances = request["instances"]
     if not isinstance(instances, list) or not instances:
         raise InvalidArgumentError(
-            'Expected "instances" to be a non-empty list. Received: '
-            f"{json.dumps(instances)[:100]}"
+            f'Expected "instances" to be a non-empty list. Received: {json.dumps(instances)[:100]}'
         )
 
     def is_object(row):  # a {"b64": ...} row is a value, not a set of named inputs
@@ -341,9 +338,7 @@ class DevServer:
             label = None if label is None else urllib.parse.unquote(label)
             if version is not None:
                 if int(version) >= 2**63:
-                    raise InvalidArgumentError(
-                        f"Failed to convert version: {version} to numeric."
-                    )
+                    raise InvalidArgumentError(f"Failed to convert version: {version} to numeric.")
                 version = int(version)
             if method == "POST":
                 if tail == "predict":
@@ -607,9 +602,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 key: _tensor_from_proto(key, proto, self.max_elements)
                 for key, proto in request.inputs.items()
             }
-            version, outputs = self.store.predict(
-                spec.name, version, signature_name, inputs, label
-            )
+            version, outputs = self.store.predict(spec.name, version, signature_name, inputs, label)
         except NotFoundError as error:
             context.abort(grpc.StatusCode.NOT_FOUND, str(error))
         except (InvalidArgumentError, ValueError, TypeError) as error:

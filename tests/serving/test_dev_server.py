@@ -193,6 +193,7 @@ def test_malformed_tensor_protos_are_invalid_argument(server):
 
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
     def proto(array, **changes):
         tensor = tf.make_tensor_proto(array)
         for field, value in changes.items():
