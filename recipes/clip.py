@@ -301,8 +301,10 @@ def train_and_report(strategy, output_dir, build, report):
         # log then holds twice (the plot keeps the last), rather than missing one.
         keras.callbacks.CSVLogger(log_path, append=True),
         BestModelCheckpoint(os.path.join(output_dir, "best_model.keras"), model=model),
-        backup,
+        # Before the backup: the step whose loss is NaN has made the weights NaN, and a
+        # backup taken then would resume the run into NaN again.
         keras.callbacks.TerminateOnNaN(raise_error=True),
+        backup,
     ]
     start = time.perf_counter()
     trainer.fit(

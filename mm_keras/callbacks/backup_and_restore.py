@@ -47,7 +47,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
 
     Stopping on a NaN or Inf loss must not delete the backup: use
     `keras.callbacks.TerminateOnNaN(raise_error=True)`, which raises before `fit` ends
-    (ending `fit` normally is what deletes the backup).
+    (ending `fit` normally is what deletes the backup), and list it before this callback,
+    so that it raises before a backup of the NaN step's weights replaces a finite one.
 
     Args:
         backup_dir: str, the directory of the backup. Give each worker its own (see
@@ -67,7 +68,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     ...     train.repeat(),
     ...     epochs=30,
     ...     steps_per_epoch=steps,
-    ...     callbacks=[backup, keras.callbacks.TerminateOnNaN(raise_error=True)],
+    ...     callbacks=[keras.callbacks.TerminateOnNaN(raise_error=True), backup],
     ... )
     """
 

@@ -200,9 +200,10 @@ def test_falls_back_to_the_previous_backup_when_the_latest_is_unreadable(tmp_pat
 def test_nan_loss_stops_training_and_keeps_the_backup(tmp_path):
     backup_dir = str(tmp_path / "backup")
     callbacks = [
-        BackupAndRestore(backup_dir),
         _poison_at(epoch=2),
+        # Listed before the backup, it raises before the NaN step is backed up.
         keras.callbacks.TerminateOnNaN(raise_error=True),
+        BackupAndRestore(backup_dir, save_freq=1),
     ]
     with pytest.raises(RuntimeError, match="NaN or Inf loss"):
         toy_trainer().fit(toy_batches(), epochs=4, callbacks=callbacks, verbose=0)
