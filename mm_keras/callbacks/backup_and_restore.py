@@ -122,6 +122,12 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 "BackupAndRestore restores into the model's variables, so expected a built "
                 f"model; build it before `fit`. Received: an unbuilt {self.model.name!r}"
             )
+        if self.repeating_input and self.params.get("steps") is None:
+            # Else a resume could not count the batches of the epochs before the backup.
+            raise ValueError(
+                "BackupAndRestore(repeating_input=True) expects `fit` to be given "
+                "steps_per_epoch, or an input of known length. Received: steps_per_epoch=None"
+            )
         _unwrap_train_function(self.model)
         self.model._initial_epoch = None
         self.restored, self._metrics_to_restore = None, None
@@ -135,7 +141,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 backup = _read(path)
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
                 if i + 1 == len(paths):
-                    raise ValueError(f"No backup in {self.backup_dir} can be read.") from error
+                    raise ValueError(
+                        f"Expected a readable backup in {self.backup_dir}. "
+                        f"Received: {', '.join(paths)}, none readable ({error})"
+                    ) from error
                 warnings.warn(
                     f"The latest backup in {self.backup_dir} cannot be read ({error}); "
                     "resuming from the previous one.",
@@ -217,6 +226,12 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         super().on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs=None):
+        if self.repeating_input and self.params.get("steps") is None:
+            # Else a resume could not count the batches of the epochs before the backup.
+            raise ValueError(
+                "BackupAndRestore(repeating_input=True) expects `fit` to be given "
+                "steps_per_epoch, or an input of known length. Received: steps_per_epoch=None"
+            )
         _unwrap_train_function(self.model)
         self.model._initial_epoch = None
         if self.delete_checkpoint:

@@ -255,3 +255,18 @@ def test_repeating_input_that_does_not_repeat_is_refused(tmp_path):
     backup = BackupAndRestore(backup_dir, repeating_input=True)
     with pytest.raises(ValueError, match="input ran out after 3 of the 6 batches"):
         toy_trainer().fit(toy_batches(), epochs=3, callbacks=[backup], verbose=0)
+
+
+def test_repeating_input_of_unknown_length_needs_steps_per_epoch(tmp_path):
+    unknown_length = _stream().take(6).filter(lambda batch: True)
+    backup = BackupAndRestore(str(tmp_path / "backup"), repeating_input=True)
+    with pytest.raises(ValueError, match="expects `fit` to be given steps_per_epoch"):
+        toy_trainer().fit(unknown_length, epochs=2, callbacks=[backup], verbose=0)
+
+
+def test_no_readable_backup_is_a_clear_error(tmp_path):
+    backup_dir = tmp_path / "backup"
+    backup_dir.mkdir()
+    (backup_dir / "backup.npz").write_bytes(b"PK\x03\x04")
+    with pytest.raises(ValueError, match="Expected a readable backup.*none readable"):
+        toy_trainer().fit(toy_batches(), epochs=1, callbacks=[BackupAndRestore(str(backup_dir))])
