@@ -226,12 +226,6 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         super().on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs=None):
-        if self.repeating_input and self.params.get("steps") is None:
-            # Else a resume could not count the batches of the epochs before the backup.
-            raise ValueError(
-                "BackupAndRestore(repeating_input=True) expects `fit` to be given "
-                "steps_per_epoch, or an input of known length. Received: steps_per_epoch=None"
-            )
         _unwrap_train_function(self.model)
         self.model._initial_epoch = None
         if self.delete_checkpoint:
