@@ -12,6 +12,8 @@ import tensorflow as tf
 
 # What a backup holds besides its position, by group: the state `fit` changes.
 GROUPS = ("weights", "optimizer", "seeds", "metrics")
+# What reading a damaged or truncated backup file raises.
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -104,7 +106,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             try:
                 with np.load(path) as backup:
                     return json.loads(str(backup["position"]))
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            except UNREADABLE:
                 continue
         return None
 
@@ -139,7 +141,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         for i, path in enumerate(paths):
             try:
                 backup = _read(path)
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            except UNREADABLE as error:
                 if i + 1 == len(paths):
                     raise ValueError(
                         f"Expected a readable backup in {self.backup_dir}. "
