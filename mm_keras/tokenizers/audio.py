@@ -8,6 +8,42 @@ from keras import ops
 
 from mm_keras.tokenizers.patches import PatchTokenizer, ensure_shape
 
+# RMS below which a waveform counts as silence (-100 dBFS): a 16-bit file's smallest step
+# is 3e-5, so every recording with sound in it sits above it and keeps exact invariance,
+# while digital silence is scaled by a bounded 1e5 (it stays zero) instead of by 1/0.
+RMS_FLOOR = 1e-5
+
+
+def spec_augment_ranges(batch_size, size, count, max_width, seed):
+    """Start and width of `count` random masks per example over an axis of `size` steps.
+
+    SpecAugment (Park et al., 2019): each width is uniform in [0, max_width] (clipped to
+    `size`), each start uniform over the positions where the whole mask fits.
+
+    Args:
+        batch_size: int, examples.
+        size: int, length of the masked axis (frames or mel bands).
+        count: int, masks per example.
+        max_width: int, widest mask.
+        seed: int or `keras.random.SeedGenerator`.
+
+    Returns:
+        int32 `(starts, widths)`, each `[batch_size, count]`.
+    """
+    max_width = min(max_width, size)
+    draws = keras.random.uniform((2, batch_size, count), seed=seed)
+    widths = ops.cast(ops.floor(draws[0] * (max_width + 1)), "int32")
+    widths = ops.minimum(widths, max_width)  # u * (max_width + 1) may round up in float32
+    starts = ops.cast(ops.floor(draws[1] * ops.cast(size - widths + 1, "float32")), "int32")
+    return ops.minimum(starts, size - widths), widths
+
+
+def spec_augment_mask(starts, widths, size):
+    """bool `[B, size]`: True where any of the masks `(starts, widths)` `[B, count]` covers."""
+    positions = ops.arange(size, dtype="int32")[None, None]  # [1, 1, size]
+    covered = (positions >= starts[..., None]) & (positions < (starts + widths)[..., None])
+    return ops.any(covered, axis=1)
+
 
 @keras.saving.register_keras_serializable(package="mm_keras")
 class AudioSpectrogramTokenizer(PatchTokenizer):
@@ -18,6 +54,19 @@ class AudioSpectrogramTokenizer(PatchTokenizer):
     and log-compressed, then non-overlapping `patch_size = (frames, mel bands)` patches
     projected linearly with a learned position embedding. Every position is valid, so the
     mask is all `True`; clips are cropped or padded to `num_samples` in the data pipeline.
+
+    With `normalize_gain`, the output does not depend on the input's level: each waveform
+    is divided by its RMS (floored at `RMS_FLOOR`, -100 dBFS, so silence stays silent)
+    before the STFT, and each log-mel spectrogram is centred on its own mean, which keeps
+    the patch projection's inputs near zero (the same demo training reaches higher
+    zero-shot accuracy centred than not). A recording 10x quieter then embeds as the loud
+    one; clipping aside, any gain does. Configs saved before this argument existed load
+    with `normalize_gain=False`, so old models keep the outputs they were trained on.
+
+    SpecAugment (Park et al., 2019), in training only: `time_masks` spans of up to
+    `max_time_mask_width` frames and `freq_masks` spans of up to `max_freq_mask_width` mel
+    bands are set to the spectrogram's mean (0 when gain is normalised), each example
+    drawing its own. With `training=False` (evaluation, export) the layer is unchanged.
 
     Args:
         sample_rate: int, samples per second of the input.
@@ -30,6 +79,12 @@ class AudioSpectrogramTokenizer(PatchTokenizer):
         upper_edge_hertz: optional float, highest edge (default: the Nyquist frequency).
         patch_size: (frames, mel bands) of a patch; must divide `num_mel_bins` (leftover
             frames at the end are dropped).
+        normalize_gain: bool, make the output independent of the input's gain (above).
+        time_masks: int, SpecAugment time masks per example in training.
+        max_time_mask_width: int, widest time mask, in frames.
+        freq_masks: int, SpecAugment frequency masks per example in training.
+        max_freq_mask_width: int, widest frequency mask, in mel bands.
+        seed: optional int, seed of the masks.
 
     Example:
     >>> layer = AudioSpectrogramTokenizer(sample_rate=8000, num_samples=4000, hidden_dim=64)
@@ -49,6 +104,12 @@ class AudioSpectrogramTokenizer(PatchTokenizer):
         lower_edge_hertz=50.0,
         upper_edge_hertz=None,
         patch_size=(2, 16),
+        normalize_gain=True,
+        time_masks=0,
+        max_time_mask_width=0,
+        freq_masks=0,
+        max_freq_mask_width=0,
+        seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -81,6 +142,13 @@ class AudioSpectrogramTokenizer(PatchTokenizer):
                 f"Expected patch_size=(1 <= frames <= {num_frames}, mel bands dividing "
                 f"num_mel_bins={num_mel_bins}). Received: patch_size={patch_size}"
             )
+        masks = (time_masks, max_time_mask_width, freq_masks, max_freq_mask_width)
+        if min(masks) < 0:
+            raise ValueError(
+                "Expected SpecAugment counts and widths >= 0. Received: "
+                f"time_masks={time_masks}, max_time_mask_width={max_time_mask_width}, "
+                f"freq_masks={freq_masks}, max_freq_mask_width={max_freq_mask_width}"
+            )
         self.sample_rate = sample_rate
         self.num_samples = num_samples
         self.hidden_dim = hidden_dim
@@ -90,6 +158,18 @@ class AudioSpectrogramTokenizer(PatchTokenizer):
         self.lower_edge_hertz = lower_edge_hertz
         self.upper_edge_hertz = upper_edge_hertz
         self.patch_size = patch_size
+        self.normalize_gain = bool(normalize_gain)
+        self.time_masks = time_masks
+        self.max_time_mask_width = max_time_mask_width
+        self.freq_masks = freq_masks
+        self.max_freq_mask_width = max_freq_mask_width
+        self.seed = seed
+        self.num_frames = num_frames
+        # Only a layer that masks owns a seed state, so layers saved before SpecAugment
+        # existed load with the same variables.
+        self.seed_generator = (
+            keras.random.SeedGenerator(seed) if (time_masks or freq_masks) else None
+        )
         self.fft_length = 2 ** math.ceil(math.log2(frame_length))
         self.grid = (num_frames // patch_size[0], num_mel_bins // patch_size[1])
         self.num_patches = self.grid[0] * self.grid[1]
@@ -126,19 +206,47 @@ class AudioSpectrogramTokenizer(PatchTokenizer):
 
     def log_mel(self, waveforms):
         """float32 `[B, T]` → log-mel spectrogram `[B, frames, num_mel_bins]`."""
+        waveforms = tf.cast(waveforms, "float32")
+        if self.normalize_gain:
+            rms = tf.sqrt(tf.reduce_mean(tf.square(waveforms), axis=-1, keepdims=True))
+            waveforms = waveforms / tf.maximum(rms, RMS_FLOOR)
         stft = tf.signal.stft(
-            tf.cast(waveforms, "float32"),
+            waveforms,
             self.frame_length,
             self.frame_step,
             fft_length=self.fft_length,
         )
         mel = tf.tensordot(tf.abs(stft), self.mel_matrix, axes=1)
-        return tf.math.log(mel + 1e-6)
+        log_mel = tf.math.log(mel + 1e-6)
+        if self.normalize_gain:
+            log_mel = log_mel - tf.reduce_mean(log_mel, axis=(1, 2), keepdims=True)
+        return log_mel
 
-    def call(self, waveforms):
+    def spec_augment(self, spectrogram):
+        """`spectrogram` `[B, frames, bands]` with random time and frequency spans masked."""
+        batch_size = tf.shape(spectrogram)[0]
+        masked = tf.zeros_like(spectrogram, dtype="bool")
+        axes = (
+            (1, self.num_frames, self.time_masks, self.max_time_mask_width),
+            (2, self.num_mel_bins, self.freq_masks, self.max_freq_mask_width),
+        )
+        for axis, size, count, max_width in axes:
+            if count and max_width:
+                starts, widths = spec_augment_ranges(
+                    batch_size, size, count, max_width, self.seed_generator
+                )
+                mask = spec_augment_mask(starts, widths, size)
+                masked |= mask[:, :, None] if axis == 1 else mask[:, None, :]
+        mean = tf.reduce_mean(spectrogram, axis=(1, 2), keepdims=True)
+        return tf.where(masked, mean, spectrogram)
+
+    def call(self, waveforms, training=None):
         self._check_shape(waveforms.shape)
         waveforms = ensure_shape(waveforms, (None, self.num_samples))
-        spectrogram = self.log_mel(waveforms)[:, : self.grid[0] * self.patch_size[0]]
+        spectrogram = self.log_mel(waveforms)
+        if training and self.seed_generator is not None:
+            spectrogram = self.spec_augment(spectrogram)
+        spectrogram = spectrogram[:, : self.grid[0] * self.patch_size[0]]
         spectrogram = ops.cast(spectrogram[..., None], self.compute_dtype)
         patches = self.patch_projection(spectrogram)  # [B, time patches, mel patches, D]
         return self.token_sequence(patches)
@@ -156,6 +264,17 @@ class AudioSpectrogramTokenizer(PatchTokenizer):
                 "lower_edge_hertz": self.lower_edge_hertz,
                 "upper_edge_hertz": self.upper_edge_hertz,
                 "patch_size": self.patch_size,
+                "normalize_gain": self.normalize_gain,
+                "time_masks": self.time_masks,
+                "max_time_mask_width": self.max_time_mask_width,
+                "freq_masks": self.freq_masks,
+                "max_freq_mask_width": self.max_freq_mask_width,
+                "seed": self.seed,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Files saved before `normalize_gain` existed were trained on raw levels.
+        return cls(**{"normalize_gain": False, **config})
