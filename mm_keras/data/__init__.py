@@ -1,6 +1,7 @@
 """tf.data pipelines, readers and writers, and the embedded dataset."""
 
 from mm_keras.data import datasets, decode, records
+from mm_keras.data.audio_augment import augment_audio, random_gain, random_time_shift
 from mm_keras.data.benchmark import examples_per_second
 from mm_keras.data.convert import manifest_to_tfrecords
 from mm_keras.data.datasets import load_digits, load_digits_arrays
