@@ -11,9 +11,15 @@
 
 A record holds the features of the modalities its dataset has; files are stored as their
 original bytes, so decoding from TFRecords and from the files gives identical tensors.
+
+`manifest_to_tfrecords` also writes `<prefix>.records.json` beside the shards: each
+shard's record count and size, the modalities stored and the range of labels, so a
+pipeline knows its length without reading the shards (see `read_index`).
 """
 
+import json
 import os
+import re
 import tempfile
 
 import tensorflow as tf
@@ -88,3 +94,56 @@ def write_shard(path, serialized_records):
     except BaseException:
         os.remove(tmp)
         raise
+
+
+INDEX_SUFFIX = ".records.json"
+_SHARD_NAME = re.compile(r"(.*)-\d{5}-of-\d{5}\.tfrecord$")
+
+
+def write_index(prefix, paths, counts, modalities, labels):
+    """Writes `<prefix>.records.json`: what the shards at `paths` hold, `counts` records each.
+
+    Args:
+        prefix: str, the shards' path prefix.
+        paths: list of shard paths, already written.
+        counts: list of int, records in each shard.
+        modalities: the modalities stored.
+        labels: `[lowest, highest]` label, or None for records without labels.
+    """
+    index = {
+        "modalities": list(modalities),
+        "labels": labels,
+        "shards": {
+            os.path.basename(path): {"records": count, "bytes": os.path.getsize(path)}
+            for path, count in zip(paths, counts)
+        },
+    }
+    write_shard_file = f"{prefix}{INDEX_SUFFIX}"
+    handle, tmp = tempfile.mkstemp(prefix=".index-", dir=os.path.dirname(write_shard_file))
+    with os.fdopen(handle, "w") as f:
+        json.dump(index, f, indent=1)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, write_shard_file)
+
+
+def read_index(path):
+    """The converter's index entry for one shard, or None when absent or stale.
+
+    The entry (`"records"`, `"modalities"`, `"labels"`) counts only while the shard keeps
+    the size it was written with.
+    """
+    match = _SHARD_NAME.match(path)
+    if match is None or not tf.io.gfile.exists(match.group(1) + INDEX_SUFFIX):
+        return None
+    with tf.io.gfile.GFile(match.group(1) + INDEX_SUFFIX) as f:
+        index = json.load(f)
+    entry = index["shards"].get(os.path.basename(path))
+    if entry is None or entry["bytes"] != tf.io.gfile.stat(path).length:
+        return None
+    return {"records": entry["records"], "modalities": index["modalities"], "labels": index["labels"]}
+
+
+def count_records(path):
+    """Records in a TFRecord file, counted by reading it (nothing is parsed)."""
+    chunks = tf.data.TFRecordDataset(path).batch(1024)
+    return int(chunks.reduce(tf.constant(0, tf.int64), lambda n, chunk: n + tf.size(chunk, tf.int64)))

@@ -43,6 +43,7 @@ def files(tmp_path):
 
 GRAPH_CASES = ["corrupt_image", "corrupt_audio", "empty_caption", "label_out_of_range"]
 FILE_CASES = ["corrupt_image", "corrupt_audio", "missing_file"]  # found when reading files
+FIELD_CASES = ["empty_caption", "label_out_of_range"]  # found when reading a manifest
 
 
 @pytest.mark.parametrize("case", GRAPH_CASES + ["missing_file"])
@@ -53,7 +54,7 @@ def test_manifest_error_names_the_line(files, case, decode_check):
     manifest = write_manifest(directory / "m.jsonl", rows)
     expected = "m.jsonl:3"
     options = {"num_classes": 3, "decode_check": decode_check, **OPTIONS}
-    if case == "missing_file" or (decode_check and case in FILE_CASES):
+    if case in ("missing_file", *FIELD_CASES) or (decode_check and case in FILE_CASES):
         with pytest.raises(ValueError, match=f"Bad record at .*{expected} \\({case}\\)"):
             Pipeline.from_manifest(manifest, MODALITIES, **options)
         return
@@ -81,7 +82,7 @@ def test_skip_removes_exactly_the_bad_record_and_counts_it(files, case):
     assert logs["skipped_records"] == 1.0
     # After the report a new epoch counts afresh; a record left out while reading the
     # manifest stays left out, and counted.
-    assert pipeline.error_counts() == ({case: 1} if case in FILE_CASES else {})
+    assert pipeline.error_counts() == ({case: 1} if case in FILE_CASES + FIELD_CASES else {})
 
 
 def test_damage_inside_a_well_formed_file_is_found_by_decoding(files):
@@ -123,11 +124,15 @@ def test_video_without_good_frames_is_named(files):
         _ids(pipeline.dataset(2))
 
 
-def test_label_error_says_what_it_received(files):
+def test_label_error_says_what_it_received(files, tmp_path):
     directory, rows = files
     rows[0]["label"] = 12
     manifest = write_manifest(directory / "m.jsonl", rows)
-    dataset = Pipeline.from_manifest(manifest, ("text",), num_classes=3).dataset(2)
+    with pytest.raises(ValueError, match=r"m.jsonl:1 \(label_out_of_range\).*num_classes=3.*12"):
+        Pipeline.from_manifest(manifest, ("text",), num_classes=3)
+    shard = str(tmp_path / "labels-00000-of-00001.tfrecord")
+    write_shard(shard, [serialize({"text": "a caption", "label": 12, "source": "m:1"})])
+    dataset = Pipeline.from_tfrecords(shard, ("text",), num_classes=3).dataset(2)
     with pytest.raises(
         tf.errors.InvalidArgumentError, match="(?s)Received label:.*12.*num_classes=3"
     ):
