@@ -50,10 +50,6 @@ class BytePairTextTokenizer(BaseTextTokenizer):
         elif vocabulary is not None:
             self.set_vocabulary_and_merges(vocabulary, merges)
 
-    @property
-    def has_vocabulary(self):
-        return self.vocabulary is not None
-
     def set_vocabulary_and_merges(self, vocabulary, merges):
         """Tokenizes with `vocabulary` (dict token → id) and `merges` from now on."""
         if not isinstance(vocabulary, dict) or merges is None:
@@ -72,6 +68,7 @@ class BytePairTextTokenizer(BaseTextTokenizer):
         self.merges = list(merges)
 
     def load_vocabulary(self, path):
+        """Reads a file written by `save_vocabulary` and tokenizes with it from now on."""
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
         self.set_vocabulary_and_merges(saved.get("vocabulary"), saved.get("merges"))

@@ -46,10 +46,6 @@ class SentencePieceTextTokenizer(BaseTextTokenizer):
         elif proto is not None:
             self.set_proto(proto)
 
-    @property
-    def has_vocabulary(self):
-        return self.proto is not None
-
     def set_proto(self, proto):
         """Tokenizes with the SentencePiece model `proto` (bytes) from now on."""
         self.tokenizer.set_proto(bytes(proto))
@@ -61,6 +57,7 @@ class SentencePieceTextTokenizer(BaseTextTokenizer):
         self.proto = bytes(proto)
 
     def load_vocabulary(self, path):
+        """Reads a file written by `save_vocabulary` and tokenizes with it from now on."""
         with open(path, "rb") as f:
             self.set_proto(f.read())
 

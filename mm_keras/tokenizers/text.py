@@ -29,10 +29,11 @@ class BaseTextTokenizer(keras.layers.Layer):
     Subclasses (WordPiece `TextTokenizer`, `BytePairTextTokenizer`,
     `SentencePieceTextTokenizer`) wrap a keras-hub tokenizer, learn a vocabulary with
     `train(corpus, vocabulary_size, sequence_length)`, write it with
-    `save_vocabulary(path)`, and load it by passing that path to their constructor. Id 0
-    is always padding. `call` returns `{"token_ids": int32 [B, L], "mask": bool [B, L]}`
-    and refuses an empty batch or a string without tokens (it would pool over nothing
-    downstream); `detokenize` maps ids back to text. They run in `tf.data` pipelines or
+    `save_vocabulary(path)`, and load it with `load_vocabulary(path)` or by passing that
+    path to their constructor. Id 0 is always padding. `call` returns
+    `{"token_ids": int32 [B, L], "mask": bool [B, L]}` and refuses an empty batch or a
+    string without tokens (it would pool over nothing downstream); `detokenize` maps ids
+    back to text. They run in `tf.data` pipelines or
     eagerly; they hold string ops, so they stay outside XLA-compiled models and TFLite
     graphs.
 
@@ -47,8 +48,8 @@ class BaseTextTokenizer(keras.layers.Layer):
     """
 
     pad_id = 0
-    # The asset file in a `.keras` archive, and the config key that held the vocabulary
-    # inline in archives written before vocabularies became assets.
+    # The asset file in a `.keras` archive, and the argument (and attribute) holding the
+    # vocabulary, which archives written before vocabularies became assets held inline.
     vocabulary_file = None
     vocabulary_argument = None
 
@@ -69,11 +70,8 @@ class BaseTextTokenizer(keras.layers.Layer):
 
     @property
     def has_vocabulary(self):
-        raise NotImplementedError
-
-    def load_vocabulary(self, path):
-        """Reads a file written by `save_vocabulary` and tokenizes with it from now on."""
-        raise NotImplementedError
+        """Whether a vocabulary is set (from `__init__`, `load_vocabulary` or the archive)."""
+        return getattr(self, self.vocabulary_argument) is not None
 
     def save_assets(self, dir_path):
         self.save_vocabulary(os.path.join(dir_path, self.vocabulary_file))
@@ -196,10 +194,6 @@ class TextTokenizer(BaseTextTokenizer):
         elif vocabulary is not None:
             self.set_vocabulary(vocabulary)
 
-    @property
-    def has_vocabulary(self):
-        return self.vocabulary is not None
-
     def set_vocabulary(self, vocabulary):
         """Tokenizes with `vocabulary` (a list of tokens) from now on."""
         vocabulary = list(vocabulary)
@@ -212,6 +206,7 @@ class TextTokenizer(BaseTextTokenizer):
         self.vocabulary = vocabulary
 
     def load_vocabulary(self, path):
+        """Reads a file written by `save_vocabulary` and tokenizes with it from now on."""
         with open(path, encoding="utf-8") as f:
             self.set_vocabulary(line.rstrip("\n") for line in f if line.rstrip("\n"))
 
