@@ -10,7 +10,7 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding
+from mm_keras.tokenizers import AudioSpectrogramTokenizer, ImagePatchTokenizer, TextEmbedding
 
 MODES = ("float32", "dynamic", "float16", "int8")
 
@@ -27,15 +27,19 @@ _OP_NAMES = {
 
 
 def tower_input_spec(model, modality, batch_size=1):
-    """The fixed-shape input a tower's TFLite file takes: uint8 pixels or int32 token ids."""
+    """The fixed-shape input a tower's TFLite file takes: uint8 pixels, int32 token ids or
+    float32 waveforms."""
     layer = model.tokenizers[modality]
     if isinstance(layer, ImagePatchTokenizer):
         dtype = tf.uint8
     elif isinstance(layer, TextEmbedding):
         dtype = tf.int32
+    elif isinstance(layer, AudioSpectrogramTokenizer):
+        dtype = tf.float32
     else:
         raise ValueError(
-            "Expected a tower built on ImagePatchTokenizer or TextEmbedding. "
+            "Expected a tower built on ImagePatchTokenizer, TextEmbedding or "
+            "AudioSpectrogramTokenizer. "
             f"Received: {modality!r} uses {type(layer).__name__}"
         )
     return tf.TensorSpec((batch_size, *layer.default_input_shape[1:]), dtype, name=modality)
@@ -74,8 +78,10 @@ def int8_ops(tflite_model):
 def convert_tower(model, modality, mode="float32", representative_inputs=None, allow_flex=False):
     """Converts one tower of a dual encoder to a TFLite flatbuffer.
 
-    The tower maps a batch of one raw input (uint8 pixels `[1, H, W, C]` or int32 token ids
-    `[1, L]`, from `TextTokenizer`) to its unit-norm embedding, output `"embedding"`. The
+    The tower maps a batch of one raw input (uint8 pixels `[1, H, W, C]`, int32 token ids
+    `[1, L]` from `TextTokenizer`, or float32 waveforms `[1, num_samples]` in [-1, 1]) to
+    its unit-norm embedding, output `"embedding"`. An audio tower's STFT converts to the
+    builtin `RFFT2D` and `COMPLEX_ABS`, its gain normalisation to `MEAN`/`SQRT`. The
     fixed batch of one keeps shape arithmetic out of the graph. Ids of padding only (which
     the shipped tokenizer never makes: it refuses text without a token) embed to the zero
     vector, never NaN (see `mm_keras.models.towers.l2_normalize`).

@@ -1,10 +1,17 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
+from mm_keras.data import datasets
+from mm_keras.encoders import TransformerEncoder
 from mm_keras.export import MODES, convert_tower, tflite_ops
 from mm_keras.export.tflite import _convert, int8_ops, write_tflite
+from mm_keras.models import DualEncoder
+from mm_keras.tokenizers import AudioSpectrogramTokenizer, TextEmbedding, TextTokenizer
+from mm_keras.trainers import ContrastiveTrainer
+from mm_keras.trainers.optimizers import adamw
 
 
 def _run(tflite_model, inputs):
@@ -87,3 +94,49 @@ def test_graph_needing_flex_ops_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="Received Flex ops: \\['Flex"):
         write_tflite(flex_model, str(tmp_path / "m.tflite"))
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def audio_model():
+    """An audio-text dual encoder trained on the embedded digits for a few seconds."""
+    keras.utils.set_random_seed(0)  # module fixtures run before the per-test seeding
+    train = datasets.load_digits_arrays("train", ("audio", "text"))
+    tokenizer = TextTokenizer.train(train["text"].tolist(), vocabulary_size=200, sequence_length=12)
+    model = DualEncoder(
+        {
+            "audio": AudioSpectrogramTokenizer(8000, 4000, 32, patch_size=(2, 32)),
+            "text": TextEmbedding(tokenizer.vocabulary_size, 12, hidden_dim=32),
+        },
+        {m: TransformerEncoder(1, 2, 64) for m in ("audio", "text")},
+        projection_dim=16,
+    )
+    pairs = {"audio": train["audio"], "label": train["label"]}
+    pairs["text"] = tokenizer(train["text"].tolist())["token_ids"]
+    trainer = ContrastiveTrainer(model, ("audio", "text"), label_aware=True)
+    trainer.compile(optimizer=adamw(3e-3))
+    trainer.fit(
+        tf.data.Dataset.from_tensor_slices(pairs).batch(64), epochs=5, shuffle=False, verbose=0
+    )
+    return model, tokenizer
+
+
+def test_audio_tower_embeds_a_clip_the_same_at_any_gain_in_keras_and_tflite(audio_model):
+    audio_model, tokenizer = audio_model
+    test = datasets.load_digits_arrays("test", ("audio",))
+    prompts = tokenizer(sum(datasets.class_prompts(), []))["token_ids"]
+    classes = np.asarray(audio_model({"text": prompts})["text"]).reshape(10, -1, 16).mean(1)
+    predicted = np.argmax(np.asarray(audio_model({"audio": test["audio"]})["audio"]) @ classes.T, 1)
+    assert np.mean(predicted == test["label"]) >= 0.8  # a trained tower (zero-shot ~0.95)
+    audio = test["audio"]
+    clips = audio[np.abs(audio).max(axis=1) < 0.24][:8].copy()  # x4 stays under full scale
+    clips[:4, 2500:] = 0.0  # shorter clips, zero-padded to num_samples
+    tflite_model = convert_tower(audio_model, "audio", "float32")
+    assert not [op for op in tflite_ops(tflite_model) if op.startswith("Flex")]
+    keras_embeddings = {}
+    for gain in (1.0, 0.05, 4.0):
+        scaled = clips * np.float32(gain)
+        keras_embeddings[gain] = np.asarray(audio_model({"audio": scaled})["audio"])
+        tflite_embeddings = _run(tflite_model, scaled)
+        np.testing.assert_allclose(tflite_embeddings, keras_embeddings[gain], atol=1e-4)
+        cosine = np.sum(tflite_embeddings * keras_embeddings[1.0], axis=1)
+        assert cosine.min() >= 0.99, (gain, cosine)
