@@ -1,3 +1,6 @@
+import os
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -64,6 +67,18 @@ def test_configs_saved_before_normalize_gain_keep_raw_levels():
     assert config["normalize_gain"] is True
     del config["normalize_gain"]
     assert AudioSpectrogramTokenizer.from_config(config).normalize_gain is False
+
+
+def test_a_model_saved_before_normalize_gain_loads_with_its_old_outputs():
+    # Saved by the layer as it was before `normalize_gain` and SpecAugment (commit ab00002^),
+    # wrapped in `tests.roundtrip.LayerModel`, with the tokens it gave then for this DTMF "7".
+    path = os.path.join(os.path.dirname(__file__), "data", "audio_v0.keras")
+    model = keras.saving.load_model(path, safe_mode=True)
+    assert model.layer.normalize_gain is False and model.layer.seed_generator is None
+    t = np.arange(4000) / 8000
+    seven = 0.1 * np.sin(2 * np.pi * 852 * t) + 0.1 * np.sin(2 * np.pi * 1209 * t)
+    tokens = np.asarray(model(seven[None].astype("float32"))["tokens"])
+    np.testing.assert_allclose(tokens[0, :3, 0], [1.9141, 1.9758, 1.7905], atol=2e-4)
 
 
 def test_spec_augment_ranges_have_the_configured_count_and_widths():
