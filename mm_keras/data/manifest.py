@@ -191,9 +191,9 @@ def read_manifest(path, modalities, on_error="raise", num_classes=None):
     if has_labels:
         for record in records:
             if record["label"] == NO_LABEL:
-                expected = "a label, as other records have" if num_classes is None else (
-                    f"a label in [0, {num_classes})"
-                )
+                expected = "a label, as other records have"
+                if num_classes is not None:
+                    expected = f"a label in [0, {num_classes})"
                 bad(record["source"], "missing_label", f"expected {expected}, got none")
         records = [r for r in records if r["label"] != NO_LABEL]
     if not records:

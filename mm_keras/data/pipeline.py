@@ -129,9 +129,9 @@ def _columns(rows, keys):
 
 def _decodes(row):
     """A row of file paths → its index, once every file in it has decoded (else an error)."""
-    decoded = [tf.size(tf.io.decode_image(row["image"], expand_animations=False))] if (
-        "image" in row
-    ) else []
+    decoded = []
+    if "image" in row:
+        decoded.append(tf.size(tf.io.decode_image(row["image"], expand_animations=False)))
     if "audio" in row:
         decoded.append(tf.size(tf.audio.decode_wav(row["audio"]).audio))
     if "video" in row:
@@ -346,9 +346,7 @@ class Pipeline:
         wrote and checked, holding the requested modalities and labels in range.
         Otherwise skipped records make it unknown.
         """
-        files = sorted(
-            f for f in tf.io.gfile.glob(pattern) if not f.endswith(records.INDEX_SUFFIX)
-        )
+        files = sorted(f for f in tf.io.gfile.glob(pattern) if not f.endswith(records.INDEX_SUFFIX))
         if not files:
             raise ValueError(f"Expected TFRecord files matching {pattern!r}. Received: none")
         pipeline = cls(modalities, **options)

@@ -140,10 +140,16 @@ def read_index(path):
     entry = index["shards"].get(os.path.basename(path))
     if entry is None or entry["bytes"] != tf.io.gfile.stat(path).length:
         return None
-    return {"records": entry["records"], "modalities": index["modalities"], "labels": index["labels"]}
+    return {
+        "records": entry["records"],
+        "modalities": index["modalities"],
+        "labels": index["labels"],
+    }
 
 
 def count_records(path):
     """Records in a TFRecord file, counted by reading it (nothing is parsed)."""
     chunks = tf.data.TFRecordDataset(path).batch(1024)
-    return int(chunks.reduce(tf.constant(0, tf.int64), lambda n, chunk: n + tf.size(chunk, tf.int64)))
+    return int(
+        chunks.reduce(tf.constant(0, tf.int64), lambda n, chunk: n + tf.size(chunk, tf.int64))
+    )
