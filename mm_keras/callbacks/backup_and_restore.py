@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mm_keras.distribute.strategy import num_workers
+
 # What a backup holds besides its position, by group: the state `fit` changes.
 GROUPS = ("weights", "optimizer", "seeds", "metrics")
 # What reading a damaged or truncated backup file raises.
@@ -46,6 +48,19 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     when `fit` ends, marked complete, so that a run killed after `fit` but before it has
     saved its model resumes with nothing left to train; delete it with `delete_backup()`
     once the model is saved.
+
+    Under a multi-worker strategy each worker keeps its own backup, and a kill can land
+    between one worker's rename and another's: the workers' latest backups are then one
+    save apart. A resume must start every worker at the same step, else they run different
+    numbers of collective steps and hang. So `on_train_begin` gathers, across workers,
+    the positions each can restore (its latest backup and the previous one) and all
+    resume from the newest position that every worker holds, each from whichever of its
+    two files holds it; when no position is common to all (a worker has no backup, or
+    `double_checkpoint=False`), all start from scratch and the stale backups are deleted.
+    A worker none of whose backup files can be read makes every worker raise. And
+    `delete_backup` waits for every worker to call it before deleting: call it on every
+    worker, once each has written its results, so that no worker's backup is gone while
+    another worker still needs its own.
 
     Stopping on a NaN or Inf loss must not delete the backup: use
     `keras.callbacks.TerminateOnNaN(raise_error=True)`, which raises before `fit` ends
@@ -111,12 +126,28 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         return None
 
     def delete_backup(self):
-        """Deletes the backup, the latest file last: a kill midway leaves it usable."""
+        """Deletes the backup, the latest file last: a kill midway leaves it usable.
+
+        Under a multi-worker strategy this is a collective: every worker must call it,
+        and none deletes before all have.
+        """
+        strategy = self._multi_worker_strategy()
+        if strategy is not None:
+            _gather_rows(strategy, [0])  # a barrier
+        self._delete_files()
+
+    def _delete_files(self):
         for path in (self._previous_path, self._latest_path):
             if os.path.exists(path):
                 os.remove(path)
         if os.path.isdir(self.backup_dir):
-            shutil.rmtree(self.backup_dir)
+            for name in os.listdir(self.backup_dir):
+                if name.startswith(".staging"):
+                    os.remove(os.path.join(self.backup_dir, name))
+            try:
+                os.rmdir(self.backup_dir)
+            except OSError:  # not empty: it holds other workers' backups (`worker_path`)
+                pass
 
     def on_train_begin(self, logs=None):
         if not self.model.built:
@@ -137,6 +168,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             for name in os.listdir(self.backup_dir):
                 if name.startswith(".staging"):
                     os.remove(os.path.join(self.backup_dir, name))
+        strategy = self._multi_worker_strategy()
+        if strategy is not None:
+            self._restore_agreed(strategy)
+            return
         paths = [p for p in (self._latest_path, self._previous_path) if os.path.exists(p)]
         for i, path in enumerate(paths):
             try:
@@ -159,6 +194,55 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 # writes the latest, no readable backup would exist.
                 os.replace(path, self._latest_path)
             return
+
+    def _multi_worker_strategy(self):
+        if self.model is None:
+            return None
+        strategy = self.model.distribute_strategy
+        return strategy if num_workers(strategy) > 1 else None
+
+    def _restore_agreed(self, strategy):
+        """Restores the newest position every worker can restore, or none on any."""
+        paths = [p for p in (self._latest_path, self._previous_path) if os.path.exists(p)]
+        readable, errors = {}, []
+        for path in paths:
+            try:
+                position = _read(path)["position"]  # read whole: a file must restore
+            except UNREADABLE as error:
+                errors.append(f"{path} ({error})")
+                continue
+            readable.setdefault(_key(position), path)
+        # A row per replica: [task id, unreadable, then (epoch, batch, completed) twice].
+        keys = list(readable)[:2] + [(-1, -1, -1)] * (2 - len(readable))
+        broken = bool(paths) and not readable
+        row = [strategy.cluster_resolver.task_id, int(broken)] + [v for k in keys for v in k]
+        rows = _gather_rows(strategy, row)
+        if broken:
+            raise ValueError(
+                f"Expected a readable backup in {self.backup_dir}. Received: {', '.join(errors)}"
+            )
+        broken_tasks = sorted({int(r[0]) for r in rows if r[1]})
+        if broken_tasks:
+            raise ValueError(
+                "Expected every worker to hold a readable backup or none, so that all "
+                f"resume at one step. Received: unreadable backups on workers {broken_tasks}"
+            )
+        target = agreed_position([[tuple(r[i : i + 3]) for i in (2, 5)] for r in rows])
+        if target is None:
+            # All start from scratch: a stale backup left here must not become the
+            # previous one of the new run's first backup.
+            self._delete_files()
+            return
+        path = readable[target]
+        if path != self._latest_path:
+            warnings.warn(
+                f"Resuming from {path}, not {self._latest_path}: the newest position "
+                "that every worker's backup holds.",
+                stacklevel=2,
+            )
+        self._restore(_read(path))
+        if path != self._latest_path:
+            os.replace(path, self._latest_path)
 
     def _restore(self, backup):
         position = backup["position"]
@@ -265,6 +349,37 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         if self.double_checkpoint and os.path.exists(self._latest_path):
             _link_or_copy(self._latest_path, self._previous_path)
         os.replace(staged, self._latest_path)
+
+
+def agreed_position(positions_by_worker):
+    """The newest position every worker holds, or None when none is common to all.
+
+    Args:
+        positions_by_worker: a list, one item per worker (or replica), of the
+            `(epoch, batch, completed)` tuples it can restore; `(-1, -1, -1)` is no backup.
+
+    Example:
+    >>> agreed_position([[(2, 1, 0), (2, 0, 0)], [(2, 0, 0), (1, 2, 0)]])
+    (2, 0, 0)
+    """
+    common = set.intersection(*(set(p) for p in positions_by_worker)) - {(-1, -1, -1)}
+    return max(common) if common else None
+
+
+def _key(position):
+    """A position as a tuple that orders as training advances (completed after all)."""
+    return (position["epoch"], position["batch"], int(position["completed"]))
+
+
+def _gather_rows(strategy, row):
+    """Every replica's `row` of ints, gathered across all workers: a collective."""
+    row = tf.constant([row], tf.int64)
+
+    @tf.function
+    def gather():
+        return strategy.gather(strategy.run(lambda: tf.identity(row)), axis=0)
+
+    return gather().numpy().tolist()
 
 
 def _read(path):

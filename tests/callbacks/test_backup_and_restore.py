@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mm_keras.callbacks import BackupAndRestore
+from mm_keras.callbacks.backup_and_restore import agreed_position
 from tests.scripts import ROOT
 from tests.trainers.toy import toy_batches, toy_trainer
 
@@ -270,3 +271,21 @@ def test_no_readable_backup_is_a_clear_error(tmp_path):
     (backup_dir / "backup.npz").write_bytes(b"PK\x03\x04")
     with pytest.raises(ValueError, match="Expected a readable backup.*none readable"):
         toy_trainer().fit(toy_batches(), epochs=1, callbacks=[BackupAndRestore(str(backup_dir))])
+
+
+@pytest.mark.parametrize(
+    "positions_by_worker, agreed",
+    [
+        # Killed between the chief's rename and worker 1's: the chief's previous.
+        ([[(1, 2, 0), (1, 1, 0)], [(1, 1, 0), (1, 0, 0)]], (1, 1, 0)),
+        # Killed between the link and the rename: both files hold one position.
+        ([[(1, 1, 0), (1, 1, 0)], [(1, 1, 0), (1, 0, 0)]], (1, 1, 0)),
+        # The completed backup orders after the last epoch's.
+        ([[(3, 0, 1), (3, 0, 0)], [(3, 0, 0), (2, 2, 0)]], (3, 0, 0)),
+        # A worker without a backup: every worker starts from scratch.
+        ([[(3, 0, 1), (3, 0, 0)], [(-1, -1, -1), (-1, -1, -1)]], None),
+        ([[(-1, -1, -1)] * 2] * 2, None),
+    ],
+)
+def test_workers_agree_on_the_newest_position_all_hold(positions_by_worker, agreed):
+    assert agreed_position(positions_by_worker) == agreed
