@@ -25,11 +25,15 @@ class RunLock:
     Limits: `flock` excludes processes that see the same file through one kernel, or
     through NFS (v4, or v3 with a lock manager; Linux maps `flock` to NFS byte-range
     locks), which then spans hosts. Some network and FUSE file systems ignore or only
-    locally honour `flock`; two hosts on such a file system are not kept apart. A holder
-    that is alive but hung still holds the directory: stop that process, not the lock.
+    locally honour `flock`; two hosts on such a file system are not kept apart. On NFS
+    the lock is a lease the holder's host renews: when that host dies (not just the
+    process), the server frees the lock only once the lease expires, about 90 s (the NFS
+    server's lease time), and restarts until then are refused. A holder that is alive but
+    hung still holds the directory: stop that process, not the lock.
 
     Args:
-        directory: str, the directory to hold; created if absent.
+        directory: str, the directory to hold; created if absent. When it cannot be
+            created or written, `acquire` raises the `OSError` naming it.
 
     Example:
     >>> with RunLock("runs/clip"):
@@ -44,10 +48,12 @@ class RunLock:
     def acquire(self):
         """Takes the lock, or raises `RunLockedError` naming the live holder."""
         if self._file is not None:
-            raise RuntimeError(f"{self.path} is already held by this `RunLock`.")
-        os.makedirs(self.directory, exist_ok=True)
+            raise RuntimeError(
+                f"Expected a `RunLock` that is not held; release it before acquiring it "
+                f"again. Received: a `RunLock` already holding {self.path}"
+            )
         while True:
-            file = open(self.path, "a+")
+            file = self._open()
             try:
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -77,6 +83,18 @@ class RunLock:
         file.flush()
         self._file = file
         return self
+
+    def _open(self):
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            return open(self.path, "a+")
+        except OSError as error:
+            # Else the error names the lock file or a parent, not the run's directory.
+            raise type(error)(
+                error.errno,
+                "Expected an output directory this process can create and write. "
+                f"Received: {self.directory} ({error.strerror}: {error.filename})",
+            ) from error
 
     def release(self):
         """Removes the lock file and releases the lock; a no-op when not held."""

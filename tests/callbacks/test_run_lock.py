@@ -64,3 +64,27 @@ def test_a_released_lock_can_be_taken_again_and_a_held_one_not_twice(tmp_path):
     lock.release()
     with RunLock(tmp_path / "run"):
         pass
+
+
+def test_acquiring_a_held_lock_again_says_expected_and_received(tmp_path):
+    with RunLock(tmp_path) as lock:
+        with pytest.raises(RuntimeError, match="Expected a `RunLock` that is not held.*Received"):
+            lock.acquire()
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_directory_that_cannot_be_made_is_named(tmp_path, where):
+    (tmp_path / "file").write_text("")
+    directory = tmp_path / "file" if where == "a file" else tmp_path / "file" / "run"
+    with pytest.raises(OSError, match=f"Received: {directory} \\("):
+        RunLock(directory).acquire()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
+def test_a_read_only_directory_is_named(tmp_path):
+    os.chmod(tmp_path, 0o555)
+    try:
+        with pytest.raises(PermissionError, match=f"Received: {tmp_path} \\("):
+            RunLock(tmp_path).acquire()
+    finally:
+        os.chmod(tmp_path, 0o755)
