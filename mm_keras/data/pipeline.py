@@ -245,7 +245,13 @@ class Pipeline:
     TFRecord shard and index) when `on_error="raise"` (the default). With
     `on_error="skip"` the record is left out and counted by reason: `error_counts()`
     reports the counts, and `error_report()` is a Keras callback that logs and resets them
-    at the end of every epoch. Nothing is dropped silently.
+    at the end of every epoch. Nothing is dropped silently. From a manifest, every bad
+    record (a line that is not UTF-8, a missing label, an empty caption, a bad file) is
+    found when the pipeline is made, before any training: then the dataset's
+    `cardinality()` is its number of batches, as a learning-rate schedule needs and Keras
+    uses to end an epoch. It stays unknown only where records may still be skipped while
+    iterating (`on_error="skip"` with `decode_check=False`, or TFRecords the converter did
+    not check for this pipeline's modalities and classes).
 
     Args:
         modalities: which of `"image"`, `"audio"`, `"video"`, `"text"` to read.
@@ -575,7 +581,9 @@ class Pipeline:
 
         Records travel in chunks from the files to the batches, and are checked and
         decoded a batch at a time (vectorized checks, images decoded 16 to a `tf.map_fn`
-        iteration), which is several times faster than record by record.
+        iteration), which is several times faster than record by record. When the
+        records are known (see the class docstring) the dataset declares its batches
+        per epoch (`cardinality()`, this input pipeline's share).
 
         Args:
             batch_size: int, the global batch size (divided among input pipelines when

@@ -50,12 +50,19 @@ def test_input_pipeline_benchmark_writes_its_ratios(tmp_path):
         "--batches=3",
         "--steps=3",
         "--rounds=1",
+        "--conversion_rounds=1",
         f"--output_dir={tmp_path}",
     )
     assert "parallel_speedup" in result.stdout.strip().splitlines()[-1]
     with open(tmp_path / "input_pipeline.json") as f:
         results = json.load(f)
-    for key in ("pipeline_to_step_ratio", "pipeline_to_step_ratio_embedded", "parallel_speedup"):
+    for key in (
+        "pipeline_to_step_ratio",
+        "pipeline_to_step_ratio_embedded",
+        "parallel_speedup",
+        "manifest_to_tfrecords_records_per_second",
+        "manifest_to_tfrecords_speedup",
+    ):
         assert results[key] > 0
 
 
