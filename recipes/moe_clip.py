@@ -283,8 +283,8 @@ def train_and_report(strategy, run, modalities, splits):
 
     print(f"\nTest split ({len(test[modalities[0]])} examples), written to {run.path}/:")
     if run.resumed:
-        step = int(metrics["resumed_from_step"])
-        print(f"  resumed from the backup of epoch {int(metrics['resumed_from_epoch'])}, step {step}")
+        epoch, step = int(metrics["resumed_from_epoch"]), int(metrics["resumed_from_step"])
+        print(f"  resumed from the backup of epoch {epoch}, step {step}")
     if "zero_shot_top1" in metrics:
         other = next(m for m in modalities if m != "text")
         print(f"  zero-shot top-1 ({other}→text prompts): {metrics['zero_shot_top1']:.4f}")
