@@ -7,11 +7,12 @@
 The teacher is a dual encoder like `recipes/clip.py`'s, wider here (width 128, 2 layers
 per tower, peak learning rate 1e-3; `--hidden_dim`, `--num_layers` and `--learning_rate`
 set them) and trained the same way, or loaded with `--teacher` (with `vocabulary.txt`
-beside it). Each stage of `--width_stages` builds a student with `mm_keras.models.shrink`: the fraction of the teacher's heads and
-units given, and, in the first stage, `--depth_fraction` of its layers (evenly spaced),
-with the teacher's weights inherited (TinyCLIP). A stage starts from the previous stage's
-student and is trained for `--distill_epochs` with `DistillationTrainer`: its own
-contrastive loss plus TinyCLIP's affinity mimicking of the teacher.
+beside it). Each stage of `--width_stages` builds a student with `mm_keras.models.shrink`:
+the fraction of the teacher's heads and units given, and, in the first stage,
+`--depth_fraction` of its layers (evenly spaced), with the teacher's weights inherited
+(TinyCLIP). A stage starts from the previous stage's student and is trained for
+`--distill_epochs` with `DistillationTrainer`: its own contrastive loss plus TinyCLIP's
+affinity mimicking of the teacher.
 
 Evaluates teacher and every student on the test split (zero-shot top-1 from text prompts
 no caption uses, label-aware recall@1) and converts both towers of each to TFLite

@@ -4,14 +4,15 @@
     python recipes/moe_clip.py --router=modality --experts=4    # an expert group per modality
     python recipes/moe_clip.py --router=expert_choice
 
-Everything `recipes/clip.py` does (its flags, data flags included, distribution,
-resuming, evaluation, the files in `--output_dir`, default `runs/moe_clip/`), with one `SharedEncoder` for both modalities:
-the modality's embedding is added to its tokens, and every `--moe_every`-th block has a
-sparse feed-forward of `--experts` experts. After training, the test split runs through the
-encoder once more to measure how the experts share the tokens, and `metrics.json` adds
-`min_expert_load_fraction` and `max_expert_load_fraction` (over every sparse block and
-expert: the share of routed token slots an expert processed), `dropped_token_fraction`
-(assignments over capacity) and `router_entropy`, each from the most extreme sparse block.
+Everything `recipes/clip.py` does (its flags, data flags included, distribution, resuming,
+evaluation, the files in `--output_dir`, default `runs/moe_clip/`), with one
+`SharedEncoder` for both modalities: the modality's embedding is added to its tokens, and
+every `--moe_every`-th block has a sparse feed-forward of `--experts` experts. After
+training, the test split runs through the encoder once more to measure how the experts
+share the tokens, and `metrics.json` adds `min_expert_load_fraction` and
+`max_expert_load_fraction` (over every sparse block and expert: the share of routed token
+slots an expert processed), `dropped_token_fraction` (assignments over capacity) and
+`router_entropy`, each from the most extreme sparse block.
 
 On 2 CPU cores with the defaults (4 experts, top-1 routing, capacity 1.25, a sparse second
 block): zero-shot top-1 ≈ 0.98, the dense recipe's ≈ 0.99.
