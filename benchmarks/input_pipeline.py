@@ -215,7 +215,12 @@ def main(argv):
             steps = max(steps, time_steps())
 
     results = {
-        "config": {"batch_size": FLAGS.batch_size, "batches": FLAGS.batches, "steps": FLAGS.steps},
+        "config": {
+            "batch_size": FLAGS.batch_size,
+            "batches": FLAGS.batches,
+            "steps": FLAGS.steps,
+            "conversion_rounds": FLAGS.conversion_rounds,
+        },
         "input_examples_per_second": best,
         "training_step_examples_per_second": steps,
         "pipeline_to_step_ratio": best["tfrecord_parallel"] / steps,
