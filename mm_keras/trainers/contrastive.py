@@ -79,6 +79,13 @@ class ContrastiveTrainer(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.accuracy_tracker]
 
+    def fit(self, x=None, y=None, *args, **kwargs):
+        # A tf.data dataset shuffles itself (`Pipeline`, `make_batches`): Keras ignores its
+        # default `shuffle=True` for one and warns on every `fit`.
+        if isinstance(x, tf.data.Dataset):
+            kwargs.setdefault("shuffle", False)
+        return super().fit(x, y, *args, **kwargs)
+
     def build(self, input_shape=None):
         if not self.model.built:
             # With explicit shapes, which Keras records for the default SavedModel signature.
