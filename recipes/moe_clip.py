@@ -311,10 +311,12 @@ def main(argv):
     del argv
     # Logical devices first: TensorFlow fixes them once anything has run.
     devices = split_cpu(FLAGS.cpu_replicas) if FLAGS.cpu_replicas else None
+    # The strategy next: a multi-worker one configures collectives, which must come before
+    # any TensorFlow op (the data checks run some).
+    strategy = get_strategy(FLAGS.strategy, devices=devices)
     modalities = tuple(FLAGS.modalities)
     splits = load_splits(modalities)
     tf.get_logger().setLevel("ERROR")  # evaluation retraces `predict` per input structure
-    strategy = get_strategy(FLAGS.strategy, devices=devices)
     keras.utils.set_random_seed(FLAGS.seed)
     keras.config.set_dtype_policy(FLAGS.dtype_policy)
     run = RunDirectory(worker_path(strategy, FLAGS.output_dir), FLAGS.backup_every_steps)
