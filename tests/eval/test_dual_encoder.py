@@ -69,6 +69,4 @@ def test_labels_give_zero_shot_and_label_aware_recall_over_distinct_captions():
 def test_zero_shot_without_labels_is_refused():
     examples = {"image": np.arange(4), "audio": np.arange(4), "label": np.full(4, -1)}
     with pytest.raises(ValueError, match="need a label for every example"):
-        evaluate_dual_encoder(
-            _Lookup({}), examples, ("image", "audio"), label_aware=True
-        )
+        evaluate_dual_encoder(_Lookup({}), examples, ("image", "audio"), label_aware=True)

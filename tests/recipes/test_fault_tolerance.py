@@ -106,9 +106,7 @@ def _start_and_kill_at_step(output_dir, step):
     return backup.backed_up_position()
 
 
-def test_run_killed_at_a_random_step_resumes_to_the_uninterrupted_result(
-    tmp_path, uninterrupted
-):
+def test_run_killed_at_a_random_step_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted):
     step = random.Random().randrange(3, STEPS - 3, 3)  # a step the backup is taken at
     killed = str(tmp_path / "killed")
     position = _start_and_kill_at_step(killed, step)
