@@ -62,6 +62,7 @@ import tensorflow as tf  # noqa: E402
 
 from mm_keras.callbacks import RunLockedError  # noqa: E402
 from mm_keras.data import datasets  # noqa: E402
+from mm_keras.data.audio_augment import augment_audio  # noqa: E402
 from mm_keras.data.records import MODALITIES  # noqa: E402
 from mm_keras.distribute import STRATEGIES, get_strategy, split_cpu, worker_path  # noqa: E402
 from mm_keras.encoders import TransformerEncoder  # noqa: E402
@@ -100,6 +101,12 @@ flags.DEFINE_bool(
     "label_aware",
     None,
     "Same-label pairs are positives, and recall is label-aware (default: on the digits only).",
+)
+flags.DEFINE_bool(
+    "audio_augment",
+    False,
+    "Train audio with random gain (-20 to +6 dB), time shifts of up to 0.1 s and SpecAugment "
+    "(2 time masks of up to 4 frames, 2 frequency masks of up to 4 mel bands).",
 )
 flags.DEFINE_bool("shared_encoder", False, "One Transformer encoder for both towers.")
 flags.DEFINE_integer("hidden_dim", 64, "Token width of both towers.")
@@ -161,8 +168,17 @@ def build_model(modalities, vocabulary_size):
             return ImagePatchTokenizer(size, FLAGS.patch_size, FLAGS.hidden_dim, FLAGS.num_channels)
         if modality == "audio":
             # Patches of 2 frames x all 32 mel bands: a DTMF key is a pair of bands at once.
+            masks = {}
+            if FLAGS.audio_augment:
+                masks = dict(
+                    time_masks=2,
+                    max_time_mask_width=4,
+                    freq_masks=2,
+                    max_freq_mask_width=4,
+                    seed=FLAGS.seed,
+                )
             return AudioSpectrogramTokenizer(
-                FLAGS.sample_rate, FLAGS.num_samples, FLAGS.hidden_dim, patch_size=(2, 32)
+                FLAGS.sample_rate, FLAGS.num_samples, FLAGS.hidden_dim, patch_size=(2, 32), **masks
             )
         return TextEmbedding(vocabulary_size, FLAGS.sequence_length, FLAGS.hidden_dim)
 
@@ -174,6 +190,19 @@ def build_model(modalities, vocabulary_size):
     scale = 10.0 if FLAGS.loss == "siglip" else 1.0 / 0.07
     tokenizers = {m: tokenizer(m) for m in modalities}
     return DualEncoder(tokenizers, encoders, FLAGS.projection_dim, logit_scale_init=scale)
+
+
+def audio_augmentation(modalities):
+    """`Splits.batches`'s `augment` for `--audio_augment`: gain and shift, or None."""
+    if not FLAGS.audio_augment or "audio" not in modalities:
+        return None
+
+    def augment(dataset, context):
+        # A seed per input pipeline: workers draw differently, a rerun draws the same.
+        seed = FLAGS.seed + context.input_pipeline_id
+        return augment_audio(dataset, seed=seed, max_shift=FLAGS.sample_rate // 10)
+
+    return augment
 
 
 def train_and_report(strategy, run, modalities, splits):
@@ -191,6 +220,7 @@ def train_and_report(strategy, run, modalities, splits):
             split: splits.batches(
                 strategy, split, FLAGS.batch_size, tokenizer, training=split == "train",
                 seed=FLAGS.seed, data_service=FLAGS.data_service or None,
+                augment=audio_augmentation(modalities),
             )  # fmt: skip
             for split in ("train", "validation")
         }

@@ -229,13 +229,27 @@ class Splits:
 
     def batches(
         self, strategy, split, batch_size, tokenizer=None, training=False, seed=None,
-        data_service=None,
+        data_service=None, augment=None,
     ):  # fmt: skip
         """The split as `strategy`'s repeating distributed dataset, and its steps per epoch.
 
         Each input pipeline (one per worker) reads an equal share; every step takes
         `batch_size` examples over all replicas, full batches only (validation too: the
         contrastive loss depends on the batch size, so only full batches compare).
+
+        Args:
+            strategy: the `tf.distribute.Strategy` to distribute over.
+            split: `"train"`, `"validation"` or `"test"`.
+            batch_size: int, examples per step over all replicas.
+            tokenizer: optional `TextTokenizer` for the `"text"` entries.
+            training: bool, whether to shuffle (and augment) the split.
+            seed: optional int, the shuffle seed.
+            data_service: optional `tf.data` service address (see `distribute_batches`).
+            augment: optional callable `(dataset, input_context) -> dataset`, applied to
+                each input pipeline's batched dataset when `training` (only then: held-out
+                data is measured as it is). `input_context.input_pipeline_id` lets each
+                pipeline draw its own random numbers, for instance
+                `augment_audio(dataset, seed + input_context.input_pipeline_id)`.
 
         Raises:
             ValueError: when `batch_size` is larger than the split or not a multiple of
@@ -263,7 +277,12 @@ class Splits:
                 input_context=context,
             )
 
-        make = from_digits if self._pipelines is None else from_files
+        read = from_digits if self._pipelines is None else from_files
+
+        def make(per_replica, context):
+            dataset = read(per_replica, context)
+            return augment(dataset, context) if training and augment is not None else dataset
+
         try:
             dataset = distribute_batches(strategy, make, batch_size, data_service)
         except ValueError as error:
