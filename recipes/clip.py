@@ -218,10 +218,15 @@ def train_and_report(strategy, run, modalities, splits):
     try:
         batches = {
             split: splits.batches(
-                strategy, split, FLAGS.batch_size, tokenizer, training=split == "train",
-                seed=FLAGS.seed, data_service=FLAGS.data_service or None,
+                strategy,
+                split,
+                FLAGS.batch_size,
+                tokenizer,
+                training=split == "train",
+                seed=FLAGS.seed,
+                data_service=FLAGS.data_service or None,
                 augment=audio_augmentation(modalities),
-            )  # fmt: skip
+            )
             for split in ("train", "validation")
         }
     except ValueError as error:
@@ -299,9 +304,7 @@ def train_and_report(strategy, run, modalities, splits):
             f"R@{k} {metrics[f'recall_at_{k}_{query}_to_{key}']:.4f}" for k in (1, 5, 10)
         )
         print(f"  {query}→{key} {kind} recall: {recalls}")
-    print(
-        f"  parameters: {int(metrics['num_params'])}, training: {metrics['train_seconds']:.1f} s"
-    )
+    print(f"  parameters: {int(metrics['num_params'])}, training: {metrics['train_seconds']:.1f} s")
     print(f"  reloaded model.keras (safe_mode=True): max abs embedding diff {reload_error:.2e}")
     return metrics
 
