@@ -1,0 +1,116 @@
+"""The data flags a training script shares with the recipes, and the splits they name.
+
+The one module of mm_keras that imports absl: a script of your own defines the same
+flags with one call and gets the same checks before any model is built.
+
+Example:
+>>> from absl import app, flags
+>>> from mm_keras.training.data_flags import define_data_flags, load_splits
+>>> flags.DEFINE_list("modalities", ["image", "text"], "The two modalities to align.")
+>>> define_data_flags()
+>>> def main(argv):
+...     splits = load_splits(tuple(flags.FLAGS.modalities))
+>>> app.run(main)
+"""
+
+import os
+
+from absl import app, flags
+
+from mm_keras.data import datasets
+from mm_keras.data.records import MODALITIES
+from mm_keras.training.splits import Splits
+
+
+def define_data_flags(flag_values=flags.FLAGS):
+    """Defines the flags that choose and decode a run's data.
+
+    `--train_data`, `--validation_data`, `--test_data` (a JSONL or CSV manifest, or a
+    TFRecord pattern as `manifest_to_tfrecords` writes; all three or none, for the
+    embedded digits), `--image_size`, `--num_channels`, `--sample_rate`, `--num_samples`,
+    `--num_frames`, `--on_error`, `--vocabulary`, `--class_names` and
+    `--prompt_templates`. `--modalities` is left to the script: its default differs.
+
+    Args:
+        flag_values: the `absl.flags.FlagValues` to define them in.
+    """
+    define = dict(flag_values=flag_values)
+    flags.DEFINE_string(
+        "train_data", "", "JSONL/CSV manifest or TFRecord pattern (default: digits).", **define
+    )
+    flags.DEFINE_string("validation_data", "", "The same, for validation.", **define)
+    flags.DEFINE_string("test_data", "", "The same, for the test split.", **define)
+    flags.DEFINE_list(
+        "image_size", ["32", "32"], "Height and width images are resized to.", **define
+    )
+    flags.DEFINE_integer("num_channels", 1, "Channels images are decoded to.", **define)
+    flags.DEFINE_integer("sample_rate", 8000, "Audio is resampled to this rate.", **define)
+    flags.DEFINE_integer(
+        "num_samples", 4000, "Audio is cropped or padded to this many samples.", **define
+    )
+    flags.DEFINE_integer("num_frames", 8, "Frames sampled from each video.", **define)
+    flags.DEFINE_enum(
+        "on_error", "raise", ["raise", "skip"], "Stop at a bad record, or skip it.", **define
+    )
+    flags.DEFINE_string(
+        "vocabulary", "", "A WordPiece vocabulary file (default: learn one).", **define
+    )
+    flags.DEFINE_string(
+        "class_names", "", "File of class names, one a line: label i is line i.", **define
+    )
+    flags.DEFINE_multi_string(
+        "prompt_templates", ["{}"], "Zero-shot prompts; {} is the name.", **define
+    )
+
+
+def image_size(flag_values=flags.FLAGS):
+    """`--image_size` as a list of two ints."""
+    return [int(v) for v in flag_values.image_size]
+
+
+def load_splits(modalities, label_aware=False, flag_values=flags.FLAGS):
+    """The embedded digits, or the data flags' files, checked before anything is built.
+
+    Args:
+        modalities: the two modalities to read.
+        label_aware: bool, whether training will need a label on every record.
+        flag_values: the `absl.flags.FlagValues` that `define_data_flags` defined.
+
+    Returns:
+        A `Splits`.
+
+    Raises:
+        absl.app.UsageError: naming the flag, the file and what was expected, when the
+            modalities are not two known ones, the data flags are not all given, or a
+            file cannot give the splits (see `Splits.from_files`).
+    """
+    values = flag_values
+    data_flags = (values.train_data, values.validation_data, values.test_data)
+    known = MODALITIES if any(data_flags) else datasets.MODALITIES
+    if len(modalities) != 2 or len(set(modalities)) != 2 or not set(modalities) <= set(known):
+        raise app.UsageError(f"--modalities must name two of {known}. Received: {list(modalities)}")
+    if not any(data_flags):
+        return Splits.digits(modalities)
+    if not all(data_flags):
+        raise app.UsageError(
+            "--train_data, --validation_data and --test_data go together. Received: "
+            f"{dict(zip(('train', 'validation', 'test'), data_flags))}"
+        )
+    if values.vocabulary and not os.path.isfile(values.vocabulary):
+        raise app.UsageError(f"--vocabulary: no such file. Received: {values.vocabulary!r}")
+    try:
+        return Splits.from_files(
+            modalities,
+            *data_flags,
+            on_error=values.on_error,
+            class_names=values.class_names or None,
+            prompt_templates=values.prompt_templates,
+            label_aware=label_aware,
+            image_size=image_size(values),
+            num_channels=values.num_channels,
+            sample_rate=values.sample_rate,
+            num_samples=values.num_samples,
+            num_frames=values.num_frames,
+        )
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
