@@ -9,7 +9,9 @@ rows sit in the gathered batch.
 Positives: without labels, example i pairs with example i only (image i and caption i). With
 `labels`, every pair of the same class is a positive. On data where a caption fits every
 image of its class (the embedded digits dataset), treating same-class pairs as negatives
-pushes apart items that should meet, and the label-aware form avoids that.
+pushes apart items that should meet, and the label-aware form avoids that. A negative label
+(`NO_LABEL`, -1, what a record without one reads as) is no class: such an example pairs
+with its own partner only, as without labels, rather than with every other unlabelled one.
 """
 
 import tensorflow as tf
@@ -20,13 +22,24 @@ def _local_only(tensor):
     return tensor, 0
 
 
+def _is_positive(row_ids, column_ids, labels, column_labels):
+    """Whether global example `row_ids[i]` and `column_ids[j]` are a positive pair, [b, c].
+
+    Positive: the same example, or (with labels) the same class, where a negative label
+    is no class.
+    """
+    same_example = ops.equal(row_ids[:, None], column_ids[None, :])
+    if labels is None:
+        return same_example
+    same_class = ops.equal(labels[:, None], column_labels[None, :])
+    return ops.logical_or(same_example, ops.logical_and(same_class, labels[:, None] >= 0))
+
+
 def _positives(batch_size, global_batch_size, offset, labels, labels_all):
     """P_ij = 1 where local row i and global column j are a positive pair, else 0."""
-    if labels is None:
-        columns = ops.arange(global_batch_size)[None, :]
-        rows = ops.arange(batch_size)[:, None] + offset
-        return ops.cast(ops.equal(rows, columns), "float32")
-    return ops.cast(ops.equal(labels[:, None], labels_all[None, :]), "float32")
+    rows = ops.arange(batch_size) + offset
+    columns = ops.arange(global_batch_size)
+    return ops.cast(_is_positive(rows, columns, labels, labels_all), "float32")
 
 
 def _gather_columns(y, labels, gather_fn):
@@ -51,7 +64,8 @@ def clip_loss(x, y, logit_scale, labels=None, gather_fn=None):
         x: float `[b, D]`, unit-norm embeddings of the first modality (this replica's rows).
         y: float `[b, D]`, unit-norm embeddings of the second modality, paired with `x`.
         logit_scale: scalar, the temperature scale t (1 / temperature).
-        labels: optional int `[b]`, class of each pair; same-class pairs become positives.
+        labels: optional int `[b]`, class of each pair; same-class pairs become positives
+            (a negative label is no class).
         gather_fn: optional callable, tensor `[b, ...]` → (`[B, ...]` gathered over
             replicas, offset of this replica's rows). Default: the local batch, offset 0.
 
@@ -88,7 +102,8 @@ def siglip_loss(x, y, logit_scale, logit_bias, labels=None, gather_fn=None, chun
         y: float `[b, D]`, unit-norm embeddings of the second modality, paired with `x`.
         logit_scale: scalar, the temperature scale t.
         logit_bias: scalar, the bias c.
-        labels: optional int `[b]`, class of each pair; same-class pairs become positives.
+        labels: optional int `[b]`, class of each pair; same-class pairs become positives
+            (a negative label is no class).
         gather_fn: see `clip_loss`.
         chunk_size: optional int. Sum over the columns `chunk_size` at a time, forward and
             backward, so no more than `[b, chunk_size]` of the similarity matrix exists at
@@ -131,10 +146,8 @@ def _chunked_siglip(x, y_all, scale, bias, labels, labels_all, offset, chunk):
         valid = tf.cast(ids < columns, tf.float32)[None, :]  # the last chunk may be short
         ids = tf.minimum(ids, columns - 1)
         y_chunk = tf.gather(y_all, ids)
-        if labels is None:
-            positives = tf.equal(row_ids[:, None], ids[None, :])
-        else:
-            positives = tf.equal(labels[:, None], tf.gather(labels_all, ids)[None, :])
+        column_labels = None if labels is None else tf.gather(labels_all, ids)
+        positives = _is_positive(row_ids, ids, labels, column_labels)
         signs = 2.0 * tf.cast(positives, tf.float32) - 1.0
         return ids, valid, y_chunk, tf.matmul(x, y_chunk, transpose_b=True), signs
 
@@ -185,8 +198,10 @@ def _chunked_siglip(x, y_all, scale, bias, labels, labels_all, offset, chunk):
 def in_batch_accuracy(x, y, labels=None):
     """Fraction of rows of x whose most similar y in the batch is a positive."""
     best = ops.argmax(ops.matmul(x, ops.transpose(y)), axis=1)
+    rows = ops.arange(ops.shape(x)[0])
     if labels is None:
-        hits = ops.equal(best, ops.arange(ops.shape(x)[0]))
+        hits = ops.equal(best, rows)
     else:
-        hits = ops.equal(ops.take(labels, best), labels)
+        same_class = ops.logical_and(ops.equal(ops.take(labels, best), labels), labels >= 0)
+        hits = ops.logical_or(ops.equal(best, rows), same_class)
     return ops.mean(ops.cast(hits, "float32"))

@@ -27,10 +27,11 @@ class ContrastiveTrainer(keras.Model):
         model: the dual encoder to train.
         modalities: pair of modality names to align, e.g. `("image", "text")`.
         loss: `"clip"` or `"siglip"`.
-        label_aware: bool. When the batch has a `"label"`, treat every same-label pair in the
-            batch as a positive, not only the paired items. Use it where one item fits every
-            example of its class (the embedded digits dataset). Off by default: items are
-            paired by index, as in CLIP.
+        label_aware: bool. Treat every same-label pair in the batch as a positive, not
+            only the paired items; batches must then carry a `"label"`. An example labelled
+            -1 (`NO_LABEL`, a record without a label) pairs with its own partner only. Use
+            it where one item fits every example of its class (the embedded digits
+            dataset). Off by default: items are paired by index, as in CLIP.
         gather: `"global"` (default): under a distribution strategy, every replica
             contrasts its examples against the embeddings of the whole global batch,
             gathered across replicas with gradients, so the loss and its gradients are
@@ -122,7 +123,12 @@ class ContrastiveTrainer(keras.Model):
                 "`modality_dropout` or `align_modalities`). Received keys: "
                 f"{sorted(data)}"
             )
-        labels = data.get("label") if self.label_aware else None
+        if self.label_aware and "label" not in data:
+            raise ValueError(
+                "Expected a `label` in every batch, as `label_aware=True` pairs same-label "
+                f"examples. Received keys: {sorted(data)}"
+            )
+        labels = data["label"] if self.label_aware else None
         return {m: data[m] for m in self.modalities}, labels
 
     def _loss_and_accuracy(self, inputs, labels, training):

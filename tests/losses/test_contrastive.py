@@ -18,9 +18,11 @@ def _softmax(s):
 
 
 def _positives(labels, b):
+    """Same example, or same class where -1 (a record without a label) is no class."""
     if labels is None:
         return np.eye(b)
-    return (labels[:, None] == labels[None, :]).astype(float)
+    same_class = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0)
+    return np.maximum(np.eye(b), same_class)
 
 
 def clip_reference(x, y, t, labels=None):
@@ -56,11 +58,18 @@ def _tf_value_and_grads(fn, *args):
     return value.numpy(), [g.numpy() for g in tape.gradient(value, tensors)]
 
 
-@pytest.mark.parametrize("with_labels", [False, True])
-def test_clip_matches_reference(with_labels):
+def _labels(kind, rng):
+    """None, classes 0-3, or classes with some examples unlabelled (-1)."""
+    if kind == "none":
+        return None
+    return rng.integers(0 if kind == "classes" else -1, 4, 12)
+
+
+@pytest.mark.parametrize("labels_kind", ["none", "classes", "some_unlabelled"])
+def test_clip_matches_reference(labels_kind):
     rng = np.random.default_rng(0)
     x, y, t = _unit(rng, (12, 16)), _unit(rng, (12, 16)), 10.0
-    labels = rng.integers(0, 4, 12) if with_labels else None
+    labels = _labels(labels_kind, rng)
     value, grads = _tf_value_and_grads(lambda x, y, t: clip_loss(x, y, t, labels=labels), x, y, t)
     ref_value, ref_grads = clip_reference(x, y, t, labels)
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
@@ -68,14 +77,16 @@ def test_clip_matches_reference(with_labels):
         np.testing.assert_allclose(grad, ref, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("with_labels", [False, True])
-def test_siglip_matches_reference(with_labels):
+@pytest.mark.parametrize("chunk_size", [None, 5])
+@pytest.mark.parametrize("labels_kind", ["none", "classes", "some_unlabelled"])
+def test_siglip_matches_reference(labels_kind, chunk_size):
     rng = np.random.default_rng(1)
     x, y, t, c = _unit(rng, (12, 16)), _unit(rng, (12, 16)), 10.0, -3.0
-    labels = rng.integers(0, 4, 12) if with_labels else None
+    labels = _labels(labels_kind, rng)
     value, grads = _tf_value_and_grads(
-        lambda x, y, t, c: siglip_loss(x, y, t, c, labels=labels), x, y, t, c
-    )
+        lambda x, y, t, c: siglip_loss(x, y, t, c, labels=labels, chunk_size=chunk_size),
+        x, y, t, c,
+    )  # fmt: skip
     ref_value, ref_grads = siglip_reference(x, y, t, c, labels)
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     for grad, ref in zip(grads, ref_grads):
@@ -127,3 +138,5 @@ def test_in_batch_accuracy():
     y = x[[0, 1, 3, 2]]
     assert float(in_batch_accuracy(x, y)) == 0.5
     assert float(in_batch_accuracy(x, y, labels=np.array([0, 1, 2, 2]))) == 1.0
+    # Without a label, an example is right only on its own partner.
+    assert float(in_batch_accuracy(x, y, labels=np.array([0, 1, -1, -1]))) == 0.5

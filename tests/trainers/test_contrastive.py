@@ -4,6 +4,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from mm_keras.trainers import ContrastiveTrainer
 from tests.scripts import run_script
@@ -35,6 +36,24 @@ def test_label_aware_accuracy_counts_same_class_hits():
     paired = trainer.evaluate(data, return_dict=True, verbose=0)
     assert aware["accuracy"] > paired["accuracy"]
     assert aware["loss"] != pytest.approx(paired["loss"])
+
+
+def test_label_aware_refuses_batches_without_labels():
+    unlabelled = toy_batches().map(lambda batch: {m: batch[m] for m in ("image", "text")})
+    with pytest.raises(ValueError, match="Expected a `label` in every batch"):
+        toy_trainer().fit(unlabelled, epochs=1, verbose=0)
+
+
+def test_label_aware_on_unlabelled_examples_is_paired_training():
+    """Labels of -1 (records without one) are no class: the loss is CLIP's by index."""
+    trainer, data = toy_trainer(), toy_batches()
+    unlabelled = data.map(lambda batch: {**batch, "label": -tf.ones_like(batch["label"])})
+    aware = trainer.evaluate(unlabelled, return_dict=True, verbose=0)
+    trainer.label_aware = False
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))  # retrace test_step
+    paired = trainer.evaluate(data, return_dict=True, verbose=0)
+    assert aware["loss"] == pytest.approx(paired["loss"], rel=1e-5)
+    assert aware["accuracy"] == pytest.approx(paired["accuracy"])
 
 
 def test_clip_leaves_the_siglip_bias_alone():
