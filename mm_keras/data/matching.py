@@ -3,7 +3,9 @@
 import numpy as np
 
 
-def matching_pairs(labels, partner_labels, similarity=None, temperature=0.05, seed=0):
+def matching_pairs(
+    labels, partner_labels, similarity=None, temperature=0.05, seed=0, positives=None
+):
     """Pairs every item with one partner that matches it and one that does not.
 
     For image-text matching (ITM, as in ALBEF, Li et al., 2021) and other "do these two
@@ -18,6 +20,11 @@ def matching_pairs(labels, partner_labels, similarity=None, temperature=0.05, se
     proportional to exp(similarity[i, j] / temperature) among the other labels' partners,
     as ALBEF samples in-batch negatives.
 
+    On instance-paired records (each image with its own caption, each clip with its own
+    transcript), an item's positive is its own partner, given as `positives`; negatives
+    still never share the item's label, and records without labels each get a label of
+    their own (`np.arange(N)` for both sides), so any other record's partner is a negative.
+
     Args:
         labels: int array `[N]`, the items' labels.
         partner_labels: int array `[M]`, the partners' labels.
@@ -25,6 +32,8 @@ def matching_pairs(labels, partner_labels, similarity=None, temperature=0.05, se
             encoder's embeddings.
         temperature: float, sharpness of the hard-negative sampling.
         seed: int.
+        positives: optional int array `[N]`, each item's own partner (an index into the
+            partners, of the item's label), in place of a random partner of its label.
 
     Returns:
         `(item_index, partner_index, match)`: int arrays of length 2 N; `match` is 1 for
@@ -34,6 +43,12 @@ def matching_pairs(labels, partner_labels, similarity=None, temperature=0.05, se
     >>> items, partners, match = matching_pairs(np.array([0, 1]), np.array([1, 0]))
     >>> sorted(zip(items.tolist(), partners.tolist(), match.tolist()))
     [(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0)]
+
+    Instance-paired records without labels, item i with partner i:
+    >>> ids = np.arange(3)
+    >>> items, partners, match = matching_pairs(ids, ids, positives=ids)
+    >>> bool(np.all((items == partners) == (match == 1)))
+    True
     """
     labels, partner_labels = np.asarray(labels), np.asarray(partner_labels)
     if similarity is not None and np.shape(similarity) != (len(labels), len(partner_labels)):
@@ -49,12 +64,27 @@ def matching_pairs(labels, partner_labels, similarity=None, temperature=0.05, se
         )
     if temperature <= 0:
         raise ValueError(f"`temperature` must be > 0. Received: temperature={temperature}")
+    if positives is not None:
+        positives = np.asarray(positives)
+        if (
+            positives.shape != labels.shape
+            or not np.issubdtype(positives.dtype, np.integer)
+            or np.any((positives < 0) | (positives >= len(partner_labels)))
+            or np.any(partner_labels[positives] != labels)
+        ):
+            raise ValueError(
+                f"Expected `positives` of {len(labels)} partner indices in "
+                f"[0, {len(partner_labels)}), each a partner of its item's label. Received: "
+                f"positives={positives!r}"
+            )
     rng = np.random.default_rng(seed)
-    positives = np.empty(len(labels), np.int64)
+    drawn = positives is None
+    positives = np.empty(len(labels), np.int64) if drawn else positives
     negatives = np.empty(len(labels), np.int64)
     for i, label in enumerate(labels):
         same = partner_labels == label
-        positives[i] = rng.choice(np.flatnonzero(same))
+        if drawn:
+            positives[i] = rng.choice(np.flatnonzero(same))
         if similarity is None:
             negatives[i] = rng.choice(np.flatnonzero(~same))
         else:

@@ -37,3 +37,31 @@ def test_bad_inputs_raise():
         matching_pairs(LABELS, PARTNERS % 9)
     with pytest.raises(ValueError, match="temperature=0"):
         matching_pairs(LABELS, PARTNERS, temperature=0)
+
+
+def test_own_partners_are_the_positives_and_hard_negatives_the_most_similar_others():
+    # Instance-paired records without labels: each record is a label of its own.
+    rng = np.random.default_rng(0)
+    ids = np.arange(12)
+    similarity = rng.normal(size=(12, 12))
+    items, partners, match = matching_pairs(ids, ids, similarity, temperature=1e-3, positives=ids)
+    np.testing.assert_array_equal(items == partners, match == 1)
+    others = np.where(np.eye(12, dtype=bool), -np.inf, similarity)
+    negatives = match == 0
+    np.testing.assert_array_equal(partners[negatives], np.argmax(others, axis=1)[items[negatives]])
+
+
+def test_with_labels_the_own_partner_is_the_positive_and_negatives_are_of_other_labels():
+    rng = np.random.default_rng(1)
+    similarity = rng.normal(size=(40, 40))
+    own = np.arange(40)
+    items, partners, match = matching_pairs(LABELS, LABELS, similarity, positives=own)
+    np.testing.assert_array_equal(partners[match == 1], items[match == 1])
+    assert np.all(LABELS[partners[match == 0]] != LABELS[items[match == 0]])
+
+
+def test_positives_must_be_partners_of_the_items_label():
+    with pytest.raises(ValueError, match=r"`positives` of 40 partner indices in \[0, 30\)"):
+        matching_pairs(LABELS, PARTNERS, positives=np.arange(40))
+    with pytest.raises(ValueError, match="each a partner of its item's label"):
+        matching_pairs(LABELS, LABELS, positives=(np.arange(40) + 1) % 40)
