@@ -1,4 +1,8 @@
-"""Converting a manifest of files into sharded TFRecords, with a progress bar."""
+"""Converting a manifest of files into sharded TFRecords, with a progress bar.
+
+    python -m mm_keras.data.convert --manifest=data/train.jsonl \
+        --output_prefix=data/records/train --modalities=image,text --num_shards=8
+"""
 
 import collections
 
@@ -89,3 +93,45 @@ def _serialize(record, progress):
     serialized = records.serialize({**record, **_read_files(record)})
     progress.add(1)
     return serialized
+
+
+def main(argv):
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Expected flags only. Received: {argv[1:]}")
+    options = flags.FLAGS
+    try:
+        result = manifest_to_tfrecords(
+            options.manifest,
+            options.output_prefix,
+            tuple(options.modalities),
+            num_shards=options.num_shards,
+            on_error=options.on_error,
+            num_classes=options.num_classes,
+        )
+    except OSError as error:
+        raise app.UsageError(
+            f"--manifest: expected a readable JSONL or CSV manifest. Received: "
+            f"{options.manifest!r} ({error.strerror})"
+        ) from None
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    skipped = ", ".join(f"{n} {reason}" for reason, n in result["skipped"].items())
+    print(
+        f"wrote {result['records']} records to {len(result['shards'])} shards "
+        f"{options.output_prefix}-*" + (f"; skipped {skipped}" if skipped else "")
+    )
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    # Flags are defined here, not at import, so importing the module defines none.
+    flags.DEFINE_string("manifest", None, "The JSONL or CSV manifest.", required=True)
+    flags.DEFINE_string("output_prefix", None, "Path prefix of the shards.", required=True)
+    flags.DEFINE_list("modalities", None, "The modalities to store.", required=True)
+    flags.DEFINE_integer("num_shards", 4, "Number of files.", lower_bound=1)
+    flags.DEFINE_enum("on_error", "raise", ["raise", "skip"], "Stop at a bad record, or skip it.")
+    flags.DEFINE_integer("num_classes", None, "Labels must be in [0, num_classes).")
+    app.run(main)
