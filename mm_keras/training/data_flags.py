@@ -13,6 +13,7 @@ Example:
 >>> app.run(main)
 """
 
+import contextlib
 import os
 
 from absl import app, flags
@@ -63,6 +64,20 @@ def define_data_flags(flag_values=flags.FLAGS):
     )
 
 
+@contextlib.contextmanager
+def usage_errors():
+    """Raises a `ValueError` from the block as an `absl.app.UsageError` with its message.
+
+    For the checks of flag values that run before any model is built (`Splits`'
+    `batches` and `from_files` name the flag): absl prints the message and the usage,
+    with no traceback.
+    """
+    try:
+        yield
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+
+
 def image_size(flag_values=flags.FLAGS):
     """`--image_size` as a list of two ints."""
     return [int(v) for v in flag_values.image_size]
@@ -98,7 +113,7 @@ def load_splits(modalities, label_aware=False, flag_values=flags.FLAGS):
         )
     if values.vocabulary and not os.path.isfile(values.vocabulary):
         raise app.UsageError(f"--vocabulary: no such file. Received: {values.vocabulary!r}")
-    try:
+    with usage_errors():
         return Splits.from_files(
             modalities,
             *data_flags,
@@ -112,5 +127,3 @@ def load_splits(modalities, label_aware=False, flag_values=flags.FLAGS):
             num_samples=values.num_samples,
             num_frames=values.num_frames,
         )
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None

@@ -9,7 +9,9 @@ import numpy as np
 import tensorflow as tf
 
 from mm_keras.data import Pipeline, datasets, make_batches, read_manifest, records
+from mm_keras.data.audio_augment import augment_audio
 from mm_keras.distribute import distribute_batches, num_workers
+from mm_keras.tokenizers import TextTokenizer
 
 SPLITS = ("train", "validation", "test")
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
@@ -96,6 +98,25 @@ def read_class_names(path):
             f"Received: blank lines {blank or [1]}"
         )
     return [name.strip() for name in names]
+
+
+def audio_augmentation(seed, max_shift):
+    """An `augment` for `Splits.batches`: random gain and time shifts of the audio.
+
+    Args:
+        seed: int; each input pipeline draws from `seed + its id`, so workers draw
+            differently and a rerun draws the same.
+        max_shift: int, the largest shift in samples.
+
+    Example:
+    >>> splits.batches(strategy, "train", 64, training=True,
+    ...                augment=audio_augmentation(seed=0, max_shift=800))
+    """
+
+    def augment(dataset, context):
+        return augment_audio(dataset, seed=seed + context.input_pipeline_id, max_shift=max_shift)
+
+    return augment
 
 
 class Splits:
@@ -218,6 +239,21 @@ class Splits:
             prompts = [[t.format(name) for t in prompt_templates] for name in names]
         return cls(modalities, captions["train"], not unlabelled, False, prompts, pipelines)
 
+    def text_tokenizer(self, vocabulary=None, vocabulary_size=200, sequence_length=12):
+        """The run's text tokenizer: loaded from `vocabulary`, or learnt from the training
+        captions; None without text.
+
+        Args:
+            vocabulary: optional path of a WordPiece vocabulary file.
+            vocabulary_size: int, the largest vocabulary to learn.
+            sequence_length: int, ids per caption.
+        """
+        if "text" not in self.modalities:
+            return None
+        if vocabulary:
+            return TextTokenizer(vocabulary, sequence_length=sequence_length)
+        return TextTokenizer.train(self.captions, vocabulary_size, sequence_length)
+
     def num_examples(self, split):
         """Examples in a split (counted by reading it when the pipeline cannot tell)."""
         if self._pipelines is None:
@@ -298,6 +334,27 @@ class Splits:
                 f"Received: --batch_size={batch_size}"
             )
         return dataset, steps
+
+    def fit_batches(
+        self, strategy, batch_size, tokenizer=None, seed=None, data_service=None, augment=None
+    ):
+        """The training split (shuffled, augmented) and the validation split, for `fit`.
+
+        Args:
+            strategy, batch_size, tokenizer, seed, data_service, augment: see `batches`.
+
+        Returns:
+            `(train, steps_per_epoch, validation, validation_steps)`.
+
+        Raises:
+            ValueError: naming `--batch_size`, as `batches` does.
+        """
+        options = dict(tokenizer=tokenizer, seed=seed, data_service=data_service)
+        train, steps = self.batches(
+            strategy, "train", batch_size, training=True, augment=augment, **options
+        )
+        validation, validation_steps = self.batches(strategy, "validation", batch_size, **options)
+        return train, steps, validation, validation_steps
 
     def arrays(self, split):
         """A split as a dict of NumPy arrays, decoded (no augmentation), text as strings."""

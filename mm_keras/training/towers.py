@@ -1,0 +1,67 @@
+"""The tokenizers of a small dual encoder's towers, one per modality, from the data options."""
+
+from mm_keras.tokenizers import AudioSpectrogramTokenizer, ImagePatchTokenizer, TextEmbedding
+
+# SpecAugment of `--audio_augment`: 2 time masks of up to 4 frames, 2 of up to 4 mel bands.
+SPEC_AUGMENT = dict(time_masks=2, max_time_mask_width=4, freq_masks=2, max_freq_mask_width=4)
+
+
+def tower_tokenizers(
+    modalities,
+    hidden_dim,
+    vocabulary_size=0,
+    sequence_length=12,
+    image_size=(32, 32),
+    num_channels=1,
+    patch_size=8,
+    sample_rate=8000,
+    num_samples=4000,
+    spec_augment=False,
+    seed=None,
+):
+    """A tokenizer layer per modality, shaped for the data a `Splits` decodes.
+
+    Images become `patch_size`-pixel patches of `image_size` images of `num_channels`;
+    audio becomes log-mel patches of 2 frames by all 32 mel bands (a tone is a few bands
+    at once, so a patch holds the whole spectrum); text ids from a tokenizer of
+    `vocabulary_size` ids become embeddings of `sequence_length` tokens.
+
+    Args:
+        modalities: the modalities, among `"image"`, `"audio"` and `"text"`.
+        hidden_dim: int, width of every token.
+        vocabulary_size: int, the text tokenizer's vocabulary size (with text).
+        sequence_length: int, text ids per caption.
+        image_size: (height, width) of the images.
+        num_channels: int, channels of the images.
+        patch_size: int, side of an image patch in pixels.
+        sample_rate: int, the audio's sample rate.
+        num_samples: int, samples per clip.
+        spec_augment: bool, SpecAugment time and frequency masks on audio when training.
+        seed: optional int, the masks' seed.
+
+    Returns:
+        A dict `{modality: tokenizer layer}`, for `DualEncoder`.
+
+    Example:
+    >>> tokenizers = tower_tokenizers(("audio", "text"), 64, vocabulary_size=200)
+    >>> model = DualEncoder(tokenizers, encoders, projection_dim=64)
+    """
+    tokenizers = {}
+    for modality in modalities:
+        if modality == "image":
+            tokenizers[modality] = ImagePatchTokenizer(
+                list(image_size), patch_size, hidden_dim, num_channels
+            )
+        elif modality == "audio":
+            masks = dict(SPEC_AUGMENT, seed=seed) if spec_augment else {}
+            tokenizers[modality] = AudioSpectrogramTokenizer(
+                sample_rate, num_samples, hidden_dim, patch_size=(2, 32), **masks
+            )
+        elif modality == "text":
+            tokenizers[modality] = TextEmbedding(vocabulary_size, sequence_length, hidden_dim)
+        else:
+            raise ValueError(
+                "Expected modalities among ('image', 'audio', 'text'). "
+                f"Received: {modality!r} in modalities={list(modalities)}"
+            )
+    return tokenizers
