@@ -43,28 +43,39 @@ import tensorflow as tf  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from mm_keras.callbacks import save_model_atomically  # noqa: E402
-from mm_keras.data import datasets, load_digits, make_batches  # noqa: E402
 from mm_keras.encoders import TransformerEncoder  # noqa: E402
 from mm_keras.eval import evaluate_dual_encoder  # noqa: E402
 from mm_keras.export import convert_tower  # noqa: E402
 from mm_keras.models import DualEncoder, shrink  # noqa: E402
-from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding, TextTokenizer  # noqa: E402
-from mm_keras.trainers import ContrastiveTrainer, DistillationTrainer, adamw  # noqa: E402
-
-MODALITIES = ("image", "text")
+from mm_keras.tokenizers import TextTokenizer  # noqa: E402
+from mm_keras.trainers import ContrastiveTrainer, DistillationTrainer  # noqa: E402
+from mm_keras.training import tower_tokenizers, warmup_cosine_adamw  # noqa: E402
+from mm_keras.training.data_flags import (  # noqa: E402
+    define_data_flags,
+    image_size,
+    load_splits,
+    usage_errors,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "runs/distill", "Where models and metrics are written.")
+flags.DEFINE_list("modalities", ["image", "text"], "The two modalities to align.")
+define_data_flags()
 flags.DEFINE_integer("epochs", 30, "Training epochs of the teacher.")
 flags.DEFINE_integer("batch_size", 64, "Examples per batch.")
 # 2e-3, the demo's, is too high for width 128.
 flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate of the warm-up/cosine schedule.")
 flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay.")
+flags.DEFINE_bool(
+    "label_aware",
+    None,
+    "Same-label pairs are positives, and recall is label-aware (default: on the digits only).",
+)
 flags.DEFINE_integer("hidden_dim", 128, "Token width of the teacher's towers.")
 flags.DEFINE_integer("num_layers", 2, "Transformer blocks per teacher encoder.")
 flags.DEFINE_integer("num_heads", 4, "Attention heads of the teacher.")
 flags.DEFINE_integer("projection_dim", 64, "Size of the joint embedding.")
-flags.DEFINE_integer("patch_size", 8, "Side of an image patch in pixels (images are 32x32).")
+flags.DEFINE_integer("patch_size", 8, "Side of an image patch in pixels.")
 flags.DEFINE_integer("vocabulary_size", 200, "Largest WordPiece vocabulary to learn.")
 flags.DEFINE_integer("sequence_length", 12, "Text ids per caption.")
 flags.DEFINE_integer("seed", 0, "Seed of weights and shuffling.")
@@ -77,60 +88,75 @@ flags.DEFINE_float("affinity_weight", 1.0, "Weight of TinyCLIP affinity mimickin
 flags.DEFINE_integer("latency_examples", 100, "Test examples timed per TFLite tower.")
 
 
-def build_teacher(vocabulary_size):
-    """A CLIP dual encoder: image patches and WordPiece tokens, a Transformer per tower."""
-    tokenizers = {
-        "image": ImagePatchTokenizer(
-            datasets.IMAGE_SHAPE[:2], FLAGS.patch_size, FLAGS.hidden_dim, datasets.IMAGE_SHAPE[2]
-        ),
-        "text": TextEmbedding(vocabulary_size, FLAGS.sequence_length, FLAGS.hidden_dim),
-    }
+def build_teacher(modalities, vocabulary_size):
+    """A CLIP dual encoder: a tokenizer and a Transformer per tower, sized by the flags."""
+    tokenizers = tower_tokenizers(
+        modalities,
+        FLAGS.hidden_dim,
+        vocabulary_size,
+        FLAGS.sequence_length,
+        image_size(),
+        FLAGS.num_channels,
+        FLAGS.patch_size,
+        FLAGS.sample_rate,
+        FLAGS.num_samples,
+    )
     encoders = {
         m: TransformerEncoder(FLAGS.num_layers, FLAGS.num_heads, 2 * FLAGS.hidden_dim)
-        for m in MODALITIES
+        for m in modalities
     }
     return DualEncoder(tokenizers, encoders, FLAGS.projection_dim, logit_scale_init=1.0 / 0.07)
 
 
 def fit(trainer, batches, epochs):
     """Compiles `trainer` with the recipe's warm-up/cosine AdamW and fits it."""
-    steps = epochs * int(batches.cardinality())
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, steps, warmup_target=FLAGS.learning_rate, warmup_steps=max(1, steps // 10)
+    train, steps_per_epoch = batches
+    total_steps = epochs * steps_per_epoch
+    trainer.compile(
+        optimizer=warmup_cosine_adamw(FLAGS.learning_rate, total_steps, FLAGS.weight_decay)
     )
-    trainer.compile(optimizer=adamw(schedule, weight_decay=FLAGS.weight_decay))
-    trainer.fit(batches, epochs=epochs, verbose=2)
+    trainer.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=2)
 
 
-def teacher_and_tokenizer(batches_for):
+def teacher_and_tokenizer(splits, batches_for, label_aware):
     """The `--teacher` file and its vocabulary, or a teacher trained here and saved."""
+    modalities = splits.modalities
     if FLAGS.teacher:
         vocabulary = os.path.join(os.path.dirname(FLAGS.teacher), "vocabulary.txt")
-        if not (os.path.exists(FLAGS.teacher) and os.path.exists(vocabulary)):
+        if not os.path.exists(FLAGS.teacher) or (
+            "text" in modalities and not os.path.exists(vocabulary)
+        ):
             raise app.UsageError(
-                "--teacher must name a DualEncoder .keras file with vocabulary.txt beside it. "
-                f"Received: --teacher={FLAGS.teacher!r}"
+                "--teacher must name a DualEncoder .keras file (with vocabulary.txt beside it "
+                f"for text). Received: --teacher={FLAGS.teacher!r}"
             )
-        tokenizer = TextTokenizer(vocabulary, sequence_length=FLAGS.sequence_length)
-        return keras.saving.load_model(FLAGS.teacher, safe_mode=True), tokenizer
-    captions = datasets.load_digits_arrays("train", ("text",))["text"].tolist()
-    tokenizer = TextTokenizer.train(captions, FLAGS.vocabulary_size, FLAGS.sequence_length)
-    teacher = build_teacher(tokenizer.vocabulary_size)
-    print(f"Training the teacher (width {FLAGS.hidden_dim}, {FLAGS.num_layers} layers)")
-    fit(
-        ContrastiveTrainer(teacher, MODALITIES, label_aware=True),
-        batches_for(tokenizer),
-        FLAGS.epochs,
+        teacher = keras.saving.load_model(FLAGS.teacher, safe_mode=True)
+        if tuple(teacher.modalities) != modalities:
+            raise app.UsageError(
+                f"--teacher: expected a DualEncoder of the modalities {list(modalities)}. "
+                f"Received: {FLAGS.teacher}, of {list(teacher.modalities)}"
+            )
+        tokenizer = None
+        if "text" in modalities:
+            tokenizer = TextTokenizer(vocabulary, sequence_length=FLAGS.sequence_length)
+        return teacher, tokenizer
+    tokenizer = splits.text_tokenizer(
+        FLAGS.vocabulary, FLAGS.vocabulary_size, FLAGS.sequence_length
     )
+    teacher = build_teacher(modalities, tokenizer.vocabulary_size if tokenizer else 0)
+    print(f"Training the teacher (width {FLAGS.hidden_dim}, {FLAGS.num_layers} layers)")
+    trainer = ContrastiveTrainer(teacher, modalities, label_aware=label_aware)
+    fit(trainer, batches_for(tokenizer), FLAGS.epochs)
     save_model_atomically(teacher, os.path.join(FLAGS.output_dir, "teacher.keras"))
-    tokenizer.save_vocabulary(os.path.join(FLAGS.output_dir, "vocabulary.txt"))
+    if tokenizer is not None:
+        tokenizer.save_vocabulary(os.path.join(FLAGS.output_dir, "vocabulary.txt"))
     return teacher, tokenizer
 
 
 def tflite_figures(model, inputs):
     """Size and single-thread latency of both towers as TFLite `dynamic` files."""
     size, latency = 0, 0.0
-    for m in MODALITIES:
+    for m in model.modalities:
         flatbuffer = convert_tower(model, m, mode="dynamic")
         interpreter = Interpreter(model_content=flatbuffer, num_threads=1)
         interpreter.allocate_tensors()
@@ -147,21 +173,28 @@ def tflite_figures(model, inputs):
     return {"tflite_dynamic_bytes": float(size), "tflite_latency_ms": latency}
 
 
-def figures(model, tokenizer, test):
-    # The digits fit their class, so recall is label-aware.
+def figures(model, tokenizer, splits, test, label_aware):
+    """Parameters, zero-shot top-1 (given class prompts), recall@1 and TFLite figures."""
+    query, key = splits.modalities
     metrics = evaluate_dual_encoder(
-        model, test, MODALITIES, tokenizer, datasets.class_prompts(), label_aware=True
+        model,
+        test,
+        splits.modalities,
+        tokenizer,
+        class_prompts=splits.class_prompts if splits.has_labels else None,
+        label_aware=label_aware,
     )
-    inputs = {"image": test["image"], "text": tokenizer(test["text"].tolist())["token_ids"]}
-    return {
-        "num_params": float(model.count_params()),
-        "zero_shot_top1": metrics["zero_shot_top1"],
-        "recall_at_1_image_to_text": metrics["recall_at_1_image_to_text"],
-        **tflite_figures(model, inputs),
-    }
+    inputs = {m: test[m] for m in splits.modalities}
+    if tokenizer is not None:
+        inputs["text"] = tokenizer(test["text"].tolist())["token_ids"]
+    row = {"num_params": float(model.count_params())}
+    if "zero_shot_top1" in metrics:
+        row["zero_shot_top1"] = metrics["zero_shot_top1"]
+    recall = f"recall_at_1_{query}_to_{key}"
+    return {**row, recall: metrics[recall], **tflite_figures(model, inputs)}, metrics["recall_kind"]
 
 
-def run():
+def run(splits):
     """Trains or loads the teacher, distils every stage, writes the table; returns metrics."""
     tf.get_logger().setLevel("ERROR")  # evaluation retraces `predict` per input structure
     keras.utils.set_random_seed(FLAGS.seed)
@@ -171,17 +204,22 @@ def run():
         raise app.UsageError(
             f"--width_stages must shrink stage by stage within (0, 1). Received: {widths}"
         )
+    modalities = splits.modalities
+    label_aware = splits.label_aware if FLAGS.label_aware is None else FLAGS.label_aware
+    recall_label_aware = splits.label_aware or bool(FLAGS.label_aware)
+    strategy = tf.distribute.get_strategy()
 
     def batches_for(tokenizer):
-        return make_batches(
-            load_digits("train", MODALITIES), FLAGS.batch_size, tokenizer, shuffle=True,
-            seed=FLAGS.seed, drop_remainder=True,
-        )  # fmt: skip
+        with usage_errors():
+            return splits.batches(
+                strategy, "train", FLAGS.batch_size, tokenizer, training=True, seed=FLAGS.seed
+            )
 
-    teacher, tokenizer = teacher_and_tokenizer(batches_for)
+    teacher, tokenizer = teacher_and_tokenizer(splits, batches_for, label_aware)
     train = batches_for(tokenizer)
-    test = datasets.load_digits_arrays("test", MODALITIES)
-    table = {"teacher": figures(teacher, tokenizer, test)}
+    test = splits.arrays("test")
+    row, recall_kind = figures(teacher, tokenizer, splits, test, recall_label_aware)
+    table = {"teacher": row}
     student, previous_width = teacher, 1.0
     for stage, width in enumerate(widths, start=1):
         depth = FLAGS.depth_fraction if stage == 1 else 1.0
@@ -191,40 +229,45 @@ def run():
         trainer = DistillationTrainer(
             student,
             teacher,
-            MODALITIES,
+            modalities,
             hard_weight=FLAGS.hard_weight,
             affinity_weight=FLAGS.affinity_weight,
-            label_aware=True,
+            label_aware=label_aware,
         )
         fit(trainer, train, FLAGS.distill_epochs)
-        table[f"student_width_{width:g}"] = figures(student, tokenizer, test)
+        table[f"student_width_{width:g}"] = figures(
+            student, tokenizer, splits, test, recall_label_aware
+        )[0]
     save_model_atomically(student, os.path.join(FLAGS.output_dir, "student.keras"))
 
+    recall = f"recall_at_1_{modalities[0]}_to_{modalities[1]}"
     final, base = table[f"student_width_{widths[-1]:g}"], table["teacher"]
     metrics = {
         "param_fraction": final["num_params"] / base["num_params"],
-        "accuracy_retention": final["zero_shot_top1"] / base["zero_shot_top1"],
-        "recall_at_1_retention": (
-            final["recall_at_1_image_to_text"] / base["recall_at_1_image_to_text"]
-        ),
+        "recall_at_1_retention": final[recall] / base[recall] if base[recall] else 0.0,
         "tflite_speedup": base["tflite_latency_ms"] / final["tflite_latency_ms"],
         "tflite_size_fraction": final["tflite_dynamic_bytes"] / base["tflite_dynamic_bytes"],
+        "recall_kind": recall_kind,
     }
+    if "zero_shot_top1" in base:
+        metrics["accuracy_retention"] = final["zero_shot_top1"] / base["zero_shot_top1"]
     for name, row in table.items():
         metrics.update({f"{name}_{key}": value for key, value in row.items()})
     with open(os.path.join(FLAGS.output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
 
-    print(f"\n{'model':<22}{'params':>9}{'zero-shot':>10}{'R@1 i→t':>9}{'TFLite KB':>10}{'ms':>7}")
+    direction = f"R@1 {modalities[0][0]}→{modalities[1][0]}"
+    print(f"\n{'model':<22}{'params':>9}{'zero-shot':>10}{direction:>9}{'TFLite KB':>10}{'ms':>7}")
     for name, row in table.items():
+        zero_shot = f"{row['zero_shot_top1']:.4f}" if "zero_shot_top1" in row else "-"
         print(
-            f"{name:<22}{int(row['num_params']):>9}{row['zero_shot_top1']:>10.4f}"
-            f"{row['recall_at_1_image_to_text']:>9.4f}{row['tflite_dynamic_bytes'] / 1024:>10.0f}"
-            f"{row['tflite_latency_ms']:>7.2f}"
+            f"{name:<22}{int(row['num_params']):>9}{zero_shot:>10}{row[recall]:>9.4f}"
+            f"{row['tflite_dynamic_bytes'] / 1024:>10.0f}{row['tflite_latency_ms']:>7.2f}"
         )
+    retention = "accuracy_retention" if "accuracy_retention" in metrics else "recall_at_1_retention"
     print(
-        f"\nparam_fraction {metrics['param_fraction']:.3f}, accuracy_retention "
-        f"{metrics['accuracy_retention']:.3f}, tflite_speedup {metrics['tflite_speedup']:.2f}"
+        f"\nparam_fraction {metrics['param_fraction']:.3f}, {retention} "
+        f"{metrics[retention]:.3f}, tflite_speedup {metrics['tflite_speedup']:.2f}"
     )
     print(f"Written to {FLAGS.output_dir}/")
     return metrics
@@ -232,7 +275,7 @@ def run():
 
 def main(argv):
     del argv
-    run()
+    run(load_splits(tuple(FLAGS.modalities), label_aware=bool(FLAGS.label_aware)))
 
 
 if __name__ == "__main__":

@@ -31,37 +31,27 @@ import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
 from mm_keras.callbacks import RunLockedError  # noqa: E402
-from mm_keras.data import datasets  # noqa: E402
-from mm_keras.data.audio_augment import augment_audio  # noqa: E402
-from mm_keras.data.records import MODALITIES  # noqa: E402
 from mm_keras.distribute import STRATEGIES, get_strategy, split_cpu, worker_path  # noqa: E402
 from mm_keras.encoders import SharedEncoder  # noqa: E402
-from mm_keras.eval import evaluate_dual_encoder  # noqa: E402
 from mm_keras.models import DualEncoder  # noqa: E402
-from mm_keras.tokenizers import (  # noqa: E402
-    AudioSpectrogramTokenizer,
-    ImagePatchTokenizer,
-    TextEmbedding,
-    TextTokenizer,
+from mm_keras.training import (  # noqa: E402
+    RunDirectory,
+    audio_augmentation,
+    finish_dual_encoder_run,
+    fit_dual_encoder,
+    tower_tokenizers,
 )
-from mm_keras.trainers import ContrastiveTrainer, adamw  # noqa: E402
-from mm_keras.training import RunDirectory, Splits  # noqa: E402
+from mm_keras.training.data_flags import (  # noqa: E402
+    define_data_flags,
+    image_size,
+    load_splits,
+    usage_errors,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "runs/moe_clip", "Where model, metrics and plot are written.")
 flags.DEFINE_list("modalities", ["image", "text"], "The two modalities to align.")
-flags.DEFINE_string("train_data", "", "JSONL/CSV manifest or TFRecord pattern (default: digits).")
-flags.DEFINE_string("validation_data", "", "The same, for validation.")
-flags.DEFINE_string("test_data", "", "The same, for the test split.")
-flags.DEFINE_list("image_size", ["32", "32"], "Height and width images are resized to.")
-flags.DEFINE_integer("num_channels", 1, "Channels images are decoded to.")
-flags.DEFINE_integer("sample_rate", 8000, "Audio is resampled to this rate.")
-flags.DEFINE_integer("num_samples", 4000, "Audio is cropped or padded to this many samples.")
-flags.DEFINE_integer("num_frames", 8, "Frames sampled from each video.")
-flags.DEFINE_enum("on_error", "raise", ["raise", "skip"], "Stop at a bad record, or skip it.")
-flags.DEFINE_string("vocabulary", "", "A WordPiece vocabulary file (default: learn one).")
-flags.DEFINE_string("class_names", "", "File of class names, one a line: label i is line i.")
-flags.DEFINE_multi_string("prompt_templates", ["{}"], "Zero-shot prompts; {} is the name.")
+define_data_flags()
 flags.DEFINE_integer("epochs", 30, "Training epochs.")
 flags.DEFINE_integer("batch_size", 64, "Examples per batch.")
 flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate of the warm-up/cosine schedule.")
@@ -109,60 +99,7 @@ flags.DEFINE_float("load_balance_weight", 0.01, "Coefficient of the load-balanci
 flags.DEFINE_float("z_loss_weight", 0.001, "Coefficient of the router z-loss.")
 
 
-def load_splits(modalities):
-    """The digits, or the data flags' files checked before anything is built."""
-    data_flags = (FLAGS.train_data, FLAGS.validation_data, FLAGS.test_data)
-    known = MODALITIES if any(data_flags) else datasets.MODALITIES
-    if len(modalities) != 2 or len(set(modalities)) != 2 or not set(modalities) <= set(known):
-        raise app.UsageError(f"--modalities must name two of {known}. Received: {modalities}")
-    if not any(data_flags):
-        return Splits.digits(modalities)
-    if not all(data_flags):
-        raise app.UsageError(
-            "--train_data, --validation_data and --test_data go together. Received: "
-            f"{dict(zip(('train', 'validation', 'test'), data_flags))}"
-        )
-    if FLAGS.vocabulary and not os.path.isfile(FLAGS.vocabulary):
-        raise app.UsageError(f"--vocabulary: no such file. Received: {FLAGS.vocabulary!r}")
-    try:
-        return Splits.from_files(
-            modalities,
-            *data_flags,
-            on_error=FLAGS.on_error,
-            class_names=FLAGS.class_names or None,
-            prompt_templates=FLAGS.prompt_templates,
-            label_aware=bool(FLAGS.label_aware),
-            image_size=[int(v) for v in FLAGS.image_size],
-            num_channels=FLAGS.num_channels,
-            sample_rate=FLAGS.sample_rate,
-            num_samples=FLAGS.num_samples,
-            num_frames=FLAGS.num_frames,
-        )
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
-
-
 def build_model(modalities, vocabulary_size):
-    def tokenizer(modality):
-        if modality == "image":
-            size = [int(v) for v in FLAGS.image_size]
-            return ImagePatchTokenizer(size, FLAGS.patch_size, FLAGS.hidden_dim, FLAGS.num_channels)
-        if modality == "audio":
-            # Patches of 2 frames x all 32 mel bands: a DTMF key is a pair of bands at once.
-            masks = {}
-            if FLAGS.audio_augment:
-                masks = dict(
-                    time_masks=2,
-                    max_time_mask_width=4,
-                    freq_masks=2,
-                    max_freq_mask_width=4,
-                    seed=FLAGS.seed,
-                )
-            return AudioSpectrogramTokenizer(
-                FLAGS.sample_rate, FLAGS.num_samples, FLAGS.hidden_dim, patch_size=(2, 32), **masks
-            )
-        return TextEmbedding(vocabulary_size, FLAGS.sequence_length, FLAGS.hidden_dim)
-
     encoder = SharedEncoder(
         FLAGS.num_layers,
         FLAGS.num_heads,
@@ -180,8 +117,20 @@ def build_model(modalities, vocabulary_size):
         moe_every=FLAGS.moe_every,
         modality_norms=FLAGS.modality_norms,
     )
+    tokenizers = tower_tokenizers(
+        modalities,
+        FLAGS.hidden_dim,
+        vocabulary_size,
+        FLAGS.sequence_length,
+        image_size(),
+        FLAGS.num_channels,
+        FLAGS.patch_size,
+        FLAGS.sample_rate,
+        FLAGS.num_samples,
+        spec_augment=FLAGS.audio_augment,
+        seed=FLAGS.seed,
+    )
     scale = 10.0 if FLAGS.loss == "siglip" else 1.0 / 0.07
-    tokenizers = {m: tokenizer(m) for m in modalities}
     return DualEncoder(tokenizers, encoder, FLAGS.projection_dim, logit_scale_init=scale)
 
 
@@ -214,124 +163,43 @@ def expert_statistics(model, inputs, batch_size=256):
     }
 
 
-def audio_augmentation(modalities):
-    """`Splits.batches`'s `augment` for `--audio_augment`: gain and shift, or None."""
-    if not FLAGS.audio_augment or "audio" not in modalities:
-        return None
-
-    def augment(dataset, context):
-        # A seed per input pipeline: workers draw differently, a rerun draws the same.
-        seed = FLAGS.seed + context.input_pipeline_id
-        return augment_audio(dataset, seed=seed, max_shift=FLAGS.sample_rate // 10)
-
-    return augment
-
-
-def train_and_report(strategy, run, modalities, splits):
+def train_and_report(strategy, run, splits):
     """Trains, evaluates and writes the run while it holds the run directory."""
-    tokenizer = None
-    if "text" in modalities and FLAGS.vocabulary:
-        tokenizer = TextTokenizer(FLAGS.vocabulary, sequence_length=FLAGS.sequence_length)
-    elif "text" in modalities:
-        tokenizer = TextTokenizer.train(
-            splits.captions, FLAGS.vocabulary_size, FLAGS.sequence_length
+    modalities = splits.modalities
+    tokenizer = splits.text_tokenizer(
+        FLAGS.vocabulary, FLAGS.vocabulary_size, FLAGS.sequence_length
+    )
+    augment = None
+    if FLAGS.audio_augment and "audio" in modalities:
+        augment = audio_augmentation(FLAGS.seed, max_shift=FLAGS.sample_rate // 10)
+    with usage_errors():
+        batches = splits.fit_batches(
+            strategy, FLAGS.batch_size, tokenizer, FLAGS.seed, FLAGS.data_service or None, augment
         )
-    label_aware = splits.label_aware if FLAGS.label_aware is None else FLAGS.label_aware
-    try:
-        batches = {
-            split: splits.batches(
-                strategy,
-                split,
-                FLAGS.batch_size,
-                tokenizer,
-                training=split == "train",
-                seed=FLAGS.seed,
-                data_service=FLAGS.data_service or None,
-                augment=audio_augmentation(modalities),
-            )
-            for split in ("train", "validation")
-        }
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
-    (train, steps_per_epoch), (validation, validation_steps) = batches.values()
-
-    with strategy.scope():
-        model = build_model(modalities, tokenizer.vocabulary_size if tokenizer else 0)
-        trainer = ContrastiveTrainer(
-            model, modalities=modalities, loss=FLAGS.loss, label_aware=label_aware
-        )
-        trainer.build()  # BackupAndRestore restores into built weights
-        total_steps = FLAGS.epochs * steps_per_epoch
-        schedule = keras.optimizers.schedules.CosineDecay(
-            0.0,
-            total_steps,
-            warmup_target=FLAGS.learning_rate,
-            warmup_steps=max(1, total_steps // 10),
-        )
-        trainer.compile(optimizer=adamw(schedule, weight_decay=FLAGS.weight_decay))
-
-    fitted = run.fit(
-        trainer,
-        train,
+    vocabulary_size = tokenizer.vocabulary_size if tokenizer else 0
+    model, fitted = fit_dual_encoder(
+        run,
+        strategy,
+        lambda: build_model(modalities, vocabulary_size),
+        batches,
         FLAGS.epochs,
-        steps_per_epoch,
-        model,
+        FLAGS.learning_rate,
+        FLAGS.weight_decay,
+        FLAGS.loss,
+        label_aware=splits.label_aware if FLAGS.label_aware is None else FLAGS.label_aware,
         extra_callbacks=splits.callbacks(),
-        validation_data=validation,
-        validation_steps=validation_steps,
-        verbose=1,
     )
-
-    # Evaluate the saved file, loaded outside the strategy: what a user gets, and no
-    # cross-worker collectives in `predict`.
-    test = splits.arrays("test")
-    sample = {m: test[m][:64] for m in modalities}
-    if tokenizer is not None:
-        sample["text"] = tokenizer(list(sample["text"]))["token_ids"]
-    reloaded, reload_error = run.save_model(model, check_inputs=sample)
-    if tokenizer is not None:
-        tokenizer.save_vocabulary(run.file("vocabulary.txt"))
-    metrics = evaluate_dual_encoder(
-        reloaded,
-        test,
-        modalities,
+    metrics = finish_dual_encoder_run(
+        run,
+        model,
+        splits,
+        fitted,
+        FLAGS.batch_size,
         tokenizer,
-        class_prompts=splits.class_prompts if splits.has_labels else None,
         label_aware=splits.label_aware or bool(FLAGS.label_aware),
+        replicas=strategy.num_replicas_in_sync,
+        extra_metrics=expert_statistics,
     )
-    inputs = {m: test[m] for m in modalities}
-    if tokenizer is not None:
-        inputs["text"] = tokenizer(list(test["text"]))["token_ids"]
-    metrics.update(expert_statistics(reloaded, inputs))
-    metrics.update(
-        {
-            "num_params": float(model.count_params()),
-            "train_examples_per_second": (
-                fitted.pop("trained_steps") * FLAGS.batch_size / fitted["train_seconds"]
-            ),
-            "replicas": float(strategy.num_replicas_in_sync),
-            "logit_scale": float(model.logit_scale),
-            "reload_max_abs_diff": reload_error,
-            **fitted,
-        }
-    )
-    metrics = run.finish(metrics)
-
-    print(f"\nTest split ({len(test[modalities[0]])} examples), written to {run.path}/:")
-    if run.resumed:
-        epoch, step = int(metrics["resumed_from_epoch"]), int(metrics["resumed_from_step"])
-        print(f"  resumed from the backup of epoch {epoch}, step {step}")
-    if "zero_shot_top1" in metrics:
-        other = next(m for m in modalities if m != "text")
-        print(f"  zero-shot top-1 ({other}→text prompts): {metrics['zero_shot_top1']:.4f}")
-    kind = metrics["recall_kind"].replace("_", "-")
-    for query, key in (modalities, modalities[::-1]):
-        recalls = ", ".join(
-            f"R@{k} {metrics[f'recall_at_{k}_{query}_to_{key}']:.4f}" for k in (1, 5, 10)
-        )
-        print(f"  {query}→{key} {kind} recall: {recalls}")
-    print(f"  parameters: {int(metrics['num_params'])}, training: {metrics['train_seconds']:.1f} s")
-    print(f"  reloaded model.keras (safe_mode=True): max abs embedding diff {reload_error:.2e}")
     print(
         f"  experts: load {metrics['min_expert_load_fraction']:.3f}"
         f"-{metrics['max_expert_load_fraction']:.3f} of routed tokens, "
@@ -347,15 +215,19 @@ def main(argv):
     # The strategy next: a multi-worker one configures collectives, which must come before
     # any TensorFlow op (the data checks run some).
     strategy = get_strategy(FLAGS.strategy, devices=devices)
-    modalities = tuple(FLAGS.modalities)
-    splits = load_splits(modalities)
+    if FLAGS.moe_every > FLAGS.num_layers:
+        raise app.UsageError(
+            "--moe_every must be at most --num_layers, so that a block is sparse. "
+            f"Received: --moe_every={FLAGS.moe_every}, --num_layers={FLAGS.num_layers}"
+        )
+    splits = load_splits(tuple(FLAGS.modalities), label_aware=bool(FLAGS.label_aware))
     tf.get_logger().setLevel("ERROR")  # evaluation retraces `predict` per input structure
     keras.utils.set_random_seed(FLAGS.seed)
     keras.config.set_dtype_policy(FLAGS.dtype_policy)
     run = RunDirectory(worker_path(strategy, FLAGS.output_dir), FLAGS.backup_every_steps)
     try:
         with run.lock():
-            train_and_report(strategy, run, modalities, splits)
+            train_and_report(strategy, run, splits)
     except RunLockedError as error:
         sys.exit(f"{sys.argv[0]}: {error}")
 

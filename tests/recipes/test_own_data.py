@@ -122,3 +122,41 @@ def test_bad_paths_and_flags_are_named_before_any_model_is_built(dataset, tmp_pa
             assert text in stderr, (text, stderr[-1500:])
         assert seconds < 10.0, (expected, seconds)
     assert not (tmp_path / "model.keras").exists()
+
+
+def test_distill_recipe_trains_its_teacher_and_student_on_own_files(dataset, tmp_path):
+    directory, paths = dataset
+    result = run_script(
+        "recipes/distill.py",
+        *TINY,
+        "--distill_epochs=1",
+        "--depth_fraction=1",
+        "--latency_examples=3",
+        *data_flags(paths),
+        f"--class_names={directory / 'classes.txt'}",
+        f"--output_dir={tmp_path}",
+    )
+    assert "R@1 a→t" in result.stdout
+    metrics = _metrics(tmp_path)
+    assert metrics["recall_kind"] == "exact_pair"
+    for model in ("teacher", "student_width_0.5"):
+        assert 0.0 <= metrics[f"{model}_zero_shot_top1"] <= 1.0
+        assert 0.0 <= metrics[f"{model}_recall_at_1_audio_to_text"] <= 1.0
+        assert metrics[f"{model}_tflite_dynamic_bytes"] > 0
+    assert "accuracy_retention" in metrics and metrics["param_fraction"] < 0.5
+    for name in ("teacher.keras", "student.keras", "vocabulary.txt"):
+        assert (tmp_path / name).exists(), name
+
+
+def test_moe_recipe_trains_on_own_files_and_without_class_names_reports_recall_only(
+    dataset, tmp_path
+):
+    _, paths = dataset
+    # Two blocks, the second sparse (--moe_every=2).
+    flags = (*TINY, "--num_layers=2", "--experts=2", *data_flags(paths))
+    run_script("recipes/moe_clip.py", *flags, f"--output_dir={tmp_path}")
+    metrics = _metrics(tmp_path)
+    assert metrics["recall_kind"] == "exact_pair" and "zero_shot_top1" not in metrics
+    assert 0.0 <= metrics["recall_at_1_text_to_audio"] <= 1.0
+    assert metrics["optimizer_iterations"] == 2 * (48 // 16)
+    assert 0.0 <= metrics["min_expert_load_fraction"] <= 0.5 <= metrics["max_expert_load_fraction"]
