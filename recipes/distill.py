@@ -1,27 +1,37 @@
-"""Distil a CLIP-style image-text teacher into a student a fraction of its size.
+"""Distil a CLIP-style dual encoder into a student a fraction of its size.
 
     python recipes/distill.py                          # teacher, then a student at 50% width
     python recipes/distill.py --width_stages=0.5,0.25  # progressive: 100% → 50% → 25% width
     python recipes/distill.py --teacher=runs/distill/teacher.keras   # reuse a trained teacher
+    python recipes/distill.py --train_data=train.jsonl --validation_data=validation.jsonl \
+        --test_data=test.jsonl --modalities=audio,text --class_names=classes.txt
 
 The teacher is a dual encoder like `recipes/clip.py`'s, wider here (width 128, 2 layers
 per tower, peak learning rate 1e-3; `--hidden_dim`, `--num_layers` and `--learning_rate`
 set them) and trained the same way, or loaded with `--teacher` (with `vocabulary.txt`
-beside it). Each stage of `--width_stages` builds a student with `mm_keras.models.shrink`:
-the fraction of the teacher's heads and units given, and, in the first stage,
-`--depth_fraction` of its layers (evenly spaced), with the teacher's weights inherited
-(TinyCLIP). A stage starts from the previous stage's student and is trained for
+beside it when it reads text). Each stage of `--width_stages` builds a student with
+`mm_keras.models.shrink`: the fraction of the teacher's heads and units given, and, in the
+first stage, `--depth_fraction` of its layers (evenly spaced), with the teacher's weights
+inherited (TinyCLIP). A stage starts from the previous stage's student and is trained for
 `--distill_epochs` with `DistillationTrainer`: its own contrastive loss plus TinyCLIP's
 affinity mimicking of the teacher.
 
+`--modalities` (default image and text) and the data flags are `recipes/clip.py`'s:
+with `--train_data`, `--validation_data` and `--test_data`, teacher and students train
+on those files (checked before anything is built), images decoded to `--image_size` and
+`--num_channels`, audio to `--sample_rate` and `--num_samples`.
+
 Evaluates teacher and every student on the test split (zero-shot top-1 from text prompts
-no caption uses, label-aware recall@1) and converts both towers of each to TFLite
-`dynamic` (int8 weights), timing one example at a time on one thread. Prints the table
-and writes it to `--output_dir` (default `runs/distill/`): `metrics.json` with the final
-student's `param_fraction`, `accuracy_retention` (its zero-shot top-1 over the
-teacher's) and `tflite_speedup` (teacher latency over student latency, both towers), and
-per-model figures; `teacher.keras` and `vocabulary.txt` (when trained here) and
-`student.keras`.
+when the data has labels and class prompts: the digits' prompts no caption uses, or
+`--class_names` and `--prompt_templates`; recall@1 of the first modality against the
+second, label-aware on the digits or with `--label_aware`, else exact-pair, as
+`metrics.json`'s `recall_kind` says) and converts both towers of each to TFLite `dynamic`
+(int8 weights), timing one example at a time on one thread. Prints the table and writes
+it to `--output_dir` (default `runs/distill/`): `metrics.json` with the final student's
+`param_fraction`, `accuracy_retention` (its zero-shot top-1 over the teacher's, when
+measured), `recall_at_1_retention` and `tflite_speedup` (teacher latency over student
+latency, both towers), and per-model figures; `teacher.keras` and `vocabulary.txt` (when
+trained here) and `student.keras`.
 
 On 2 CPU cores with the defaults, about 70 seconds: the teacher's zero-shot top-1 is 0.975;
 the student (width 64, 1 layer) keeps 0.153 of its parameters and 1.003 of its zero-shot

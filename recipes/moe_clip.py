@@ -3,6 +3,8 @@
     python recipes/moe_clip.py                                  # image and text
     python recipes/moe_clip.py --router=modality --experts=4    # an expert group per modality
     python recipes/moe_clip.py --router=expert_choice
+    python recipes/moe_clip.py --train_data=train.jsonl --validation_data=validation.jsonl \
+        --test_data=test.jsonl --modalities=audio,text --class_names=classes.txt
 
 Everything `recipes/clip.py` does (its flags, data flags included, distribution, resuming,
 evaluation, the files in `--output_dir`, default `runs/moe_clip/`), with one
@@ -15,7 +17,8 @@ slots an expert processed), `dropped_token_fraction` (assignments over capacity)
 `router_entropy`, each from the most extreme sparse block.
 
 On 2 CPU cores with the defaults (4 experts, top-1 routing, capacity 1.25, a sparse second
-block): zero-shot top-1 ≈ 0.98, the dense recipe's ≈ 0.99.
+block): zero-shot top-1 ≈ 0.98, the dense recipe's ≈ 0.99. `--moe_every` must be at most
+`--num_layers`, so that a block is sparse.
 """
 
 import os

@@ -1,10 +1,13 @@
 """The distillation recipe: a progressive run end to end, and a reused teacher."""
 
 import json
+import os
+import subprocess
+import sys
 
 import keras
 
-from tests.scripts import run_script
+from tests.scripts import ROOT, run_script
 
 TINY = (
     "--epochs=1",
@@ -57,3 +60,21 @@ def test_progressive_stages_shrink_the_student_and_write_the_table(tmp_path):
     again = _metrics(reuse)
     assert again["teacher_zero_shot_top1"] == metrics["teacher_zero_shot_top1"]
     assert not (reuse / "teacher.keras").exists()
+
+
+def test_a_missing_data_file_is_named_before_the_teacher_is_built(tmp_path):
+    missing = str(tmp_path / "nowhere.jsonl")
+    splits = [f"--{split}_data={missing}" for split in ("train", "validation", "test")]
+    result = subprocess.run(
+        [sys.executable, "recipes/distill.py", *splits, f"--output_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=120,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"--train_data: expected a JSONL or CSV manifest file. Received: {missing!r}" in (
+        result.stderr
+    )
+    assert not (tmp_path / "teacher.keras").exists()

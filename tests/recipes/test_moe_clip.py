@@ -1,8 +1,11 @@
 """The mixture-of-experts recipe: as accurate as the dense one, with balanced experts."""
 
 import json
+import os
+import subprocess
+import sys
 
-from tests.scripts import run_script
+from tests.scripts import ROOT, run_script
 
 
 def _metrics(path):
@@ -33,3 +36,17 @@ def test_modality_routed_recipe_runs_end_to_end(tmp_path):
     # Two experts per modality, each taking part of its modality's tokens.
     assert 0.0 < metrics["min_expert_load_fraction"] <= 0.25 <= metrics["max_expert_load_fraction"]
     assert metrics["reload_max_abs_diff"] < 1e-5
+
+
+def test_recipe_refuses_a_configuration_without_a_sparse_block(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "recipes/moe_clip.py", "--num_layers=1", f"--output_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=120,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--moe_every must be at most --num_layers" in result.stderr
+    assert "Received: --moe_every=2, --num_layers=1" in result.stderr
