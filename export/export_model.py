@@ -1,17 +1,31 @@
 """Export a trained dual encoder to TF Serving and TFLite, and verify every artifact.
 
     python export/export_model.py --model=runs/clip/model.keras       # or: make demo
+    python export/export_model.py --model=runs/audio/model.keras \
+        --calibration_data=train.jsonl --test_data=test.jsonl --class_names=classes.txt
 
-Reads `model.keras` and the `vocabulary.txt` beside it. Writes to `--output_dir` (default:
-`export/` beside the model):
+Reads `model.keras` and the `vocabulary.txt` beside it. The model's text tower and its
+image or audio tower are exported (`--modalities` picks two when it has more). Writes to
+`--output_dir` (default: `export/` beside the model):
 
 * `saved_model/<name>/<version>/`, the SavedModel for TF Serving, with warm-up requests,
   and `saved_model/models.config` and `saved_model/batching.config` for the server;
 * `tflite/<tower>_<mode>.tflite` for each mode (`float32`, `dynamic`, `float16`, `int8`,
   which calibrates on training examples), with the vocabulary and a pure-Python tokenizer;
-* `report.json`: size, error and cosine against the Keras model, zero-shot accuracy and
-  latency of each artifact, measured on the embedded dataset's test split; the SavedModel
-  version each artifact comes from and the SavedModel's `max_image_pixels`.
+* `report.json`: size, error and cosine against the Keras model, and latency of each
+  artifact on held-out examples, with what its own embeddings score (`evaluation`):
+  zero-shot accuracy given class names and labels, otherwise exact-pair recall@1/5/10
+  both ways; the SavedModel version each artifact comes from and the SavedModel's input
+  limit (`max_image_pixels` or `max_audio_bytes`).
+
+Without data flags the embedded digits are used (held-out: the test split; int8
+calibration: the training split). With your own data, `--test_data` (held-out pairs) and,
+for `int8`, `--calibration_data` (training pairs, drawn shuffled as training reads them):
+each a JSONL or CSV manifest or a TFRecord pattern as `manifest_to_tfrecords` writes,
+holding the exported modalities. Files are decoded as the model's own towers need (image
+size and channels, sample rate and clip length), so no shape is passed; `--class_names`
+(one name a line, label i is line i) and `--prompt_templates` give zero-shot accuracy.
+Each file and flag is checked before any export work.
 
 A rerun after a killed export removes the staging directories the killed one left.
 """
@@ -26,24 +40,36 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from mm_keras.data import datasets  # noqa: E402
+from mm_keras.data import Pipeline, datasets  # noqa: E402
 from mm_keras.export import MODES, export_artifacts, verify  # noqa: E402
 from mm_keras.export.saved_model import (  # noqa: E402
+    DEFAULT_MAX_AUDIO_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
-    text_and_image_towers,
+    text_and_other_tower,
 )
 from mm_keras.serving import warmup, write_batching_parameters, write_model_config  # noqa: E402
 from mm_keras.tokenizers import TextTokenizer  # noqa: E402
+from mm_keras.training import read_class_names  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "runs/clip/model.keras", "The trained DualEncoder (.keras).")
 flags.DEFINE_string("vocabulary", None, "Tokenizer vocabulary; default: beside --model.")
 flags.DEFINE_string("output_dir", None, "Where artifacts go; default: export/ beside --model.")
+flags.DEFINE_list("modalities", [], "The text and the other tower to export; default: both.")
 flags.DEFINE_string("name", "clip", "Model name for TF Serving.")
 flags.DEFINE_integer("version", None, "SavedModel version; default: one above the latest.")
 flags.DEFINE_list("modes", list(MODES), "TFLite modes to write.")
 flags.DEFINE_list("allow_ops", [], "Non-core ops to accept although stock TF Serving lacks them.")
 flags.DEFINE_bool("allow_flex", False, "Allow TensorFlow (Flex) ops in TFLite files.")
+flags.DEFINE_string(
+    "test_data", "", "Held-out pairs to verify on: manifest or TFRecord pattern (default: digits)."
+)
+flags.DEFINE_string(
+    "calibration_data", "", "Training pairs that calibrate int8 (needed with --test_data)."
+)
+flags.DEFINE_string("class_names", "", "File of class names, one a line: label i is line i.")
+flags.DEFINE_multi_string("prompt_templates", ["{}"], "Zero-shot prompts; {} is the name.")
+flags.DEFINE_enum("on_error", "raise", ["raise", "skip"], "Stop at a bad record, or skip it.")
 flags.DEFINE_integer("calibration_examples", 256, "Training examples that calibrate int8.")
 flags.DEFINE_integer("latency_examples", 50, "Examples timed one at a time per tower.")
 flags.DEFINE_integer(
@@ -54,6 +80,109 @@ flags.DEFINE_integer(
     "about 50 MB per decode (100 MB for a progressive JPEG).",
     lower_bound=1,
 )
+flags.DEFINE_integer(
+    "max_audio_bytes",
+    DEFAULT_MAX_AUDIO_BYTES,
+    "Most bytes a WAV file sent to the SavedModel may have; larger ones are refused before "
+    "decoding. Default 16 MiB: 8.7 minutes of 16 kHz mono, about 32 MB per decode.",
+    lower_bound=1,
+)
+
+
+def decode_options(layer, kind):
+    """The `Pipeline` options that decode files as the tower takes them."""
+    if kind == "image":
+        return {"image_size": layer.image_size, "num_channels": layer.num_channels}
+    return {"sample_rate": layer.sample_rate, "num_samples": layer.num_samples}
+
+
+def open_pipeline(flag, path, kind, layer, num_classes=None):
+    """A `Pipeline` over `path` for `kind` and text; errors name `flag` and the file."""
+    try:
+        if path.endswith((".jsonl", ".csv")):
+            if not os.path.isfile(path):
+                raise ValueError(
+                    f"expected a JSONL or CSV manifest file. Received: {path!r}, which does "
+                    "not exist"
+                )
+            make = Pipeline.from_manifest
+        else:
+            make = Pipeline.from_tfrecords
+        return make(
+            path,
+            (kind, "text"),
+            on_error=FLAGS.on_error,
+            num_classes=num_classes,
+            **decode_options(layer, kind),
+        )
+    except ValueError as error:
+        raise app.UsageError(f"{flag}: {error}") from None
+
+
+def arrays(pipeline, max_examples=None, training=False):
+    """Decoded examples of a pipeline as NumPy arrays (text as str), up to `max_examples`."""
+    dataset = pipeline.dataset(64, training=training, seed=0, drop_remainder=False)
+    parts, count = [], 0
+    for batch in dataset.as_numpy_iterator():
+        parts.append(batch)
+        count += len(batch["label"])
+        if max_examples is not None and count >= max_examples:
+            break
+    result = {key: np.concatenate([p[key] for p in parts])[:max_examples] for key in parts[0]}
+    result["text"] = np.array([t.decode() for t in result["text"]], dtype=object)
+    return result
+
+
+def own_data(layer, kind):
+    """(calibration examples or None, held-out examples with class prompts or None).
+
+    Every flag and file is checked here, before any export work.
+    """
+    if not FLAGS.test_data:
+        raise app.UsageError(
+            "--test_data: expected held-out pairs of your own data (a JSONL or CSV manifest or "
+            "a TFRecord pattern) with --calibration_data or --class_names. Received: unset"
+        )
+    names = read_class_names(FLAGS.class_names) if FLAGS.class_names else None
+    if names is not None and not all("{}" in t for t in FLAGS.prompt_templates):
+        raise app.UsageError(
+            "--prompt_templates: expected each template to hold {} where the class name goes. "
+            f"Received: {FLAGS.prompt_templates}"
+        )
+    if "int8" in FLAGS.modes and not FLAGS.calibration_data:
+        raise app.UsageError(
+            "--calibration_data: int8 calibrates on training examples of your data. Expected "
+            "a JSONL or CSV manifest or a TFRecord pattern (your --train_data), or --modes "
+            f"without int8. Received: --calibration_data unset, --modes={FLAGS.modes}"
+        )
+    num_classes = None if names is None else len(names)
+    test = open_pipeline("--test_data", FLAGS.test_data, kind, layer, num_classes)
+    calibration = None
+    if FLAGS.calibration_data:
+        calibration = open_pipeline("--calibration_data", FLAGS.calibration_data, kind, layer)
+    examples = arrays(test)
+    if names is not None:  # the pipeline has refused records without a label in range
+        examples["class_prompts"] = [[t.format(n) for t in FLAGS.prompt_templates] for n in names]
+    if calibration is not None:
+        calibration = arrays(calibration, FLAGS.calibration_examples, training=True)
+    return calibration, examples
+
+
+def digits(layer, kind):
+    """(calibration examples, held-out examples) of the embedded digits, as `make demo` has."""
+    train = datasets.load_digits_arrays("train", (kind, "text"))
+    expected = tuple(layer.default_input_shape[1:])
+    if train[kind].shape[1:] != expected:
+        raise app.UsageError(
+            f"The model's {kind} tower takes inputs of shape {expected}; the embedded digits "
+            f"have {train[kind].shape[1:]}. Expected --test_data and --calibration_data with "
+            "your own data. Received: neither"
+        )
+    rng = np.random.default_rng(0)
+    chosen = rng.choice(len(train["label"]), FLAGS.calibration_examples, replace=False)
+    calibration = {kind: train[kind][chosen], "text": train["text"][chosen]}
+    test = datasets.load_digits_arrays("test", (kind, "text"))
+    return calibration, {**test, "class_prompts": datasets.class_prompts()}
 
 
 def next_version(base_dir):
@@ -69,19 +198,36 @@ def main(argv):
     model_dir = os.path.dirname(os.path.abspath(FLAGS.model))
     output_dir = FLAGS.output_dir or os.path.join(model_dir, "export")
     vocabulary = FLAGS.vocabulary or os.path.join(model_dir, "vocabulary.txt")
+    for flag, path in (("--model", FLAGS.model), ("--vocabulary", vocabulary)):
+        if not os.path.isfile(path):
+            raise app.UsageError(
+                f"{flag}: expected a file. Received: {path!r}, which does not exist"
+            )
     model = keras.saving.load_model(FLAGS.model, safe_mode=True)
-    text, image = text_and_image_towers(model)
+    modalities = FLAGS.modalities or None
+    try:
+        text, other, kind = text_and_other_tower(model, modalities)
+    except ValueError as error:
+        raise app.UsageError(f"--modalities: {error}") from None
     tokenizer = TextTokenizer(vocabulary, model.tokenizers[text].sequence_length)
-
-    train = datasets.load_digits_arrays("train", ("image", "text"))
-    rng = np.random.default_rng(0)
-    chosen = rng.choice(len(train["label"]), FLAGS.calibration_examples, replace=False)
-    representative = {
-        image: train["image"][chosen],
-        text: np.asarray(tokenizer(train["text"][chosen].tolist())["token_ids"]),
-    }
-    test = datasets.load_digits_arrays("test", ("image", "text"))
-    examples = {**test, "class_prompts": datasets.class_prompts()}
+    layer = model.tokenizers[other]
+    if FLAGS.test_data or FLAGS.calibration_data or FLAGS.class_names:
+        calibration, examples = own_data(layer, kind)
+    else:
+        calibration, examples = digits(layer, kind)
+    representative = {}
+    if calibration is not None:
+        representative = {
+            other: calibration[kind],
+            text: np.asarray(tokenizer(calibration["text"].tolist())["token_ids"]),
+        }
+    warmup_inputs = {"images" if kind == "image" else "audio": examples[kind][:4]}
+    write_warmup = warmup.writer(
+        FLAGS.name,
+        texts=examples["text"][:4].tolist(),
+        sample_rate=getattr(layer, "sample_rate", None),
+        **warmup_inputs,
+    )
 
     version = FLAGS.version or next_version(os.path.join(output_dir, "saved_model", FLAGS.name))
     artifacts = export_artifacts(
@@ -95,9 +241,9 @@ def main(argv):
         allow_ops=FLAGS.allow_ops,
         allow_flex=FLAGS.allow_flex,
         max_image_pixels=FLAGS.max_image_pixels,
-        warmup_requests=warmup.writer(
-            FLAGS.name, images=test["image"][:4], texts=test["text"][:4].tolist()
-        ),
+        max_audio_bytes=FLAGS.max_audio_bytes,
+        modalities=modalities,
+        warmup_requests=write_warmup,
     )
     # TF Serving's configuration, for `serving/docker-compose.yml`, which mounts
     # `saved_model/` at /models.
@@ -107,7 +253,7 @@ def main(argv):
     )
     write_batching_parameters(os.path.join(serving_dir, "batching.config"))
     report_path = os.path.join(output_dir, "report.json")
-    verify(model, tokenizer, artifacts, examples, report_path, FLAGS.latency_examples)
+    verify(model, tokenizer, artifacts, examples, report_path, FLAGS.latency_examples, modalities)
     print(f"wrote {output_dir}/ (SavedModel version {version}) and {report_path}")
 
 

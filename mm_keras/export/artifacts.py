@@ -6,11 +6,12 @@ import shutil
 
 from mm_keras.export import staging, tflite, verify, wordpiece
 from mm_keras.export.saved_model import (
+    DEFAULT_MAX_AUDIO_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     check_exportable_tokenizer,
-    check_max_image_pixels,
+    check_limits,
     export_saved_model,
-    text_and_image_towers,
+    text_and_other_tower,
 )
 
 MANIFEST_FILE = "manifest.json"
@@ -28,6 +29,8 @@ def export_artifacts(
     allow_flex=False,
     warmup_requests=None,
     max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+    max_audio_bytes=DEFAULT_MAX_AUDIO_BYTES,
+    modalities=None,
 ):
     """Writes the SavedModel and the TFLite files of a dual encoder under `output_dir`.
 
@@ -46,11 +49,11 @@ def export_artifacts(
     `mm_keras.export.staging`).
 
     Args:
-        model: a `DualEncoder` with a text and an image tower.
+        model: a `DualEncoder` with a text tower and an image or audio tower.
         tokenizer: its `TextTokenizer`.
         output_dir: str, where everything is written.
         representative_inputs: dict modality → array of single tower inputs (uint8 images,
-            int32 token ids) from the training data, to calibrate `int8`.
+            float32 waveforms, int32 token ids) from the training data, to calibrate `int8`.
         name: str, the model name TF Serving serves it under.
         version: int, the SavedModel version.
         modes: TFLite modes to write, from `mm_keras.export.tflite.MODES`.
@@ -61,14 +64,16 @@ def export_artifacts(
             version before it is renamed into place.
         max_image_pixels: int, the most pixels an image sent to the SavedModel may have
             (see `export_saved_model`).
+        max_audio_bytes: int, the most bytes a WAV file sent to the SavedModel may have.
+        modalities: optional pair of modalities to serve (see `text_and_other_tower`).
 
     Returns:
         dict artifact name → artifact (runner, size, ops) for `mm_keras.export.verify`:
         `"saved_model"` and `"tflite_<mode>"` per mode.
     """
-    text, image = text_and_image_towers(model)
+    text, other, kind = text_and_other_tower(model, modalities)
     check_exportable_tokenizer(tokenizer)
-    check_max_image_pixels(max_image_pixels)
+    check_limits(max_image_pixels, max_audio_bytes)
     os.makedirs(output_dir, exist_ok=True)
     staging.remove_stale(output_dir)
     path, non_core = export_saved_model(
@@ -79,9 +84,16 @@ def export_artifacts(
         allow_ops=allow_ops,
         warmup_requests=warmup_requests,
         max_image_pixels=max_image_pixels,
+        max_audio_bytes=max_audio_bytes,
+        modalities=modalities,
     )
+    limits = {"image": {"max_image_pixels": max_image_pixels}}
+    limits["audio"] = {"max_audio_bytes": max_audio_bytes}
+    sample_rate = getattr(model.tokenizers[other], "sample_rate", None)
     artifacts = {
-        "saved_model": verify.saved_model_artifact(path, non_core, version, max_image_pixels)
+        "saved_model": verify.saved_model_artifact(
+            path, non_core, version, kind, limits[kind], sample_rate
+        )
     }
 
     # All TFLite files are written to a staging directory that then replaces `tflite/`
@@ -95,7 +107,7 @@ def export_artifacts(
             json.dump({"saved_model": name, "saved_model_version": version}, f, indent=2)
         int8_ops = set()
         for mode in modes:
-            for modality in (image, text):
+            for modality in (other, text):
                 tflite_model = tflite.convert_tower(
                     model,
                     modality,
@@ -114,7 +126,7 @@ def export_artifacts(
         raise
     for mode in modes:
         paths = {
-            "image": os.path.join(tflite_dir, f"{image}_{mode}.tflite"),
+            kind: os.path.join(tflite_dir, f"{other}_{mode}.tflite"),
             "text": os.path.join(tflite_dir, f"{text}_{mode}.tflite"),
         }
         artifacts[f"tflite_{mode}"] = verify.tflite_artifact(

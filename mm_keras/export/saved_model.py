@@ -7,10 +7,16 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from mm_keras.data.decode import wav_is_valid
 from mm_keras.export import ops as graph_ops
 from mm_keras.export import staging
 from mm_keras.export.serving_tokenizer import ServingWordPiece
-from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding, TextTokenizer
+from mm_keras.tokenizers import (
+    AudioSpectrogramTokenizer,
+    ImagePatchTokenizer,
+    TextEmbedding,
+    TextTokenizer,
+)
 
 VOCABULARY_FILE = "vocabulary.txt"
 
@@ -26,6 +32,15 @@ DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 # can take a few dozen bytes: 100 KB held a 4096 x 4096 JPEG of 1,000 scans, within the
 # pixel limit, that took 15 s to decode.
 MAX_JPEG_SCANS = 100
+
+# 16 MiB of WAV: 8.7 minutes of 16 kHz mono, 95 s of 44.1 kHz stereo, far beyond the
+# seconds a tower embeds. WAV is not compressed, so decoding costs what was sent (about
+# twice the bytes as float32); the limit bounds that per clip, and is checked on the
+# request's length before anything is read from its header.
+DEFAULT_MAX_AUDIO_BYTES = 2**24
+
+# The other tower's kind: the layer that reads its input, and its input's name.
+OTHER_TOWERS = {ImagePatchTokenizer: "image", AudioSpectrogramTokenizer: "audio"}
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -165,17 +180,110 @@ def decode_images(encoded, image_size, num_channels, max_image_pixels=DEFAULT_MA
     )
 
 
-def text_and_image_towers(model):
-    """(text modality, image modality) of a dual encoder: the towers an export serves."""
-    kinds = {type(layer): m for m, layer in model.tokenizers.items()}
-    text, image = kinds.get(TextEmbedding), kinds.get(ImagePatchTokenizer)
-    if text is None or image is None:
-        raise ValueError(
-            "Expected a dual encoder with a TextEmbedding tower and an ImagePatchTokenizer "
-            f"tower. Received towers: "
-            f"{ {m: type(t).__name__ for m, t in model.tokenizers.items()} }"
+def check_audio_size(data, max_audio_bytes):
+    """An op that fails unless `data` is a complete 16-bit PCM WAV of at most
+    `max_audio_bytes`, judged on its length and header before anything is decoded."""
+    length = tf.strings.length(data)
+    size_check = tf.debugging.Assert(
+        length <= max_audio_bytes,
+        [
+            f"Expected a WAV file of at most max_audio_bytes={max_audio_bytes} bytes (set at "
+            "export). Received: bytes=",
+            length,
+        ],
+    )
+    # `wav_is_valid` is the training pipeline's check: a RIFF header, a declared size the
+    # bytes cover (a header claiming gigabytes is refused here, unread), 16-bit PCM.
+    format_check = tf.debugging.Assert(
+        wav_is_valid(data),
+        [
+            "Expected the bytes of a complete 16-bit PCM WAV file, as training reads. "
+            "Received bytes starting with:",
+            _bytes_at(data, 0, 12),
+        ],
+    )
+    return tf.group(size_check, format_check)
+
+
+def crop_resampled(audio, rate, sample_rate, num_samples):
+    """The `num_samples` of `audio` at `rate` that training keeps at `sample_rate`.
+
+    `mm_keras.data.decode.decode_audio` resamples a whole clip (linear interpolation) and
+    then keeps its centre, cropped or padded with trailing silence to `num_samples`. This
+    computes the same samples, with the same float64 positions, but interpolates only the
+    ones kept: a header claiming 1 Hz cannot make the graph build a clip thousands of
+    times longer than it sent.
+    """
+    rate = tf.cast(rate, tf.float64)
+    length = tf.shape(audio, out_type=tf.int64)[0]
+    new_length = tf.cast(tf.round(tf.cast(length, tf.float64) * sample_rate / rate), tf.int64)
+    spare = tf.cast(tf.maximum(new_length - num_samples, 0), tf.float32)
+    start = tf.cast(tf.round(spare * 0.5), tf.int64)  # decode_audio's offset_fraction=0.5
+    kept = tf.range(start, start + tf.minimum(new_length, num_samples))
+    positions = tf.cast(kept, tf.float64) * rate / sample_rate
+    low = tf.minimum(tf.cast(tf.floor(positions), tf.int64), length - 1)
+    high = tf.minimum(low + 1, length - 1)
+    fraction = tf.cast(positions - tf.cast(low, tf.float64), audio.dtype)
+    # At the same rate every fraction is 0: these are the cropped samples, exactly.
+    clip = tf.gather(audio, low) * (1 - fraction) + tf.gather(audio, high) * fraction
+    return tf.pad(clip, [[0, num_samples - tf.shape(clip)[0]]])
+
+
+def decode_audio_clips(encoded, sample_rate, num_samples, max_audio_bytes=DEFAULT_MAX_AUDIO_BYTES):
+    """Decodes a batch of WAV bytes to float32 `[B, num_samples]` at `sample_rate`.
+
+    As the training pipeline decodes audio (`mm_keras.data.decode.decode_audio` with the
+    centre crop of evaluation): channels averaged, other rates resampled linearly, the
+    centre `num_samples` kept, shorter clips padded with trailing silence. Each clip is
+    checked first (`check_audio_size`), and its sample rate must be positive.
+
+    Raises:
+        tf.errors.InvalidArgumentError: for bytes over `max_audio_bytes`, bytes that are
+            not a complete 16-bit PCM WAV, or a header the decoder refuses.
+    """
+
+    def decode_one(data):
+        with tf.control_dependencies([check_audio_size(data, max_audio_bytes)]):
+            audio, rate = tf.audio.decode_wav(data)
+        rate_check = tf.debugging.Assert(
+            rate > 0, ["Expected a WAV header with a positive sample rate. Received:", rate]
         )
-    return text, image
+        with tf.control_dependencies([rate_check]):
+            return crop_resampled(tf.reduce_mean(audio, axis=-1), rate, sample_rate, num_samples)
+
+    return tf.map_fn(
+        decode_one, encoded, fn_output_signature=tf.TensorSpec([num_samples], tf.float32)
+    )
+
+
+def text_and_other_tower(model, modalities=None):
+    """(text modality, other modality, its kind) of the towers an export serves.
+
+    The text tower is a `TextEmbedding`; the other is an image (`ImagePatchTokenizer`,
+    kind `"image"`) or an audio tower (`AudioSpectrogramTokenizer`, kind `"audio"`).
+
+    Args:
+        model: a `DualEncoder`.
+        modalities: optional pair of the model's modalities to serve; default: all of its
+            towers, which must then be two.
+    """
+    towers = {
+        m: model.tokenizers[m] for m in modalities or model.modalities if m in model.tokenizers
+    }
+    text = [m for m, layer in towers.items() if isinstance(layer, TextEmbedding)]
+    other = [m for m, layer in towers.items() if type(layer) in OTHER_TOWERS]
+    if (
+        len(towers) != 2
+        or len(text) != 1
+        or len(other) != 1
+        or (modalities is not None and len(set(modalities)) != 2)
+    ):
+        kinds = {m: type(t).__name__ for m, t in model.tokenizers.items()}
+        raise ValueError(
+            "Expected two towers to serve: a TextEmbedding one and an ImagePatchTokenizer or "
+            f"AudioSpectrogramTokenizer one. Received: modalities={modalities}, towers {kinds}"
+        )
+    return text[0], other[0], OTHER_TOWERS[type(towers[other[0]])]
 
 
 def check_exportable_tokenizer(tokenizer):
@@ -192,51 +300,88 @@ def check_exportable_tokenizer(tokenizer):
         )
 
 
-def build_archive(model, text_tokenizer, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+def build_archive(
+    model,
+    text_tokenizer,
+    max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+    max_audio_bytes=DEFAULT_MAX_AUDIO_BYTES,
+    modalities=None,
+):
     """A `keras.export.ExportArchive` with the serving endpoints of a dual encoder.
 
     `text_tokenizer` maps `tf.string [N]` to token ids inside the graph: a
     `ServingWordPiece`, whose lookup table (and vocabulary asset) the archive tracks.
-
-    Endpoints, each a TF Serving signature with named inputs and outputs:
+    The model serves its text tower and one other, an image or an audio tower (see
+    `text_and_other_tower`). Endpoints, each a TF Serving signature with named inputs and
+    outputs:
 
     * `embed_text`: `text` `tf.string [N]` → `text_embedding` `float32 [N, P]`;
-    * `embed_image`: `image` `tf.string [N]` of encoded PNG or JPEG → `image_embedding`;
-    * `embed_image_pixels`: `pixels` `uint8 [N, H, W, C]` → `image_embedding`;
-    * `serving_default`: `image` `tf.string [N]` and `text` `tf.string [M]` → both
-      embeddings and `logits` `[N, M]` (the scaled similarities). TF Serving's row
+    * image towers: `embed_image`: `image` `tf.string [N]` of encoded PNG or JPEG →
+      `image_embedding`; `embed_image_pixels`: `pixels` `uint8 [N, H, W, C]` →
+      `image_embedding`;
+    * audio towers: `embed_audio`: `audio` `tf.string [N]` of WAV files (16-bit PCM, any
+      rate and channel count) → `audio_embedding`, decoded as the training pipeline
+      decodes them (channels averaged, resampled to the tower's `sample_rate`, the centre
+      `num_samples` kept, shorter clips padded with silence); `embed_audio_samples`:
+      `samples` `float32 [N, num_samples]` waveforms at `sample_rate` → `audio_embedding`;
+    * `serving_default`: `image` (or `audio`) `tf.string [N]` and `text` `tf.string [M]`
+      → both embeddings and `logits` `[N, M]` (the scaled similarities). TF Serving's row
       ("instances") format needs N == M; the columnar ("inputs") format does not.
 
     Every input is checked inside the graph, since TF Serving runs the graph without
     checking a request against the signature: the signatures declare inputs of unknown
     shape, and a request fails with `InvalidArgumentError`, naming what was expected and
     what was received, for a wrong rank, size or channel count (`pixels` must be exactly
-    `[N, H, W, C]`), a wrong dtype, a string without a token (empty or only whitespace),
-    bytes that are not PNG or JPEG (GIF and BMP included), an image whose header says
-    more than `max_image_pixels` pixels, or a JPEG of more than `MAX_JPEG_SCANS` scans
-    (both refused before decoding); a PNG or JPEG within the limits is decoded to the
-    model's channel count (grey or colour, whatever it holds) and resized to its image
-    size. No input is a float, so none can carry NaN or Inf; an output that is not finite
-    (a diverged model) fails the request too. An empty batch (N = 0 or M = 0) is valid
-    and gives empty results: `[0, P]` embeddings and `[0, M]` or `[N, 0]` logits.
+    `[N, H, W, C]`, `samples` exactly `[N, num_samples]`), a wrong dtype, a string without
+    a token (empty or only whitespace), bytes that are not PNG or JPEG (GIF and BMP
+    included), an image whose header says more than `max_image_pixels` pixels, or a JPEG
+    of more than `MAX_JPEG_SCANS` scans (both refused before decoding); a PNG or JPEG
+    within the limits is decoded to the model's channel count (grey or colour, whatever it
+    holds) and resized to its image size. Audio bytes over `max_audio_bytes`, or not a
+    complete 16-bit PCM WAV (truncated, a header declaring more than was sent, another
+    encoding), are refused before decoding, and `samples` holding NaN or Inf are refused;
+    no other input is a float. An output that is not finite (a diverged model) fails the
+    request too. An empty batch (N = 0 or M = 0) is valid and gives empty results: `[0, P]`
+    embeddings and `[0, M]` or `[N, 0]` logits.
     """
-    text, image = text_and_image_towers(model)
-    image_layer = model.tokenizers[image]
-    image_size, channels = image_layer.image_size, image_layer.num_channels
+    text, other, kind = text_and_other_tower(model, modalities)
+    layer = model.tokenizers[other]
+    if kind == "image":
+        array_endpoint, array_input, array_dtype = "embed_image_pixels", "pixels", tf.uint8
+        array_shape = [None, *layer.image_size, layer.num_channels]
+
+        def decode(encoded):
+            return decode_images(encoded, layer.image_size, layer.num_channels, max_image_pixels)
+
+    else:
+        array_endpoint, array_input, array_dtype = "embed_audio_samples", "samples", tf.float32
+        array_shape = [None, layer.num_samples]
+
+        def decode(encoded):
+            return decode_audio_clips(
+                encoded, layer.sample_rate, layer.num_samples, max_audio_bytes
+            )
+
+    output = f"{kind}_embedding"
 
     def embed_text(strings):
         strings = ensure_input_shape(strings, [None], "text")
         embedding = model.embed(text, text_tokenizer(strings))
         return tf.debugging.check_numerics(embedding, "text_embedding")
 
-    def embed_pixels(pixels):
-        pixels = ensure_input_shape(pixels, [None, *image_size, channels], "pixels")
-        return tf.debugging.check_numerics(model.embed(image, pixels), "image_embedding")
+    def embed_other(inputs):
+        return tf.debugging.check_numerics(model.embed(other, inputs), output)
 
-    def embed_encoded_images(encoded):
-        encoded = ensure_input_shape(encoded, [None], "image")
-        images = decode_images(encoded, image_size, channels, max_image_pixels)
-        return tf.debugging.check_numerics(model.embed(image, images), "image_embedding")
+    def embed_array(array):
+        array = ensure_input_shape(array, array_shape, array_input)
+        if array_dtype.is_floating:
+            array = tf.debugging.check_numerics(
+                array, f"Expected finite `{array_input}`. Received NaN or Inf"
+            )
+        return embed_other(array)
+
+    def embed_encoded(encoded):
+        return embed_other(decode(ensure_input_shape(encoded, [None], kind)))
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -247,30 +392,26 @@ def build_archive(model, text_tokenizer, max_image_pixels=DEFAULT_MAX_IMAGE_PIXE
         input_signature=[tf.TensorSpec(None, tf.string, name="text")],
     )
     archive.add_endpoint(
-        "embed_image",
-        lambda image: {"image_embedding": embed_encoded_images(image)},
-        input_signature=[tf.TensorSpec(None, tf.string, name="image")],
+        f"embed_{kind}",
+        lambda encoded: {output: embed_encoded(encoded)},
+        input_signature=[tf.TensorSpec(None, tf.string, name=kind)],
     )
     archive.add_endpoint(
-        "embed_image_pixels",
-        lambda pixels: {"image_embedding": embed_pixels(pixels)},
-        input_signature=[tf.TensorSpec(None, tf.uint8, name="pixels")],
+        array_endpoint,
+        lambda array: {output: embed_array(array)},
+        input_signature=[tf.TensorSpec(None, array_dtype, name=array_input)],
     )
 
-    def serving_default(image, text):
-        image_embedding, text_embedding = embed_encoded_images(image), embed_text(text)
-        logits = model.logit_scale * tf.matmul(image_embedding, text_embedding, transpose_b=True)
-        return {
-            "image_embedding": image_embedding,
-            "text_embedding": text_embedding,
-            "logits": logits,
-        }
+    def serving_default(encoded, text):
+        embedding, text_embedding = embed_encoded(encoded), embed_text(text)
+        logits = model.logit_scale * tf.matmul(embedding, text_embedding, transpose_b=True)
+        return {output: embedding, "text_embedding": text_embedding, "logits": logits}
 
     archive.add_endpoint(
         "serving_default",
         serving_default,
         input_signature=[
-            tf.TensorSpec(None, tf.string, name="image"),
+            tf.TensorSpec(None, tf.string, name=kind),
             tf.TensorSpec(None, tf.string, name="text"),
         ],
     )
@@ -285,6 +426,8 @@ def export_saved_model(
     allow_ops=(),
     warmup_requests=None,
     max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+    max_audio_bytes=DEFAULT_MAX_AUDIO_BYTES,
+    modalities=None,
     verbose=False,
 ):
     """Writes a dual encoder as `base_dir/<version>/`, TF Serving's versioned layout.
@@ -301,7 +444,8 @@ def export_saved_model(
     them are described in `build_archive`.
 
     Args:
-        model: a `DualEncoder` with a `TextEmbedding` and an `ImagePatchTokenizer` tower.
+        model: a `DualEncoder` with a `TextEmbedding` tower and an `ImagePatchTokenizer`
+            or `AudioSpectrogramTokenizer` tower.
         tokenizer: the `TextTokenizer` the model was trained with.
         base_dir: str, the model's directory (TF Serving's `base_path`).
         version: int >= 1, the version number.
@@ -310,6 +454,9 @@ def export_saved_model(
             `assets.extra/` content before the rename (see `mm_keras.serving.warmup`).
         max_image_pixels: int, the most pixels (height x width, from the image's header)
             an encoded image may have; larger ones are refused before they are decoded.
+        max_audio_bytes: int, the most bytes a WAV file may have; larger ones are refused
+            before they are decoded.
+        modalities: optional pair of modalities to serve (see `text_and_other_tower`).
         verbose: bool, print the endpoints as Keras writes them.
 
     Returns:
@@ -322,14 +469,14 @@ def export_saved_model(
     """
     if not isinstance(version, int) or version < 1:
         raise ValueError(f"`version` must be an int >= 1. Received: version={version!r}")
-    check_max_image_pixels(max_image_pixels)
+    check_limits(max_image_pixels, max_audio_bytes)
     final = os.path.join(base_dir, str(version))
     if os.path.exists(final):
         raise ValueError(
             f"Expected a new version number: TF Serving versions are immutable. "
             f"Received: version={version}, and {final} already exists"
         )
-    text, _ = text_and_image_towers(model)
+    text, _, _ = text_and_other_tower(model, modalities)
     check_exportable_tokenizer(tokenizer)
     if tokenizer.sequence_length > model.tokenizers[text].sequence_length:
         raise ValueError(
@@ -345,7 +492,9 @@ def export_saved_model(
             vocabulary = os.path.join(scratch, VOCABULARY_FILE)
             tokenizer.save_vocabulary(vocabulary)
             serving_tokenizer = ServingWordPiece(vocabulary, tokenizer.sequence_length)
-            archive = build_archive(model, serving_tokenizer, max_image_pixels)
+            archive = build_archive(
+                model, serving_tokenizer, max_image_pixels, max_audio_bytes, modalities
+            )
             archive.write_out(tmp, verbose=verbose)
         non_core = graph_ops.check_stock_serving_ops(graph_ops.saved_model_ops(tmp), allow_ops)
         if warmup_requests is not None:
@@ -358,10 +507,11 @@ def export_saved_model(
     return final, non_core
 
 
-def check_max_image_pixels(max_image_pixels):
-    is_int = isinstance(max_image_pixels, int) and not isinstance(max_image_pixels, bool)
-    if not is_int or max_image_pixels < 1:
-        raise ValueError(
-            "`max_image_pixels` must be an int >= 1. "
-            f"Received: max_image_pixels={max_image_pixels!r}"
-        )
+def check_limits(max_image_pixels, max_audio_bytes):
+    """Raises ValueError unless both input limits are ints >= 1."""
+    for name, value in (
+        ("max_image_pixels", max_image_pixels),
+        ("max_audio_bytes", max_audio_bytes),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")

@@ -26,24 +26,49 @@ def predict_log(model_name, signature_name, inputs):
     )
 
 
-def writer(model_name, images, texts):
+def writer(model_name, images=None, texts=None, audio=None, sample_rate=None):
     """A callable that writes warm-up requests for every serving signature of a dual encoder.
+
+    Give `images` for a model with an image tower, or `audio` and `sample_rate` for one
+    with an audio tower (see `mm_keras.export.saved_model.build_archive`).
 
     Args:
         model_name: str, the name TF Serving serves the model under.
         images: uint8 `[N, H, W, C]` example images (sent PNG-encoded and as pixels).
         texts: list of N example strings.
+        audio: float32 `[N, num_samples]` example waveforms in [-1, 1] (sent as 16-bit WAV
+            files and as samples).
+        sample_rate: int, the audio tower's sample rate, written into the WAV headers.
 
     Returns:
         `write(version_dir)`, for `export_saved_model(..., warmup_requests=...)`.
+
+    Example:
+    >>> write = writer("clip", audio=test["audio"][:4], texts=captions[:4], sample_rate=8000)
+    >>> export_saved_model(model, tokenizer, "export/clip", warmup_requests=write)
     """
-    images = np.asarray(images, np.uint8)
-    encoded = np.array([tf.io.encode_png(image).numpy() for image in images], dtype=object)
+    if (images is None) == (audio is None) or texts is None:
+        raise ValueError(
+            "Expected `texts` and one of `images` or `audio`. Received: "
+            f"images={'None' if images is None else 'set'}, "
+            f"audio={'None' if audio is None else 'set'}, texts={texts!r}"
+        )
+    if images is not None:
+        kind, arrays, array_input = "image", np.asarray(images, np.uint8), "pixels"
+        encoded = [tf.io.encode_png(image).numpy() for image in arrays]
+        array_signature = "embed_image_pixels"
+    else:
+        if sample_rate is None:
+            raise ValueError("Expected the audio tower's `sample_rate`. Received: None")
+        kind, arrays, array_input = "audio", np.asarray(audio, np.float32), "samples"
+        encoded = [tf.audio.encode_wav(clip[:, None], sample_rate).numpy() for clip in arrays]
+        array_signature = "embed_audio_samples"
+    encoded = np.array(encoded, dtype=object)
     texts = np.array(texts, dtype=object)
     logs = [
-        predict_log(model_name, "serving_default", {"image": encoded, "text": texts}),
-        predict_log(model_name, "embed_image", {"image": encoded}),
-        predict_log(model_name, "embed_image_pixels", {"pixels": images}),
+        predict_log(model_name, "serving_default", {kind: encoded, "text": texts}),
+        predict_log(model_name, f"embed_{kind}", {kind: encoded}),
+        predict_log(model_name, array_signature, {array_input: arrays}),
         predict_log(model_name, "embed_text", {"text": texts}),
     ]
 
