@@ -72,8 +72,8 @@ from mm_keras.training import (  # noqa: E402
     tower_tokenizers,
 )
 from mm_keras.training.data_flags import (  # noqa: E402
+    decode_options,
     define_data_flags,
-    image_size,
     load_splits,
     usage_errors,
 )
@@ -128,13 +128,10 @@ def build_model(modalities, vocabulary_size):
         FLAGS.hidden_dim,
         vocabulary_size,
         FLAGS.sequence_length,
-        image_size(),
-        FLAGS.num_channels,
-        FLAGS.patch_size,
-        FLAGS.sample_rate,
-        FLAGS.num_samples,
+        patch_size=FLAGS.patch_size,
         spec_augment=FLAGS.audio_augment,
         seed=FLAGS.seed,
+        **decode_options(),
     )
     # Initial temperature of each paper: CLIP t = 1/0.07; SigLIP t = 10 with bias -10.
     scale = 10.0 if FLAGS.loss == "siglip" else 1.0 / 0.07

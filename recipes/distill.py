@@ -61,8 +61,8 @@ from mm_keras.tokenizers import TextTokenizer  # noqa: E402
 from mm_keras.trainers import ContrastiveTrainer, DistillationTrainer  # noqa: E402
 from mm_keras.training import tower_tokenizers, warmup_cosine_adamw  # noqa: E402
 from mm_keras.training.data_flags import (  # noqa: E402
+    decode_options,
     define_data_flags,
-    image_size,
     load_splits,
     usage_errors,
 )
@@ -105,11 +105,8 @@ def build_teacher(modalities, vocabulary_size):
         FLAGS.hidden_dim,
         vocabulary_size,
         FLAGS.sequence_length,
-        image_size(),
-        FLAGS.num_channels,
-        FLAGS.patch_size,
-        FLAGS.sample_rate,
-        FLAGS.num_samples,
+        patch_size=FLAGS.patch_size,
+        **decode_options(),
     )
     encoders = {
         m: TransformerEncoder(FLAGS.num_layers, FLAGS.num_heads, 2 * FLAGS.hidden_dim)

@@ -83,6 +83,21 @@ def image_size(flag_values=flags.FLAGS):
     return [int(v) for v in flag_values.image_size]
 
 
+def decode_options(flag_values=flags.FLAGS):
+    """What images and audio are decoded to, for `tower_tokenizers` and `Splits`:
+    `image_size`, `num_channels`, `sample_rate` and `num_samples` from their flags.
+
+    Example:
+    >>> tokenizers = tower_tokenizers(("image", "text"), 64, 200, **decode_options())
+    """
+    return {
+        "image_size": image_size(flag_values),
+        "num_channels": flag_values.num_channels,
+        "sample_rate": flag_values.sample_rate,
+        "num_samples": flag_values.num_samples,
+    }
+
+
 def load_splits(modalities, label_aware=False, flag_values=flags.FLAGS):
     """The embedded digits, or the data flags' files, checked before anything is built.
 
@@ -121,9 +136,6 @@ def load_splits(modalities, label_aware=False, flag_values=flags.FLAGS):
             class_names=values.class_names or None,
             prompt_templates=values.prompt_templates,
             label_aware=label_aware,
-            image_size=image_size(values),
-            num_channels=values.num_channels,
-            sample_rate=values.sample_rate,
-            num_samples=values.num_samples,
             num_frames=values.num_frames,
+            **decode_options(values),
         )
