@@ -80,6 +80,15 @@ def _bytes_at(data, start, count):
     return tf.strings.substr(data, tf.minimum(start, tf.strings.length(data)), count)
 
 
+def leading_bytes(data, count):
+    """The first `count` bytes of a scalar string as numbers, for an error message.
+
+    Not as a string: TensorFlow puts bytes >= 0x80 into the message unescaped, and a
+    message that is not UTF-8 reaches a Python client as `UnicodeDecodeError`.
+    """
+    return tf.io.decode_raw(_bytes_at(data, 0, count), tf.uint8)
+
+
 def header_image_size(data):
     """`int64 [height, width]` of PNG or JPEG bytes, read from the header, before any decoding.
 
@@ -99,7 +108,8 @@ def header_image_size(data):
     is_jpeg = _bytes_at(data, 0, 3) == _JPEG_SIGNATURE
     check = tf.debugging.Assert(
         is_png | is_jpeg,
-        ["Expected PNG or JPEG image bytes. Received bytes starting with:", _bytes_at(data, 0, 8)],
+        ["Expected PNG or JPEG image bytes. Received bytes starting with:", leading_bytes(data, 8)],
+        summarize=8,
     )
 
     def png_size():
@@ -199,8 +209,9 @@ def check_audio_size(data, max_audio_bytes):
         [
             "Expected the bytes of a complete 16-bit PCM WAV file, as training reads. "
             "Received bytes starting with:",
-            _bytes_at(data, 0, 12),
+            leading_bytes(data, 12),
         ],
+        summarize=12,
     )
     return tf.group(size_check, format_check)
 

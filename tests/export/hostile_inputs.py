@@ -1,7 +1,9 @@
 """Calls every signature of an exported SavedModel with malformed inputs and image bombs.
 
 Run as a script, `python tests/export/hostile_inputs.py VERSION_DIR`, so that a kernel that
-aborts the process shows as a nonzero exit instead of killing the test run. Prints one JSON
+aborts the process shows as a nonzero exit instead of killing the test run. A model with an
+audio tower gets the audio cases instead of the image ones (WAV bombs, headers that lie,
+non-finite samples); its tower takes `AUDIO_SAMPLES` samples at `AUDIO_RATE`. Prints one JSON
 line per call: `{"signature", "case", "error"}` (the error class, or None) and, for a call
 that succeeded, the output shapes and whether every value is finite; for the image-size
 cases also the seconds the call took and how much the peak RSS grew, in MB. Each line is
@@ -19,6 +21,7 @@ import tensorflow as tf
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BOMB_SIDE = 10_000  # 100 megapixels: 6 times the default limit, 100 MB if decoded
+AUDIO_RATE, AUDIO_SAMPLES = 8000, 4000
 
 
 def png_of_zeros(width, height):
@@ -81,8 +84,89 @@ def call(signatures, signature, case, measure=False, **inputs):
     print(json.dumps(record), flush=True)
 
 
+def wav(samples, rate=AUDIO_RATE, channels=1):
+    """16-bit PCM WAV bytes of `samples` frames of noise at `rate`."""
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, [samples, channels]).astype(np.float32)
+    return tf.audio.encode_wav(noise, rate).numpy()
+
+
+def with_field(data, offset, fmt, value):
+    """`data` with the header field at `offset` overwritten (little-endian `fmt`)."""
+    data = bytearray(data)
+    data[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    return bytes(data)
+
+
+def audio_cases(signatures):
+    strings = lambda *values: tf.constant(list(values), tf.string)  # noqa: E731
+    short, long = wav(1000), wav(9000)
+    # The header's sample rate (offset 24) and bytes per second (28) agree, so the
+    # decoder accepts the clip: 1 Hz would resample 2,000 samples to 16 million.
+    one_hertz = with_field(with_field(wav(2000), 24, "<I", 1), 28, "<I", 2)
+    eight_bit = with_field(wav(100), 34, "<H", 8)
+    finite = np.zeros([2, AUDIO_SAMPLES], np.float32)
+
+    call(signatures, "embed_audio", "warm-up", audio=strings(short, long))
+    for case, data in (
+        ("riff size of 4 GB", with_field(short, 4, "<I", 0xFFFFFFF0)),
+        ("data chunk of 2 GB", with_field(short, 40, "<I", 0x7FFFFFF0)),
+        ("over the byte limit", wav(2**23 + 1000)),  # 16 MiB + 2,000 bytes
+        ("1 Hz", one_hertz),
+        ("under the limits", long),
+    ):
+        call(signatures, "embed_audio", case, measure=True, audio=strings(data))
+
+    for case, audio in (
+        ("scalar", tf.constant(short)),
+        ("rank 2", tf.constant([[short]])),
+        ("float NaN/Inf", tf.constant([np.nan, np.inf])),
+        ("float32 samples", tf.constant(finite)),
+        ("empty batch", strings()),
+        ("empty bytes", strings(b"")),
+        ("not a wav", strings(b"hello")),
+        ("truncated wav", strings(long[:60])),
+        ("8-bit wav", strings(eight_bit)),
+        ("sample rate 0", strings(with_field(short, 24, "<I", 0))),
+        ("16 kHz stereo", strings(wav(8000, 16000, 2))),
+    ):
+        call(signatures, "embed_audio", case, audio=audio)
+
+    for case, text in (("empty batch", strings()), ("empty string", strings("a seven", ""))):
+        call(signatures, "embed_text", case, text=text)
+
+    nan_and_inf = finite.copy()
+    nan_and_inf[0, 10], nan_and_inf[1, 20] = np.nan, np.inf
+    for case, samples in (
+        ("rank 1", tf.zeros([AUDIO_SAMPLES])),
+        ("rank 3", tf.zeros([1, AUDIO_SAMPLES, 1])),
+        ("scalar", tf.constant(0.0)),
+        ("float64", tf.zeros([1, AUDIO_SAMPLES], tf.float64)),
+        ("int16", tf.zeros([1, AUDIO_SAMPLES], tf.int16)),
+        ("NaN and Inf", tf.constant(nan_and_inf)),
+        ("other length", tf.zeros([1, AUDIO_SAMPLES - 1])),
+        ("empty batch", tf.zeros([0, AUDIO_SAMPLES])),
+        ("one clip", tf.constant(finite[:1])),
+    ):
+        call(signatures, "embed_audio_samples", case, samples=samples)
+
+    for case, audio, text in (
+        ("audio rank 2", tf.constant([[short]]), strings("a seven")),
+        ("text scalar", strings(short), tf.constant("a seven")),
+        ("audio float32", tf.constant(finite), strings("a seven")),
+        ("empty string", strings(short), strings("")),
+        ("wav bomb", strings(with_field(short, 4, "<I", 0xFFFFFFF0)), strings("a seven")),
+        ("empty audio batch", strings(), strings("a seven", "a two")),
+        ("empty text batch", strings(short), strings()),
+        ("different batch sizes", strings(short, long), strings("a seven", "a two", "a one")),
+    ):
+        call(signatures, "serving_default", case, audio=audio, text=text)
+    print(json.dumps({"done": sorted(signatures)}), flush=True)
+
+
 def main(path):
     signatures = tf.saved_model.load(path).signatures
+    if "embed_audio" in signatures:
+        return audio_cases(signatures)
     png = tf.io.encode_png(tf.zeros([32, 32, 1], tf.uint8)).numpy()
     colour_png = tf.io.encode_png(tf.fill([40, 30, 3], tf.constant(200, tf.uint8))).numpy()
     jpeg = tf.io.encode_jpeg(tf.zeros([48, 64, 3], tf.uint8)).numpy()
@@ -124,6 +208,7 @@ def main(path):
         ("three channels", strings(colour_png)),
         ("empty bytes", strings(b"")),
         ("not an image", strings(b"hello")),
+        ("binary bytes", strings(b"\xf0\x9f\xff\xfe" * 4)),  # no UnicodeDecodeError
         ("gif", strings(gif)),
         ("truncated png", strings(png[:40])),
     ):

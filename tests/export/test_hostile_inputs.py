@@ -1,4 +1,4 @@
-"""Every signature of the exported SavedModel against malformed inputs and image bombs.
+"""Every signature of the exported SavedModel against malformed inputs, image and WAV bombs.
 
 The calls run in a subprocess (`tests/export/hostile_inputs.py`): a kernel that aborts, as a
 wrong-rank `pixels` array once did (exit 134), fails the test instead of killing pytest.
@@ -40,6 +40,7 @@ EXPECTED = {
     ("embed_image", "three channels"): {"image_embedding": [1, P]},  # converted to grey
     ("embed_image", "empty bytes"): REFUSED,
     ("embed_image", "not an image"): REFUSED,
+    ("embed_image", "binary bytes"): REFUSED,
     ("embed_image", "gif"): REFUSED,
     ("embed_image", "truncated png"): REFUSED,
     ("embed_image_pixels", "rank 3"): REFUSED,
@@ -70,12 +71,61 @@ EXPECTED = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def calls(exported):
+AUDIO_EXPECTED = {
+    ("embed_audio", "warm-up"): {"audio_embedding": [2, P]},
+    ("embed_audio", "riff size of 4 GB"): REFUSED,
+    ("embed_audio", "data chunk of 2 GB"): REFUSED,
+    ("embed_audio", "over the byte limit"): REFUSED,
+    ("embed_audio", "1 Hz"): {"audio_embedding": [1, P]},  # resampled, within bounds
+    ("embed_audio", "under the limits"): {"audio_embedding": [1, P]},
+    ("embed_audio", "scalar"): REFUSED,
+    ("embed_audio", "rank 2"): REFUSED,
+    ("embed_audio", "float NaN/Inf"): REFUSED,
+    ("embed_audio", "float32 samples"): REFUSED,
+    ("embed_audio", "empty batch"): {"audio_embedding": [0, P]},
+    ("embed_audio", "empty bytes"): REFUSED,
+    ("embed_audio", "not a wav"): REFUSED,
+    ("embed_audio", "truncated wav"): REFUSED,
+    ("embed_audio", "8-bit wav"): REFUSED,
+    ("embed_audio", "sample rate 0"): REFUSED,
+    ("embed_audio", "16 kHz stereo"): {"audio_embedding": [1, P]},  # averaged, resampled
+    ("embed_text", "empty batch"): {"text_embedding": [0, P]},
+    ("embed_text", "empty string"): REFUSED,
+    ("embed_audio_samples", "rank 1"): REFUSED,
+    ("embed_audio_samples", "rank 3"): REFUSED,
+    ("embed_audio_samples", "scalar"): REFUSED,
+    ("embed_audio_samples", "float64"): REFUSED,
+    ("embed_audio_samples", "int16"): REFUSED,
+    ("embed_audio_samples", "NaN and Inf"): REFUSED,
+    ("embed_audio_samples", "other length"): REFUSED,
+    ("embed_audio_samples", "empty batch"): {"audio_embedding": [0, P]},
+    ("embed_audio_samples", "one clip"): {"audio_embedding": [1, P]},
+    ("serving_default", "audio rank 2"): REFUSED,
+    ("serving_default", "text scalar"): REFUSED,
+    ("serving_default", "audio float32"): REFUSED,
+    ("serving_default", "empty string"): REFUSED,
+    ("serving_default", "wav bomb"): REFUSED,
+    ("serving_default", "empty audio batch"): {
+        "audio_embedding": [0, P], "text_embedding": [2, P], "logits": [0, 2]
+    },
+    ("serving_default", "empty text batch"): {
+        "audio_embedding": [1, P], "text_embedding": [0, P], "logits": [1, 0]
+    },
+    ("serving_default", "different batch sizes"): {
+        "audio_embedding": [2, P], "text_embedding": [3, P], "logits": [2, 3]
+    },
+}  # fmt: skip
+
+# Refusals whose message is the decoder's own, which says what it found, not "Expected".
+DECODER_MESSAGES = ("Invalid PNG", "Data too short")
+
+
+def _run_hostile_inputs(version_dir):
+    """({(signature, case): record}, signature names) from the script in a subprocess."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     script = os.path.join(ROOT, "tests", "export", "hostile_inputs.py")
     result = subprocess.run(
-        [sys.executable, script, exported[1]],
+        [sys.executable, script, version_dir],
         capture_output=True,
         text=True,
         timeout=240,
@@ -89,21 +139,64 @@ def calls(exported):
     return {(r["signature"], r["case"]): r for r in lines[:-1] if "start" not in r}, last["done"]
 
 
-def test_every_signature_refuses_malformed_inputs_without_aborting(calls):
+@pytest.fixture(scope="module")
+def calls(exported):
+    return _run_hostile_inputs(exported[1])
+
+
+@pytest.fixture(scope="module")
+def audio_calls(audio_exported):
+    return _run_hostile_inputs(audio_exported[1])
+
+
+def _check_outcomes(calls, expected_outcomes):
     records, signatures = calls
     assert {signature for signature, _ in records} == set(signatures)
-    for key, expected in EXPECTED.items():
+    for key, expected in expected_outcomes.items():
         record = records[key]
         if expected == REFUSED:
             assert record["error"] == REFUSED, record
-            # Our checks say "Expected ..."; TensorFlow's say so for a dtype, "Invalid" for
-            # bytes its decoder rejects.
-            assert "expected" in record["message"].lower() or "Invalid PNG" in record["message"]
+            # Our checks say "Expected ..."; TensorFlow's say so for a dtype.
+            message = record["message"]
+            assert "expected" in message.lower() or any(m in message for m in DECODER_MESSAGES)
         else:
             assert record["error"] is None, record
             assert record["shapes"] == expected, record
             assert record["finite"], record
-    assert set(records) == set(EXPECTED)
+    assert set(records) == set(expected_outcomes)
+
+
+def test_every_signature_refuses_malformed_inputs_without_aborting(calls):
+    _check_outcomes(calls, EXPECTED)
+
+
+def test_every_audio_signature_refuses_malformed_inputs_without_aborting(audio_calls):
+    _check_outcomes(audio_calls, AUDIO_EXPECTED)
+
+
+@pytest.mark.parametrize("case", ["riff size of 4 GB", "data chunk of 2 GB", "over the byte limit"])
+def test_wav_claiming_or_holding_too_much_is_refused_cheaply(audio_calls, case):
+    record = audio_calls[0]["embed_audio", case]
+    assert record["seconds"] < 0.1, record
+    # The request itself (16 MiB for the file over the limit) is all the memory it takes.
+    assert record["rss_growth_mb"] < 50, record
+
+
+def test_audio_errors_name_what_was_expected_and_received(audio_calls):
+    records = audio_calls[0]
+    message = records["embed_audio", "over the byte limit"]["message"]
+    assert "max_audio_bytes=16777216" in message and "bytes=] [16779260]" in message
+    message = records["embed_audio", "riff size of 4 GB"]["message"]
+    assert "complete 16-bit PCM WAV" in message and "[82 73 70 70" in message  # "RIFF"
+    message = records["embed_audio_samples", "other length"]["message"]
+    assert "Expected `samples` of shape [N, 4000]" in message and "[1 3999]" in message
+    assert "Expected finite `samples`" in records["embed_audio_samples", "NaN and Inf"]["message"]
+
+
+def test_a_header_claiming_one_hertz_resamples_only_the_kept_samples(audio_calls):
+    record = audio_calls[0]["embed_audio", "1 Hz"]
+    assert record["error"] is None and record["finite"], record
+    assert record["seconds"] < 0.1 and record["rss_growth_mb"] < 50, record
 
 
 def test_errors_name_what_was_expected_and_received(calls):

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mm_keras.data import decode
 from mm_keras.export import export_saved_model
 from mm_keras.serving import warmup
 from mm_keras.tokenizers import TextTokenizer
+from tests.export.hostile_inputs import AUDIO_RATE, AUDIO_SAMPLES
 
 
 def _png(images):
@@ -107,3 +109,22 @@ def test_bad_pixel_limit_raises(tiny_model, tokenizer, tmp_path):
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match=f"Received: max_image_pixels={bad}"):
             export_saved_model(tiny_model, tokenizer, str(tmp_path), max_image_pixels=bad)
+
+
+def test_audio_signatures_decode_wavs_as_the_training_pipeline_does(audio_exported):
+    model, path = audio_exported
+    signatures = tf.saved_model.load(path).signatures
+    rng = np.random.default_rng(0)
+    wavs = [  # (frames, rate, channels): shorter and longer, resampled up and down, stereo
+        tf.audio.encode_wav(rng.uniform(-0.5, 0.5, [n, c]).astype("float32"), rate).numpy()
+        for n, rate, c in ((1500, 8000, 1), (9001, 8000, 1), (7000, 11025, 1), (9000, 16000, 2))
+    ]
+    decoded = np.stack([decode.decode_audio(w, AUDIO_RATE, AUDIO_SAMPLES) for w in wavs])
+    expected = np.asarray(model.embed("audio", decoded))
+    served = signatures["embed_audio"](audio=tf.constant(wavs))["audio_embedding"]
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    samples = signatures["embed_audio_samples"](samples=tf.constant(decoded))["audio_embedding"]
+    np.testing.assert_allclose(samples, expected, atol=1e-5)
+    assert [r.model_spec.signature_name for r in warmup.read_requests(path)] == [
+        "serving_default", "embed_audio", "embed_audio_samples", "embed_text"
+    ]  # fmt: skip
