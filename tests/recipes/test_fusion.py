@@ -1,12 +1,19 @@
-"""The fusion recipe: fusion solves what neither modality can, and dropout buys robustness."""
+"""The fusion recipe: fusion solves what neither modality can, and dropout buys robustness;
+on your own files, the matching study against hard and random negatives."""
 
 import json
+import os
+import resource
+import subprocess
+import sys
 
 import keras
 import numpy as np
+import pytest
 
 from mm_keras.data import datasets
-from tests.scripts import run_script
+from tests.own_data import SAMPLE_RATE, data_flags, write_dataset
+from tests.scripts import ROOT, run_script
 
 
 def _metrics(path):
@@ -47,3 +54,80 @@ def test_itm_study_runs_with_hard_negatives(tmp_path):
     metrics = _metrics(tmp_path)
     for key in ("itm_hard_negative_test_accuracy", "itm_random_negative_test_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0
+
+
+# Tiny towers on the own-data files of tests/own_data.py: the point is the path from files
+# to the matching study's figures, not accuracy.
+TINY = (
+    f"--sample_rate={SAMPLE_RATE}",
+    "--num_samples=2000",
+    "--image_size=16,16",
+    "--hidden_dim=32",
+    "--num_layers=1",
+    "--sequence_length=6",
+    "--pretrain_epochs=1",
+    "--epochs=1",
+    "--pairs_per_image=1",
+    "--batch_size=16",
+)
+SMALL = (("train", 32), ("validation", 16), ("test", 16))
+
+
+def test_match_study_on_own_files_scores_hard_and_random_negatives(tmp_path):
+    paths = write_dataset(tmp_path, sizes=SMALL)
+    output_dir = tmp_path / "run"
+    result = run_script(
+        "recipes/fusion.py", *TINY, "--modalities=image,audio", *data_flags(paths),
+        f"--output_dir={output_dir}",
+    )  # fmt: skip
+    metrics = _metrics(output_dir)
+    for kind in ("hard", "random"):
+        assert 0.0 <= metrics[f"match_{kind}_negative_test_accuracy"] <= 1.0
+    # Each test image comes once with its own clip and once with another: alone, it says
+    # nothing.
+    assert metrics["unimodal_baseline_accuracy_image"] == 0.5
+    # Mined negatives are the ones the pretrained towers find closest to the item.
+    assert metrics["test_similarity_hard_negative"] > metrics["test_similarity_random_negative"]
+    assert "hard negatives" in result.stdout
+    # The records have labels, so the robustness study classifies them by default.
+    assert "no_dropout_test_accuracy_without_audio" in metrics
+    assert (output_dir / "model.keras").exists()
+
+
+def test_match_study_without_labels_pairs_each_record_with_its_own_partner(tmp_path):
+    paths = write_dataset(tmp_path, labels=False, sizes=SMALL)
+    output_dir = tmp_path / "run"
+    run_script(
+        "recipes/fusion.py", *TINY, "--modalities=audio,text", *data_flags(paths),
+        f"--output_dir={output_dir}",
+    )  # fmt: skip
+    metrics = _metrics(output_dir)
+    assert metrics["unimodal_baseline_accuracy_audio"] == 0.5
+    assert 0.0 <= metrics["match_hard_negative_test_accuracy"] <= 1.0
+    assert not any(key.startswith("no_dropout") for key in metrics)
+
+
+@pytest.mark.parametrize(
+    "labels, flags, message",
+    [
+        (False, ["--studies=robustness"], "--studies=robustness classifies the records' labels"),
+        (True, ["--studies=match,itm"], "--studies=itm is the embedded digits'"),
+        (True, ["--image_size=12,12"], "--image_size: expected sides divisible by the 8-pixel"),
+    ],
+)
+def test_studies_the_files_cannot_give_are_refused_up_front(tmp_path, labels, flags, message):
+    paths = write_dataset(
+        tmp_path, labels=labels, sizes=(("train", 4), ("validation", 2), ("test", 2))
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run(
+        [sys.executable, "recipes/fusion.py", "--modalities=image,audio", *data_flags(paths),
+         *flags, f"--output_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=120,
+    )  # fmt: skip
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-1500:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+    # CPU time, not wall time, as in tests/recipes/test_own_data.py: before any work.
+    assert (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime) < 10.0
