@@ -24,6 +24,7 @@ INT8_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "GATHER")
 _OP_NAMES = {
     code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")
 }
+_LOG = schema.BuiltinOperator.LOG
 
 
 def tower_input_spec(model, modality, batch_size=1):
@@ -120,7 +121,10 @@ def convert_tower(model, modality, mode="float32", representative_inputs=None, a
             convert = lambda: _selective_int8(converter, spec, representative_inputs)  # noqa: E731
         else:
             convert = converter.convert
-        return strip_tensor_names(_convert(converter, convert, modality, allow_flex))
+        tflite_model = _convert(converter, convert, modality, allow_flex)
+        if mode == "dynamic":
+            tflite_model = float_spectrogram_weights(tflite_model)
+        return strip_tensor_names(tflite_model)
 
 
 def _convert(converter, convert, modality, allow_flex):
@@ -155,6 +159,71 @@ def strip_tensor_names(tflite_model):
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def _ops_before_log(model):
+    """The operators (object API) of the main graph that run before its first LOG, or []."""
+    graph = model.subgraphs[0]
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    logs = [i for i, op in enumerate(graph.operators) if codes[op.opcodeIndex] == _LOG]
+    return graph.operators[: logs[0]] if logs else []
+
+
+def float_spectrogram_weights(tflite_model):
+    """A "dynamic" file with float weights restored in the ops before the first LOG.
+
+    Dynamic-range quantization makes the mel projection a hybrid FULLY_CONNECTED, which
+    quantizes its input, the spectrum's magnitudes, to 8 bits on the fly: see
+    `spectrogram_nodes` for what that does (cosine 0.85 to the float embeddings). The
+    int8 weights are dequantized back to float32 (the mel filters lose nothing that
+    matters: cosine 0.99999), so the op runs in float. Other towers have no LOG and
+    come back unchanged.
+    """
+    model = flatbuffer_utils.convert_bytearray_to_object(tflite_model)
+    graph = model.subgraphs[0]
+    changed = False
+    for op in _ops_before_log(model):
+        for index in op.inputs:
+            tensor = graph.tensors[index] if index >= 0 else None
+            buffer = model.buffers[tensor.buffer] if tensor is not None else None
+            if tensor is None or tensor.type != schema.TensorType.INT8 or buffer.data is None:
+                continue
+            weights = np.frombuffer(bytes(buffer.data), np.int8).reshape(tensor.shape)
+            scale = np.asarray(tensor.quantization.scale, np.float32)
+            if scale.size > 1:  # one scale per slice along the quantized dimension
+                shape = [1] * weights.ndim
+                shape[tensor.quantization.quantizedDimension] = -1
+                scale = scale.reshape(shape)
+            values = (weights.astype(np.float32) * scale).astype(np.float32)
+            buffer.data = np.frombuffer(values.tobytes(), np.uint8)
+            tensor.type = schema.TensorType.FLOAT32
+            tensor.quantization = None
+            changed = True
+    if not changed:
+        return tflite_model
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def spectrogram_nodes(tflite_model):
+    """Output names of the ops before the first LOG: an audio tower's spectrogram.
+
+    Magnitudes of a spectrum span decades (the log-mel exists for that), so 8 bits of
+    them keep the loud bins and round the quiet ones to zero, which the log then turns
+    into its floor: the framing GATHER and the mel FULLY_CONNECTED in int8 gave
+    embeddings of cosine 0.3 to the float ones. These ops stay float. Empty for a tower
+    without a LOG.
+    """
+    model = schema.Model.GetRootAs(tflite_model, 0)
+    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+    graph = model.Subgraphs(0)
+    names = []
+    for o in range(graph.OperatorsLength()):
+        op = graph.Operators(o)
+        code = codes[op.OpcodeIndex()]
+        if _OP_NAMES[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())] == "LOG":
+            return names
+        names += [graph.Tensors(op.Outputs(i)).Name().decode() for i in range(op.OutputsLength())]
+    return []
+
+
 def _selective_int8(converter, spec, representative_inputs):
     examples = [
         np.asarray(x, spec.dtype.as_numpy_dtype).reshape(spec.shape) for x in representative_inputs
@@ -171,12 +240,14 @@ def _selective_int8(converter, spec, representative_inputs):
     # zero points of weights and biases are ~20 KB of a 120 KB demo tower, and per-tensor
     # scales keep the embeddings within cosine 0.999 here.
     converter._experimental_disable_per_channel = True
-    float_ops = tflite_ops(_float_model(converter))
-    denylisted = [op for op in float_ops if op not in INT8_OPS]
+    float_model = _float_model(converter)
+    denylisted = [op for op in tflite_ops(float_model) if op not in INT8_OPS]
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter,
         debug_dataset=dataset,
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=denylisted),
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_ops=denylisted, denylisted_nodes=spectrogram_nodes(float_model)
+        ),
     )
     return debugger.get_nondebug_quantized_model()
 
