@@ -64,7 +64,6 @@ from mm_keras.training.data_flags import (  # noqa: E402
     decode_options,
     define_data_flags,
     load_splits,
-    usage_errors,
 )
 
 FLAGS = flags.FLAGS
@@ -122,7 +121,7 @@ def fit(trainer, batches, epochs):
     trainer.compile(
         optimizer=warmup_cosine_adamw(FLAGS.learning_rate, total_steps, FLAGS.weight_decay)
     )
-    trainer.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=2)
+    trainer.fit(train, epochs=epochs, verbose=2)
 
 
 def teacher_and_tokenizer(splits, batches_for, label_aware):
@@ -211,16 +210,21 @@ def run(splits):
         raise app.UsageError(
             f"--width_stages must shrink stage by stage within (0, 1). Received: {widths}"
         )
+    steps_per_epoch = splits.num_examples("train") // FLAGS.batch_size
+    if steps_per_epoch == 0:
+        raise app.UsageError(
+            f"--batch_size must be at most the {splits.num_examples('train')} examples of the "
+            f"train split. Received: --batch_size={FLAGS.batch_size}"
+        )
     modalities = splits.modalities
     label_aware = splits.label_aware if FLAGS.label_aware is None else FLAGS.label_aware
     recall_label_aware = splits.label_aware or bool(FLAGS.label_aware)
-    strategy = tf.distribute.get_strategy()
 
     def batches_for(tokenizer):
-        with usage_errors():
-            return splits.batches(
-                strategy, "train", FLAGS.batch_size, tokenizer, training=True, seed=FLAGS.seed
-            )
+        # One device's batches, an epoch long (iterated anew each epoch), as the
+        # docstring's figures were measured.
+        train = splits.dataset("train", FLAGS.batch_size, tokenizer, training=True, seed=FLAGS.seed)
+        return train, steps_per_epoch
 
     teacher, tokenizer = teacher_and_tokenizer(splits, batches_for, label_aware)
     train = batches_for(tokenizer)

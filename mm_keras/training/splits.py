@@ -335,6 +335,28 @@ class Splits:
             )
         return dataset, steps
 
+    def dataset(self, split, batch_size, tokenizer=None, training=False, seed=None):
+        """The split as one device's `tf.data.Dataset` of full batches, one epoch long.
+
+        For a script without a strategy: its cardinality is the steps of an epoch, and
+        `fit` iterates it anew each epoch (a training split reshuffled each time).
+
+        Args:
+            split: `"train"`, `"validation"` or `"test"`.
+            batch_size: int.
+            tokenizer: optional `TextTokenizer` for the `"text"` entries.
+            training: bool, whether to shuffle the split.
+            seed: optional int, the shuffle seed.
+        """
+        if self._pipelines is None:
+            examples = datasets.load_digits(split, self.modalities)
+            return make_batches(
+                examples, batch_size, tokenizer, shuffle=training, seed=seed, drop_remainder=True
+            )
+        return self._pipelines[split].dataset(
+            batch_size, training=training, tokenizer=tokenizer, seed=seed, drop_remainder=True
+        )
+
     def fit_batches(
         self, strategy, batch_size, tokenizer=None, seed=None, data_service=None, augment=None
     ):

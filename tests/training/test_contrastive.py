@@ -100,3 +100,12 @@ def test_a_script_fits_and_reports_a_dual_encoder_on_its_own_files(splits, tmp_p
     assert (tmp_path / "vocabulary.txt").exists() and (tmp_path / "model.keras").exists()
     printed = capsys.readouterr().out
     assert "Test split (9 examples)" in printed and "audio→text exact-pair recall" in printed
+
+
+def test_a_split_as_one_devices_dataset_is_an_epoch_of_full_batches(splits):
+    train = splits.dataset("train", 5, training=True, seed=0)
+    assert int(train.cardinality()) == 16 // 5
+    epochs = [np.concatenate([b["audio"][:, :50] for b in train.as_numpy_iterator()]) for _ in "ab"]
+    assert epochs[0].shape == (15, 50) and not np.array_equal(*epochs)  # reshuffled
+    digits = Splits.digits(("image", "text")).dataset("test", 64)
+    assert next(iter(digits))["image"].shape == (64, 32, 32, 1)
