@@ -89,7 +89,9 @@ def convert_tower(model, modality, mode="float32", representative_inputs=None, a
 
     Modes: `"float32"`; `"dynamic"` (weights int8, activations float); `"float16"` (weights
     float16); `"int8"` (weights and activations int8 for `INT8_OPS`, calibrated on
-    `representative_inputs`, every other op in float).
+    `representative_inputs`, every other op in float). In `"dynamic"` and `"int8"` an
+    audio tower's spectrogram, every op before the log-mel's LOG, stays float32 (see
+    `spectrogram_nodes` and `float_spectrogram_weights`).
 
     Args:
         model: a `DualEncoder`.
