@@ -143,7 +143,10 @@ def own_data(layer, kind):
             "--test_data: expected held-out pairs of your own data (a JSONL or CSV manifest or "
             "a TFRecord pattern) with --calibration_data or --class_names. Received: unset"
         )
-    names = read_class_names(FLAGS.class_names) if FLAGS.class_names else None
+    try:
+        names = read_class_names(FLAGS.class_names) if FLAGS.class_names else None
+    except ValueError as error:  # it names --class_names and the file
+        raise app.UsageError(str(error)) from None
     if names is not None and not all("{}" in t for t in FLAGS.prompt_templates):
         raise app.UsageError(
             "--prompt_templates: expected each template to hold {} where the class name goes. "
