@@ -92,6 +92,7 @@ def test_match_study_on_own_files_scores_hard_and_random_negatives(tmp_path):
     # The records have labels, so the robustness study classifies them by default.
     assert "no_dropout_test_accuracy_without_audio" in metrics
     assert (output_dir / "model.keras").exists()
+    assert (output_dir / "robustness.md").read_text().startswith("Label classification")
 
 
 def test_match_study_without_labels_pairs_each_record_with_its_own_partner(tmp_path):
@@ -107,18 +108,20 @@ def test_match_study_without_labels_pairs_each_record_with_its_own_partner(tmp_p
     assert not any(key.startswith("no_dropout") for key in metrics)
 
 
+TINY_SIZES = (("train", 4), ("validation", 2), ("test", 2))
+
+
 @pytest.mark.parametrize(
-    "labels, flags, message",
+    "labels, sizes, flags, message",
     [
-        (False, ["--studies=robustness"], "--studies=robustness classifies the records' labels"),
-        (True, ["--studies=match,itm"], "--studies=itm is the embedded digits'"),
-        (True, ["--image_size=12,12"], "--image_size: expected sides divisible by the 8-pixel"),
+        (False, TINY_SIZES, ["--studies=robustness"], "robustness classifies the records' labels"),
+        (True, TINY_SIZES, ["--studies=match,itm"], "--studies=itm is the embedded digits'"),
+        (True, TINY_SIZES, ["--image_size=12,12"], "--image_size: expected sides divisible by 8"),
+        (True, (*TINY_SIZES[:2], ("test", 1)), [], "--test_data: the match study needs two"),
     ],
 )
-def test_studies_the_files_cannot_give_are_refused_up_front(tmp_path, labels, flags, message):
-    paths = write_dataset(
-        tmp_path, labels=labels, sizes=(("train", 4), ("validation", 2), ("test", 2))
-    )
+def test_what_the_files_cannot_give_is_refused_up_front(tmp_path, labels, sizes, flags, message):
+    paths = write_dataset(tmp_path, labels=labels, sizes=sizes)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(
         [sys.executable, "recipes/fusion.py", "--modalities=image,audio", *data_flags(paths),
