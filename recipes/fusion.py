@@ -86,7 +86,6 @@ from mm_keras.data import (  # noqa: E402
 from mm_keras.encoders import TransformerEncoder  # noqa: E402
 from mm_keras.eval import missing_modality_accuracy  # noqa: E402
 from mm_keras.models import FUSIONS, DualEncoder, FusionModel  # noqa: E402
-from mm_keras.tokenizers import VideoTubeletTokenizer  # noqa: E402
 from mm_keras.trainers import ContrastiveTrainer  # noqa: E402
 from mm_keras.training import Splits, tower_tokenizers, warmup_cosine_adamw  # noqa: E402
 from mm_keras.training.data_flags import (  # noqa: E402
@@ -147,22 +146,10 @@ def tokenizer_layers(modalities, vocabulary_size):
             image_size=datasets.IMAGE_SHAPE[:2], num_channels=datasets.IMAGE_SHAPE[2],
             sample_rate=datasets.SAMPLE_RATE, num_samples=datasets.AUDIO_SAMPLES,
         )  # fmt: skip
-    layers = {}
-    for m in modalities:  # in order: a layer draws its initializers' seeds when created
-        if m == "video":
-            layers[m] = VideoTubeletTokenizer(
-                FLAGS.num_frames, options["image_size"], PATCH_SIZE,
-                tubelet_size=2 if FLAGS.num_frames % 2 == 0 else 1,
-                hidden_dim=FLAGS.hidden_dim, num_channels=options["num_channels"],
-            )  # fmt: skip
-        else:
-            layers.update(
-                tower_tokenizers(
-                    (m,), FLAGS.hidden_dim, vocabulary_size, FLAGS.sequence_length,
-                    patch_size=PATCH_SIZE, **options,
-                )
-            )  # fmt: skip
-    return layers
+    return tower_tokenizers(
+        modalities, FLAGS.hidden_dim, vocabulary_size, FLAGS.sequence_length,
+        patch_size=PATCH_SIZE, **options,
+    )  # fmt: skip
 
 
 def pretrain_towers(splits):

@@ -85,7 +85,8 @@ def image_size(flag_values=flags.FLAGS):
 
 def decode_options(flag_values=flags.FLAGS):
     """What images and audio are decoded to, for `tower_tokenizers` and `Splits`:
-    `image_size`, `num_channels`, `sample_rate` and `num_samples` from their flags.
+    `image_size`, `num_channels`, `sample_rate`, `num_samples` and `num_frames` from their
+    flags.
 
     Example:
     >>> tokenizers = tower_tokenizers(("image", "text"), 64, 200, **decode_options())
@@ -95,6 +96,7 @@ def decode_options(flag_values=flags.FLAGS):
         "num_channels": flag_values.num_channels,
         "sample_rate": flag_values.sample_rate,
         "num_samples": flag_values.num_samples,
+        "num_frames": flag_values.num_frames,
     }
 
 
@@ -136,6 +138,5 @@ def load_splits(modalities, label_aware=False, flag_values=flags.FLAGS):
             class_names=values.class_names or None,
             prompt_templates=values.prompt_templates,
             label_aware=label_aware,
-            num_frames=values.num_frames,
             **decode_options(values),
         )

@@ -1,6 +1,11 @@
 """The tokenizers of a small dual encoder's towers, one per modality, from the data options."""
 
-from mm_keras.tokenizers import AudioSpectrogramTokenizer, ImagePatchTokenizer, TextEmbedding
+from mm_keras.tokenizers import (
+    AudioSpectrogramTokenizer,
+    ImagePatchTokenizer,
+    TextEmbedding,
+    VideoTubeletTokenizer,
+)
 
 # SpecAugment of `--audio_augment`: 2 time masks of up to 4 frames, 2 of up to 4 mel bands.
 SPEC_AUGMENT = dict(time_masks=2, max_time_mask_width=4, freq_masks=2, max_freq_mask_width=4)
@@ -16,6 +21,7 @@ def tower_tokenizers(
     patch_size=8,
     sample_rate=8000,
     num_samples=4000,
+    num_frames=8,
     spec_augment=False,
     seed=None,
 ):
@@ -24,10 +30,12 @@ def tower_tokenizers(
     Images become `patch_size`-pixel patches of `image_size` images of `num_channels`;
     audio becomes log-mel patches of 2 frames by all 32 mel bands (a tone is a few bands
     at once, so a patch holds the whole spectrum); text ids from a tokenizer of
-    `vocabulary_size` ids become embeddings of `sequence_length` tokens.
+    `vocabulary_size` ids become embeddings of `sequence_length` tokens; videos of
+    `num_frames` frames become tubelets of 2 frames (1 for an odd count) by `patch_size`
+    pixels.
 
     Args:
-        modalities: the modalities, among `"image"`, `"audio"` and `"text"`.
+        modalities: the modalities, among `"image"`, `"audio"`, `"text"` and `"video"`.
         hidden_dim: int, width of every token.
         vocabulary_size: int, the text tokenizer's vocabulary size (with text).
         sequence_length: int, text ids per caption.
@@ -36,6 +44,7 @@ def tower_tokenizers(
         patch_size: int, side of an image patch in pixels.
         sample_rate: int, the audio's sample rate.
         num_samples: int, samples per clip.
+        num_frames: int, frames per video (of `image_size` and `num_channels`).
         spec_augment: bool, SpecAugment time and frequency masks on audio when training.
         seed: optional int, the masks' seed.
 
@@ -59,9 +68,18 @@ def tower_tokenizers(
             )
         elif modality == "text":
             tokenizers[modality] = TextEmbedding(vocabulary_size, sequence_length, hidden_dim)
+        elif modality == "video":
+            tokenizers[modality] = VideoTubeletTokenizer(
+                num_frames,
+                list(image_size),
+                patch_size,
+                tubelet_size=2 if num_frames % 2 == 0 else 1,
+                hidden_dim=hidden_dim,
+                num_channels=num_channels,
+            )
         else:
             raise ValueError(
-                "Expected modalities among ('image', 'audio', 'text'). "
+                "Expected modalities among ('image', 'audio', 'text', 'video'). "
                 f"Received: {modality!r} in modalities={list(modalities)}"
             )
     return tokenizers

@@ -25,6 +25,15 @@ def test_spec_augment_masks_audio_only_when_asked():
     assert plain.time_masks == 0 and masked.time_masks == 2 and masked.freq_masks == 2
 
 
+def test_video_becomes_tubelets_of_two_frames_or_one_for_an_odd_count():
+    for frames, tubelets in ((4, 2), (3, 3)):
+        video = tower_tokenizers(
+            ("video",), 32, image_size=(16, 16), patch_size=8, num_frames=frames
+        )["video"]
+        tokens = video(np.zeros((2, frames, 16, 16, 1), "uint8"))["tokens"]
+        assert tokens.shape == (2, tubelets * 4, 32)
+
+
 def test_an_unknown_modality_is_refused():
-    with pytest.raises(ValueError, match="Expected modalities among .* Received: 'video'"):
-        tower_tokenizers(("video", "text"), 32)
+    with pytest.raises(ValueError, match="Expected modalities among .* Received: 'depth'"):
+        tower_tokenizers(("depth", "text"), 32)
