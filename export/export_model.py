@@ -4,21 +4,24 @@
     python export/export_model.py --model=runs/audio/model.keras \
         --calibration_data=train.jsonl --test_data=test.jsonl --class_names=classes.txt
 
-Reads `model.keras` and the `vocabulary.txt` beside it. The model's text tower and its
-image or audio tower are exported (`--modalities` picks two when it has more). Writes to
-`--output_dir` (default: `export/` beside the model):
+Reads `model.keras` and, for a model with a text tower, the `vocabulary.txt` beside it.
+Two towers of different kinds are exported: text and image, text and audio, or image and
+audio (`--modalities` picks two when the model has more). Writes to `--output_dir`
+(default: `export/` beside the model):
 
 * `saved_model/<name>/<version>/`, the SavedModel for TF Serving, with warm-up requests,
   and `saved_model/models.config` and `saved_model/batching.config` for the server;
 * `tflite/<tower>_<mode>.tflite` for each mode (`float32`, `dynamic`, `float16`, `int8`,
-  which calibrates on training examples), with the vocabulary and a pure-Python tokenizer;
+  which calibrates on training examples), with the vocabulary and a pure-Python tokenizer
+  when there is a text tower, and `manifest.json` naming the towers and files;
 * `report.json`: size, error and cosine against the Keras model, and latency of each
   artifact on held-out examples, with what its own embeddings score (`evaluation`):
-  zero-shot accuracy given class names and labels, otherwise exact-pair recall@1/5/10
-  both ways; the SavedModel version each artifact comes from and the SavedModel's input
-  limit (`max_image_pixels` or `max_audio_bytes`).
+  zero-shot accuracy given class names and labels (text towers only), otherwise
+  exact-pair recall@1/5/10 both ways; the SavedModel version each artifact comes from and
+  the SavedModel's input limits (`max_image_pixels`, `max_audio_bytes`).
 
-Without data flags the embedded digits are used (held-out: the test split; int8
+Without data flags the embedded digits are used (held-out: the test split, zero-shot with
+a text tower, label-aware recall without one, as the recipes report the digits; int8
 calibration: the training split). With your own data, `--test_data` (held-out pairs) and,
 for `int8`, `--calibration_data` (training pairs, drawn shuffled as training reads them):
 each a JSONL or CSV manifest or a TFRecord pattern as `manifest_to_tfrecords` writes,
@@ -45,7 +48,8 @@ from mm_keras.export import MODES, export_artifacts, verify  # noqa: E402
 from mm_keras.export.saved_model import (  # noqa: E402
     DEFAULT_MAX_AUDIO_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
-    text_and_other_tower,
+    served_towers,
+    text_modality,
 )
 from mm_keras.serving import warmup, write_batching_parameters, write_model_config  # noqa: E402
 from mm_keras.tokenizers import TextTokenizer  # noqa: E402
@@ -55,7 +59,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "runs/clip/model.keras", "The trained DualEncoder (.keras).")
 flags.DEFINE_string("vocabulary", None, "Tokenizer vocabulary; default: beside --model.")
 flags.DEFINE_string("output_dir", None, "Where artifacts go; default: export/ beside --model.")
-flags.DEFINE_list("modalities", [], "The text and the other tower to export; default: both.")
+flags.DEFINE_list("modalities", [], "The two towers to export; default: the model's two.")
 flags.DEFINE_string("name", "clip", "Model name for TF Serving.")
 flags.DEFINE_integer("version", None, "SavedModel version; default: one above the latest.")
 flags.DEFINE_list("modes", list(MODES), "TFLite modes to write.")
@@ -89,15 +93,20 @@ flags.DEFINE_integer(
 )
 
 
-def decode_options(layer, kind):
-    """The `Pipeline` options that decode files as the tower takes them."""
-    if kind == "image":
-        return {"image_size": layer.image_size, "num_channels": layer.num_channels}
-    return {"sample_rate": layer.sample_rate, "num_samples": layer.num_samples}
+def decode_options(model, towers):
+    """The `Pipeline` options that decode files as the towers take them."""
+    options = {}
+    for modality, kind in towers:
+        layer = model.tokenizers[modality]
+        if kind == "image":
+            options.update(image_size=layer.image_size, num_channels=layer.num_channels)
+        elif kind == "audio":
+            options.update(sample_rate=layer.sample_rate, num_samples=layer.num_samples)
+    return options
 
 
-def open_pipeline(flag, path, kind, layer, num_classes=None):
-    """A `Pipeline` over `path` for `kind` and text; errors name `flag` and the file."""
+def open_pipeline(flag, path, kinds, options, num_classes=None):
+    """A `Pipeline` over `path` for `kinds`; errors name `flag` and the file."""
     try:
         if path.endswith((".jsonl", ".csv")):
             if not os.path.isfile(path):
@@ -108,13 +117,7 @@ def open_pipeline(flag, path, kind, layer, num_classes=None):
             make = Pipeline.from_manifest
         else:
             make = Pipeline.from_tfrecords
-        return make(
-            path,
-            (kind, "text"),
-            on_error=FLAGS.on_error,
-            num_classes=num_classes,
-            **decode_options(layer, kind),
-        )
+        return make(path, kinds, on_error=FLAGS.on_error, num_classes=num_classes, **options)
     except ValueError as error:
         raise app.UsageError(f"{flag}: {error}") from None
 
@@ -129,11 +132,12 @@ def arrays(pipeline, max_examples=None, training=False):
         if max_examples is not None and count >= max_examples:
             break
     result = {key: np.concatenate([p[key] for p in parts])[:max_examples] for key in parts[0]}
-    result["text"] = np.array([t.decode() for t in result["text"]], dtype=object)
+    if "text" in result:
+        result["text"] = np.array([t.decode() for t in result["text"]], dtype=object)
     return result
 
 
-def own_data(layer, kind):
+def own_data(model, towers):
     """(calibration examples or None, held-out examples with class prompts or None).
 
     Every flag and file is checked here, before any export work.
@@ -142,6 +146,12 @@ def own_data(layer, kind):
         raise app.UsageError(
             "--test_data: expected held-out pairs of your own data (a JSONL or CSV manifest or "
             "a TFRecord pattern) with --calibration_data or --class_names. Received: unset"
+        )
+    kinds = tuple(kind for _, kind in towers)
+    if FLAGS.class_names and "text" not in kinds:
+        raise app.UsageError(
+            "--class_names: zero-shot accuracy needs a text tower to embed the class prompts. "
+            f"Expected no --class_names (exact-pair recall is reported). Received: towers {kinds}"
         )
     try:
         names = read_class_names(FLAGS.class_names) if FLAGS.class_names else None
@@ -159,10 +169,11 @@ def own_data(layer, kind):
             f"without int8. Received: --calibration_data unset, --modes={FLAGS.modes}"
         )
     num_classes = None if names is None else len(names)
-    test = open_pipeline("--test_data", FLAGS.test_data, kind, layer, num_classes)
+    options = decode_options(model, towers)
+    test = open_pipeline("--test_data", FLAGS.test_data, kinds, options, num_classes)
     calibration = None
     if FLAGS.calibration_data:
-        calibration = open_pipeline("--calibration_data", FLAGS.calibration_data, kind, layer)
+        calibration = open_pipeline("--calibration_data", FLAGS.calibration_data, kinds, options)
     examples = arrays(test)
     if names is not None:  # the pipeline has refused records without a label in range
         examples["class_prompts"] = [[t.format(n) for t in FLAGS.prompt_templates] for n in names]
@@ -171,21 +182,33 @@ def own_data(layer, kind):
     return calibration, examples
 
 
-def digits(layer, kind):
-    """(calibration examples, held-out examples) of the embedded digits, as `make demo` has."""
-    train = datasets.load_digits_arrays("train", (kind, "text"))
-    expected = tuple(layer.default_input_shape[1:])
-    if train[kind].shape[1:] != expected:
-        raise app.UsageError(
-            f"The model's {kind} tower takes inputs of shape {expected}; the embedded digits "
-            f"have {train[kind].shape[1:]}. Expected --test_data and --calibration_data with "
-            "your own data. Received: neither"
-        )
+def digits(model, towers):
+    """(calibration examples, held-out examples) of the embedded digits, as `make demo` has.
+
+    The held-out examples are scored as the recipes score the digits: zero-shot with a text
+    tower, label-aware recall (a hit is any item of the query's digit) without one.
+    """
+    kinds = tuple(kind for _, kind in towers)
+    train = datasets.load_digits_arrays("train", kinds)
+    for modality, kind in towers:
+        expected = tuple(model.tokenizers[modality].default_input_shape[1:])
+        if kind != "text" and train[kind].shape[1:] != expected:
+            raise app.UsageError(
+                f"The model's {kind} tower takes inputs of shape {expected}; the embedded "
+                f"digits have {train[kind].shape[1:]}. Expected --test_data and "
+                "--calibration_data with your own data. Received: neither"
+            )
     rng = np.random.default_rng(0)
     chosen = rng.choice(len(train["label"]), FLAGS.calibration_examples, replace=False)
-    calibration = {kind: train[kind][chosen], "text": train["text"][chosen]}
-    test = datasets.load_digits_arrays("test", (kind, "text"))
-    return calibration, {**test, "class_prompts": datasets.class_prompts()}
+    calibration = {kind: train[kind][chosen] for kind in kinds}
+    test = datasets.load_digits_arrays("test", kinds)
+    if "text" in kinds:
+        return calibration, {**test, "class_prompts": datasets.class_prompts()}
+    return calibration, {**test, "label_aware": True}
+
+
+# The `mm_keras.serving.warmup.writer` argument of each kind's example inputs.
+WARMUP_ARGUMENTS = {"image": "images", "audio": "audio", "text": "texts"}
 
 
 def next_version(base_dir):
@@ -200,35 +223,43 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)  # TF's SavedModel writer logs every step at INFO
     model_dir = os.path.dirname(os.path.abspath(FLAGS.model))
     output_dir = FLAGS.output_dir or os.path.join(model_dir, "export")
-    vocabulary = FLAGS.vocabulary or os.path.join(model_dir, "vocabulary.txt")
-    for flag, path in (("--model", FLAGS.model), ("--vocabulary", vocabulary)):
-        if not os.path.isfile(path):
-            raise app.UsageError(
-                f"{flag}: expected a file. Received: {path!r}, which does not exist"
-            )
+    if not os.path.isfile(FLAGS.model):
+        raise app.UsageError(
+            f"--model: expected a file. Received: {FLAGS.model!r}, which does not exist"
+        )
     model = keras.saving.load_model(FLAGS.model, safe_mode=True)
     modalities = FLAGS.modalities or None
     try:
-        text, other, kind = text_and_other_tower(model, modalities)
+        towers = served_towers(model, modalities)
     except ValueError as error:
         raise app.UsageError(f"--modalities: {error}") from None
-    tokenizer = TextTokenizer(vocabulary, model.tokenizers[text].sequence_length)
-    layer = model.tokenizers[other]
+    text = text_modality(towers)
+    tokenizer = None
+    if text is not None:
+        vocabulary = FLAGS.vocabulary or os.path.join(model_dir, "vocabulary.txt")
+        if not os.path.isfile(vocabulary):
+            raise app.UsageError(
+                f"--vocabulary: expected a file. Received: {vocabulary!r}, which does not exist"
+            )
+        tokenizer = TextTokenizer(vocabulary, model.tokenizers[text].sequence_length)
     if FLAGS.test_data or FLAGS.calibration_data or FLAGS.class_names:
-        calibration, examples = own_data(layer, kind)
+        calibration, examples = own_data(model, towers)
     else:
-        calibration, examples = digits(layer, kind)
+        calibration, examples = digits(model, towers)
     representative = {}
     if calibration is not None:
-        representative = {
-            other: calibration[kind],
-            text: np.asarray(tokenizer(calibration["text"].tolist())["token_ids"]),
-        }
-    warmup_inputs = {"images" if kind == "image" else "audio": examples[kind][:4]}
+        for modality, kind in towers:
+            representative[modality] = calibration[kind]
+            if kind == "text":
+                ids = tokenizer(calibration["text"].tolist())["token_ids"]
+                representative[modality] = np.asarray(ids)
+    warmup_inputs = {WARMUP_ARGUMENTS[kind]: examples[kind][:4] for _, kind in towers}
+    if "texts" in warmup_inputs:
+        warmup_inputs["texts"] = warmup_inputs["texts"].tolist()
+    audio = [m for m, kind in towers if kind == "audio"]
     write_warmup = warmup.writer(
         FLAGS.name,
-        texts=examples["text"][:4].tolist(),
-        sample_rate=getattr(layer, "sample_rate", None),
+        sample_rate=model.tokenizers[audio[0]].sample_rate if audio else None,
         **warmup_inputs,
     )
 

@@ -8,10 +8,11 @@ from mm_keras.export import staging, tflite, verify, wordpiece
 from mm_keras.export.saved_model import (
     DEFAULT_MAX_AUDIO_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
-    check_exportable_tokenizer,
     check_limits,
+    check_tokenizer_fits,
     export_saved_model,
-    text_and_other_tower,
+    served_towers,
+    text_modality,
 )
 
 MANIFEST_FILE = "manifest.json"
@@ -40,7 +41,10 @@ def export_artifacts(
         output_dir/tflite/<modality>_<mode>.tflite  one file per tower and mode
         output_dir/tflite/vocabulary.txt            the text tokenizer's vocabulary
         output_dir/tflite/text_tokenizer.py         pure-Python tokenizer for the text tower
-        output_dir/tflite/manifest.json             the SavedModel version they came from
+        output_dir/tflite/manifest.json             the SavedModel version they came from,
+                                                    the towers and the files
+
+    A model without a text tower (image-audio) gets no vocabulary and no tokenizer.
 
     The SavedModel version appears first, then `tflite/` is replaced whole: until then the
     old TFLite files sit beside the new version, and `tflite/manifest.json` (written with
@@ -49,8 +53,8 @@ def export_artifacts(
     `mm_keras.export.staging`).
 
     Args:
-        model: a `DualEncoder` with a text tower and an image or audio tower.
-        tokenizer: its `TextTokenizer`.
+        model: a `DualEncoder` with two towers of different kinds: text, image or audio.
+        tokenizer: its `TextTokenizer`; None without a text tower.
         output_dir: str, where everything is written.
         representative_inputs: dict modality → array of single tower inputs (uint8 images,
             float32 waveforms, int32 token ids) from the training data, to calibrate `int8`.
@@ -65,14 +69,15 @@ def export_artifacts(
         max_image_pixels: int, the most pixels an image sent to the SavedModel may have
             (see `export_saved_model`).
         max_audio_bytes: int, the most bytes a WAV file sent to the SavedModel may have.
-        modalities: optional pair of modalities to serve (see `text_and_other_tower`).
+        modalities: optional pair of modalities to serve (see `served_towers`).
 
     Returns:
         dict artifact name → artifact (runner, size, ops) for `mm_keras.export.verify`:
         `"saved_model"` and `"tflite_<mode>"` per mode.
     """
-    text, other, kind = text_and_other_tower(model, modalities)
-    check_exportable_tokenizer(tokenizer)
+    towers = served_towers(model, modalities)
+    text = text_modality(towers)
+    check_tokenizer_fits(model, text, tokenizer)
     check_limits(max_image_pixels, max_audio_bytes)
     os.makedirs(output_dir, exist_ok=True)
     staging.remove_stale(output_dir)
@@ -87,12 +92,18 @@ def export_artifacts(
         max_audio_bytes=max_audio_bytes,
         modalities=modalities,
     )
-    limits = {"image": {"max_image_pixels": max_image_pixels}}
-    limits["audio"] = {"max_audio_bytes": max_audio_bytes}
-    sample_rate = getattr(model.tokenizers[other], "sample_rate", None)
+    limits = {"image": ("max_image_pixels", max_image_pixels)}
+    limits["audio"] = ("max_audio_bytes", max_audio_bytes)
+    kinds = [kind for _, kind in towers]
+    audio = [m for m, kind in towers if kind == "audio"]
     artifacts = {
         "saved_model": verify.saved_model_artifact(
-            path, non_core, version, kind, limits[kind], sample_rate
+            path,
+            non_core,
+            version,
+            kinds,
+            dict(limits[kind] for kind in kinds if kind in limits),
+            model.tokenizers[audio[0]].sample_rate if audio else None,
         )
     }
 
@@ -101,13 +112,20 @@ def export_artifacts(
     tflite_dir = os.path.join(output_dir, "tflite")
     staged = staging.make_directory("tflite", output_dir)
     try:
-        tokenizer.save_vocabulary(os.path.join(staged, "vocabulary.txt"))
-        shutil.copyfile(wordpiece.__file__, os.path.join(staged, "text_tokenizer.py"))
+        files = [f"{m}_{mode}.tflite" for mode in modes for m, _ in towers]
+        vocabulary = None
+        if text is not None:
+            vocabulary = os.path.join(tflite_dir, "vocabulary.txt")
+            tokenizer.save_vocabulary(os.path.join(staged, "vocabulary.txt"))
+            shutil.copyfile(wordpiece.__file__, os.path.join(staged, "text_tokenizer.py"))
+            files += ["vocabulary.txt", "text_tokenizer.py"]
         with open(os.path.join(staged, MANIFEST_FILE), "w") as f:
-            json.dump({"saved_model": name, "saved_model_version": version}, f, indent=2)
+            manifest = {"saved_model": name, "saved_model_version": version}
+            manifest.update({"towers": dict(towers), "files": sorted(files)})
+            json.dump(manifest, f, indent=2)
         int8_ops = set()
         for mode in modes:
-            for modality in (other, text):
+            for modality, _ in towers:
                 tflite_model = tflite.convert_tower(
                     model,
                     modality,
@@ -125,14 +143,11 @@ def export_artifacts(
         shutil.rmtree(staged, ignore_errors=True)
         raise
     for mode in modes:
-        paths = {
-            kind: os.path.join(tflite_dir, f"{other}_{mode}.tflite"),
-            "text": os.path.join(tflite_dir, f"{text}_{mode}.tflite"),
-        }
+        paths = {kind: os.path.join(tflite_dir, f"{m}_{mode}.tflite") for m, kind in towers}
         artifacts[f"tflite_{mode}"] = verify.tflite_artifact(
             paths,
-            os.path.join(tflite_dir, "vocabulary.txt"),
-            tokenizer.sequence_length,
+            vocabulary,
+            tokenizer.sequence_length if text is not None else None,
             saved_model_version=version,
             int8_ops=sorted(int8_ops) if mode == "int8" else None,
         )

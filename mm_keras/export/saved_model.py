@@ -39,8 +39,14 @@ MAX_JPEG_SCANS = 100
 # request's length before anything is read from its header.
 DEFAULT_MAX_AUDIO_BYTES = 2**24
 
-# The other tower's kind: the layer that reads its input, and its input's name.
-OTHER_TOWERS = {ImagePatchTokenizer: "image", AudioSpectrogramTokenizer: "audio"}
+# The kind of tower each input layer makes; an export serves two kinds in `KIND_ORDER`:
+# `serving_default` takes (and `logits` are rows by columns of) the first, then the second.
+TOWER_KINDS = {
+    ImagePatchTokenizer: "image",
+    AudioSpectrogramTokenizer: "audio",
+    TextEmbedding: "text",
+}
+KIND_ORDER = ("image", "audio", "text")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -267,34 +273,66 @@ def decode_audio_clips(encoded, sample_rate, num_samples, max_audio_bytes=DEFAUL
     )
 
 
-def text_and_other_tower(model, modalities=None):
-    """(text modality, other modality, its kind) of the towers an export serves.
+def served_towers(model, modalities=None):
+    """The two towers an export serves, as `[(modality, kind), (modality, kind)]`.
 
-    The text tower is a `TextEmbedding`; the other is an image (`ImagePatchTokenizer`,
-    kind `"image"`) or an audio tower (`AudioSpectrogramTokenizer`, kind `"audio"`).
+    Kinds are `"image"` (an `ImagePatchTokenizer` tower), `"audio"`
+    (`AudioSpectrogramTokenizer`) and `"text"` (`TextEmbedding`), two different ones, in
+    the order image, audio, text: the order of `serving_default`'s inputs and of its
+    `logits`' rows and columns.
 
     Args:
         model: a `DualEncoder`.
         modalities: optional pair of the model's modalities to serve; default: all of its
             towers, which must then be two.
+
+    Example:
+    >>> served_towers(model)  # an image-audio dual encoder
+    [('image', 'image'), ('audio', 'audio')]
     """
     towers = {
         m: model.tokenizers[m] for m in modalities or model.modalities if m in model.tokenizers
     }
-    text = [m for m, layer in towers.items() if isinstance(layer, TextEmbedding)]
-    other = [m for m, layer in towers.items() if type(layer) in OTHER_TOWERS]
+    kinds = {m: TOWER_KINDS.get(type(layer)) for m, layer in towers.items()}
     if (
         len(towers) != 2
-        or len(text) != 1
-        or len(other) != 1
+        or None in kinds.values()
+        or len(set(kinds.values())) != 2
         or (modalities is not None and len(set(modalities)) != 2)
     ):
-        kinds = {m: type(t).__name__ for m, t in model.tokenizers.items()}
+        received = {m: type(t).__name__ for m, t in model.tokenizers.items()}
         raise ValueError(
-            "Expected two towers to serve: a TextEmbedding one and an ImagePatchTokenizer or "
-            f"AudioSpectrogramTokenizer one. Received: modalities={modalities}, towers {kinds}"
+            "Expected two towers to serve, of two different kinds among TextEmbedding, "
+            "ImagePatchTokenizer and AudioSpectrogramTokenizer. Received: "
+            f"modalities={modalities}, towers {received}"
         )
-    return text[0], other[0], OTHER_TOWERS[type(towers[other[0]])]
+    return sorted(kinds.items(), key=lambda item: KIND_ORDER.index(item[1]))
+
+
+def text_modality(towers):
+    """The modality of the text tower among `served_towers`' pairs, or None."""
+    return next((m for m, kind in towers if kind == "text"), None)
+
+
+def check_tokenizer_fits(model, text, tokenizer):
+    """Raises ValueError unless `tokenizer` suits the text tower `text` (None: no tower).
+
+    A model without a text tower takes no tokenizer: one given would be exported nowhere.
+    """
+    if text is None:
+        if tokenizer is not None:
+            raise ValueError(
+                "Expected tokenizer=None: the towers served have no text tower. Received: "
+                f"{type(tokenizer).__name__}"
+            )
+        return
+    check_exportable_tokenizer(tokenizer)
+    if tokenizer.sequence_length > model.tokenizers[text].sequence_length:
+        raise ValueError(
+            "The tokenizer's sequence_length must fit the text tower. Received: "
+            f"tokenizer sequence_length={tokenizer.sequence_length}, tower "
+            f"sequence_length={model.tokenizers[text].sequence_length}"
+        )
 
 
 def check_exportable_tokenizer(tokenizer):
@@ -313,20 +351,20 @@ def check_exportable_tokenizer(tokenizer):
 
 def build_archive(
     model,
-    text_tokenizer,
+    text_tokenizer=None,
     max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
     max_audio_bytes=DEFAULT_MAX_AUDIO_BYTES,
     modalities=None,
 ):
     """A `keras.export.ExportArchive` with the serving endpoints of a dual encoder.
 
-    `text_tokenizer` maps `tf.string [N]` to token ids inside the graph: a
-    `ServingWordPiece`, whose lookup table (and vocabulary asset) the archive tracks.
-    The model serves its text tower and one other, an image or an audio tower (see
-    `text_and_other_tower`). Endpoints, each a TF Serving signature with named inputs and
-    outputs:
+    The model serves two towers of different kinds, text, image or audio (see
+    `served_towers`). `text_tokenizer`, for a text tower only, maps `tf.string [N]` to
+    token ids inside the graph: a `ServingWordPiece`, whose lookup table (and vocabulary
+    asset) the archive tracks. Endpoints, each a TF Serving signature with named inputs
+    and outputs, per tower served:
 
-    * `embed_text`: `text` `tf.string [N]` → `text_embedding` `float32 [N, P]`;
+    * text towers: `embed_text`: `text` `tf.string [N]` → `text_embedding` `float32 [N, P]`;
     * image towers: `embed_image`: `image` `tf.string [N]` of encoded PNG or JPEG →
       `image_embedding`; `embed_image_pixels`: `pixels` `uint8 [N, H, W, C]` →
       `image_embedding`;
@@ -335,9 +373,12 @@ def build_archive(
       decodes them (channels averaged, resampled to the tower's `sample_rate`, the centre
       `num_samples` kept, shorter clips padded with silence); `embed_audio_samples`:
       `samples` `float32 [N, num_samples]` waveforms at `sample_rate` → `audio_embedding`;
-    * `serving_default`: `image` (or `audio`) `tf.string [N]` and `text` `tf.string [M]`
-      → both embeddings and `logits` `[N, M]` (the scaled similarities). TF Serving's row
-      ("instances") format needs N == M; the columnar ("inputs") format does not.
+
+    and `serving_default`, taking both towers' string inputs, `image` (or `audio`)
+    `tf.string [N]` and `text` `tf.string [M]`, or `image` and `audio` for an image-audio
+    model, → both embeddings and `logits` `[N, M]` (the scaled similarities, rows in the
+    order image, audio, text). TF Serving's row ("instances") format needs N == M; the
+    columnar ("inputs") format does not.
 
     Every input is checked inside the graph, since TF Serving runs the graph without
     checking a request against the signature: the signatures declare inputs of unknown
@@ -355,8 +396,55 @@ def build_archive(
     request too. An empty batch (N = 0 or M = 0) is valid and gives empty results: `[0, P]`
     embeddings and `[0, M]` or `[N, 0]` logits.
     """
-    text, other, kind = text_and_other_tower(model, modalities)
-    layer = model.tokenizers[other]
+    towers = served_towers(model, modalities)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    embed_raw = {}  # kind → the function embedding its `tf.string` input
+    for modality, kind in towers:
+        embed_raw[kind] = _add_tower_endpoints(
+            archive, model, modality, kind, text_tokenizer, max_image_pixels, max_audio_bytes
+        )
+    (_, first), (_, second) = towers
+
+    def serving_default(first_input, second_input):
+        rows, columns = embed_raw[first](first_input), embed_raw[second](second_input)
+        logits = model.logit_scale * tf.matmul(rows, columns, transpose_b=True)
+        return {f"{first}_embedding": rows, f"{second}_embedding": columns, "logits": logits}
+
+    archive.add_endpoint(
+        "serving_default",
+        serving_default,
+        input_signature=[
+            tf.TensorSpec(None, tf.string, name=first),
+            tf.TensorSpec(None, tf.string, name=second),
+        ],
+    )
+    return archive
+
+
+def _add_tower_endpoints(
+    archive, model, modality, kind, text_tokenizer, max_image_pixels, max_audio_bytes
+):
+    """Adds one tower's endpoints (see `build_archive`); returns its `tf.string` embedder."""
+    output = f"{kind}_embedding"
+
+    def embed(inputs):
+        return tf.debugging.check_numerics(model.embed(modality, inputs), output)
+
+    if kind == "text":
+        archive.track(text_tokenizer)
+
+        def embed_text(strings):
+            return embed(text_tokenizer(ensure_input_shape(strings, [None], "text")))
+
+        archive.add_endpoint(
+            "embed_text",
+            lambda text: {output: embed_text(text)},
+            input_signature=[tf.TensorSpec(None, tf.string, name="text")],
+        )
+        return embed_text
+
+    layer = model.tokenizers[modality]
     if kind == "image":
         array_endpoint, array_input, array_dtype = "embed_image_pixels", "pixels", tf.uint8
         array_shape = [None, *layer.image_size, layer.num_channels]
@@ -373,35 +461,17 @@ def build_archive(
                 encoded, layer.sample_rate, layer.num_samples, max_audio_bytes
             )
 
-    output = f"{kind}_embedding"
-
-    def embed_text(strings):
-        strings = ensure_input_shape(strings, [None], "text")
-        embedding = model.embed(text, text_tokenizer(strings))
-        return tf.debugging.check_numerics(embedding, "text_embedding")
-
-    def embed_other(inputs):
-        return tf.debugging.check_numerics(model.embed(other, inputs), output)
-
     def embed_array(array):
         array = ensure_input_shape(array, array_shape, array_input)
         if array_dtype.is_floating:
             array = tf.debugging.check_numerics(
                 array, f"Expected finite `{array_input}`. Received NaN or Inf"
             )
-        return embed_other(array)
+        return embed(array)
 
     def embed_encoded(encoded):
-        return embed_other(decode(ensure_input_shape(encoded, [None], kind)))
+        return embed(decode(ensure_input_shape(encoded, [None], kind)))
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.track(text_tokenizer)
-    archive.add_endpoint(
-        "embed_text",
-        lambda text: {"text_embedding": embed_text(text)},
-        input_signature=[tf.TensorSpec(None, tf.string, name="text")],
-    )
     archive.add_endpoint(
         f"embed_{kind}",
         lambda encoded: {output: embed_encoded(encoded)},
@@ -412,21 +482,7 @@ def build_archive(
         lambda array: {output: embed_array(array)},
         input_signature=[tf.TensorSpec(None, array_dtype, name=array_input)],
     )
-
-    def serving_default(encoded, text):
-        embedding, text_embedding = embed_encoded(encoded), embed_text(text)
-        logits = model.logit_scale * tf.matmul(embedding, text_embedding, transpose_b=True)
-        return {output: embedding, "text_embedding": text_embedding, "logits": logits}
-
-    archive.add_endpoint(
-        "serving_default",
-        serving_default,
-        input_signature=[
-            tf.TensorSpec(None, tf.string, name=kind),
-            tf.TensorSpec(None, tf.string, name="text"),
-        ],
-    )
-    return archive
+    return embed_encoded
 
 
 def export_saved_model(
@@ -446,18 +502,19 @@ def export_saved_model(
     The version is written to a staging directory beside it and renamed into place, so a
     server polling `base_dir` never sees half a version, and an existing version is never
     overwritten. A staging directory that a killed export left in `base_dir` is removed
-    first (see `mm_keras.export.staging`). Text is tokenized in the graph by
-    `ServingWordPiece` (core TensorFlow ops, the same ids as `tokenizer`), with the
-    vocabulary as the asset `assets/vocabulary.txt`, so the SavedModel loads in any
+    first (see `mm_keras.export.staging`). Text, when a text tower is served, is tokenized
+    in the graph by `ServingWordPiece` (core TensorFlow ops, the same ids as `tokenizer`),
+    with the vocabulary as the asset `assets/vocabulary.txt`, so the SavedModel loads in any
     TensorFlow or TF Serving build. Every op of the graph that is not core TensorFlow is
     still listed, and one the stock `tensorflow/serving` image lacks is refused unless named
     in `allow_ops` (see `mm_keras.export.ops`). The signatures and the input checks inside
     them are described in `build_archive`.
 
     Args:
-        model: a `DualEncoder` with a `TextEmbedding` tower and an `ImagePatchTokenizer`
-            or `AudioSpectrogramTokenizer` tower.
-        tokenizer: the `TextTokenizer` the model was trained with.
+        model: a `DualEncoder` with two towers of different kinds among `TextEmbedding`,
+            `ImagePatchTokenizer` and `AudioSpectrogramTokenizer` (see `served_towers`).
+        tokenizer: the `TextTokenizer` the model was trained with; None without a text
+            tower.
         base_dir: str, the model's directory (TF Serving's `base_path`).
         version: int >= 1, the version number.
         allow_ops: op names to accept although the stock server lacks them.
@@ -467,7 +524,7 @@ def export_saved_model(
             an encoded image may have; larger ones are refused before they are decoded.
         max_audio_bytes: int, the most bytes a WAV file may have; larger ones are refused
             before they are decoded.
-        modalities: optional pair of modalities to serve (see `text_and_other_tower`).
+        modalities: optional pair of modalities to serve (see `served_towers`).
         verbose: bool, print the endpoints as Keras writes them.
 
     Returns:
@@ -487,22 +544,18 @@ def export_saved_model(
             f"Expected a new version number: TF Serving versions are immutable. "
             f"Received: version={version}, and {final} already exists"
         )
-    text, _, _ = text_and_other_tower(model, modalities)
-    check_exportable_tokenizer(tokenizer)
-    if tokenizer.sequence_length > model.tokenizers[text].sequence_length:
-        raise ValueError(
-            "The tokenizer's sequence_length must fit the text tower. Received: "
-            f"tokenizer sequence_length={tokenizer.sequence_length}, tower "
-            f"sequence_length={model.tokenizers[text].sequence_length}"
-        )
+    text = text_modality(served_towers(model, modalities))
+    check_tokenizer_fits(model, text, tokenizer)
     os.makedirs(base_dir, exist_ok=True)
     staging.remove_stale(base_dir)
     tmp = staging.make_directory("tmp", base_dir)
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            vocabulary = os.path.join(scratch, VOCABULARY_FILE)
-            tokenizer.save_vocabulary(vocabulary)
-            serving_tokenizer = ServingWordPiece(vocabulary, tokenizer.sequence_length)
+            serving_tokenizer = None
+            if text is not None:
+                vocabulary = os.path.join(scratch, VOCABULARY_FILE)
+                tokenizer.save_vocabulary(vocabulary)
+                serving_tokenizer = ServingWordPiece(vocabulary, tokenizer.sequence_length)
             archive = build_archive(
                 model, serving_tokenizer, max_image_pixels, max_audio_bytes, modalities
             )

@@ -1,17 +1,21 @@
 """Runs every exported artifact with its real runtime and compares it with the Keras model.
 
-Each artifact embeds the same held-out items (images or audio clips) and texts as the
-Keras model does: the SavedModel through `tf.saved_model.load` and its serving signatures
-(images as PNG bytes, audio as WAV bytes, text as strings), each TFLite file through the
-`ai_edge_litert` interpreter with one thread (text through the pure-Python tokenizer
-shipped beside it). The report has, per artifact: `size_bytes`, `max_abs_error`,
-`mean_abs_error` and `mean_cosine` of its embeddings against Keras; `evaluation`, which
-says what was measured from its own embeddings: `"zero_shot"` (`zero_shot_top1`, given
-class prompts and labels) or `"exact_pair_recall"` (`recall_at_{k}_{kind}_to_text` and
-`recall_at_{k}_text_to_{kind}` for K = 1, 5, 10, where a hit is the query's own
-partner); `latency_ms_p50` (one item, from the artifact's own input format: PNG or WAV
-bytes already encoded for the SavedModel) and `latency_ms_p50_text` (one string,
-tokenization included), and `ops`.
+Each artifact embeds the same held-out pairs as the Keras model does, for each of the two
+towers exported (text, image or audio; see `mm_keras.export.saved_model.served_towers`):
+the SavedModel through `tf.saved_model.load` and its serving signatures (images as PNG
+bytes, audio as WAV bytes, text as strings), each TFLite file through the `ai_edge_litert`
+interpreter with one thread (text through the pure-Python tokenizer shipped beside it).
+The report has, per artifact: `size_bytes`, `max_abs_error`, `mean_abs_error` and
+`mean_cosine` of its embeddings against Keras; `evaluation`, which says what was measured
+from its own embeddings: `"zero_shot"` (`zero_shot_top1`, given class prompts, labels and
+a text tower), `"exact_pair_recall"` (`recall_at_{k}_{first}_to_{second}` and
+`recall_at_{k}_{second}_to_{first}` for K = 1, 5, 10, where a hit is the query's own
+partner; towers in the order image, audio, text) or `"label_aware_recall"` (the same
+figures, where a hit is any item of the query's label, for data whose items fit whole
+classes, as the embedded digits' do); `latency_ms_p50` (one item of the first tower, from
+the artifact's own input format: PNG or WAV bytes already encoded for the SavedModel) and
+`latency_ms_p50_{second}` (one item of the second: for text, one string, tokenization
+included), and `ops`.
 """
 
 import json
@@ -24,12 +28,13 @@ from ai_edge_litert.interpreter import Interpreter
 
 from mm_keras.eval import prompt_ensemble, recall_at_k, zero_shot_accuracy
 from mm_keras.export.ops import saved_model_ops
-from mm_keras.export.saved_model import text_and_other_tower
+from mm_keras.export.saved_model import served_towers
 from mm_keras.export.tflite import tflite_ops
 from mm_keras.export.wordpiece import WordPieceTokenizer
 
 ZERO_SHOT = "zero_shot"
 EXACT_PAIR_RECALL = "exact_pair_recall"
+LABEL_AWARE_RECALL = "label_aware_recall"
 RECALL_KS = (1, 5, 10)
 
 
@@ -51,79 +56,79 @@ def directory_size(path):
     )
 
 
-class _Runner:
-    """Embeds items of one kind (`"image"` or `"audio"`) and texts.
+class KerasRunner:
+    """The reference: the Keras model, each tower traced once as a graph.
 
-    `encode` turns decoded items (uint8 images, float32 waveforms) into the runner's
-    input format.
+    Args:
+        model: the `DualEncoder`.
+        tokenizer: its `TextTokenizer`, or None without a text tower.
+        towers: `[(modality, kind), (modality, kind)]`, from `served_towers`.
     """
 
-    kind = "image"
-
-    def encode(self, items):
-        return np.asarray(items)
-
-
-class KerasRunner(_Runner):
-    """The reference: the Keras model, each tower traced once as a graph."""
-
-    def __init__(self, model, tokenizer, modality="image", text_modality="text", kind="image"):
+    def __init__(self, model, tokenizer, towers):
         self.tokenizer = tokenizer
-        self.kind = kind
-        self._items = tf.function(lambda x: model.embed(modality, x))
-        self._text = tf.function(lambda x: model.embed(text_modality, x))
+        self.kinds = tuple(kind for _, kind in towers)
+        self._towers = {
+            kind: tf.function(lambda x, m=modality: model.embed(m, x)) for modality, kind in towers
+        }
 
-    def embed(self, items):
-        return np.asarray(self._items(items))
+    def encode(self, kind, items):
+        return list(items) if kind == "text" else np.asarray(items)
 
-    def embed_texts(self, texts):
-        return np.asarray(self._text(self.tokenizer(texts)["token_ids"]))
+    def embed(self, kind, encoded):
+        if kind == "text":
+            encoded = self.tokenizer(encoded)["token_ids"]
+        return np.asarray(self._towers[kind](encoded))
 
 
-class SavedModelRunner(_Runner):
-    """A TF Serving SavedModel, called through its `embed_<kind>` and `embed_text` signatures.
+class SavedModelRunner:
+    """A TF Serving SavedModel, called through its `embed_<kind>` signatures.
 
     Images go in as PNG bytes, audio as 16-bit WAV bytes at `sample_rate` (exact for
-    waveforms decoded from 16-bit WAV files at that rate, as the data pipeline gives).
+    waveforms decoded from 16-bit WAV files at that rate, as the data pipeline gives),
+    text as strings.
     """
 
-    def __init__(self, path, kind="image", sample_rate=None):
-        self.kind = kind
+    def __init__(self, path, kinds, sample_rate=None):
+        self.kinds = tuple(kinds)
         self.sample_rate = sample_rate
         self.loaded = tf.saved_model.load(path)
-        self._items = self.loaded.signatures[f"embed_{kind}"]
-        self._text = self.loaded.signatures["embed_text"]
+        self._signatures = {kind: self.loaded.signatures[f"embed_{kind}"] for kind in kinds}
 
-    def encode(self, items):
-        if self.kind == "audio":
+    def encode(self, kind, items):
+        if kind == "text":
+            return list(items)
+        if kind == "audio":
             return tf.stack([tf.audio.encode_wav(x[:, None], self.sample_rate) for x in items])
         return tf.stack([tf.io.encode_png(image) for image in items])
 
-    def embed(self, encoded):
-        return self._items(**{self.kind: encoded})[f"{self.kind}_embedding"].numpy()
+    def embed(self, kind, encoded):
+        if kind == "text":
+            encoded = tf.constant(encoded)
+        return self._signatures[kind](**{kind: encoded})[f"{kind}_embedding"].numpy()
 
-    def embed_texts(self, texts):
-        return self._text(text=tf.constant(list(texts)))["text_embedding"].numpy()
 
-
-class TFLiteRunner(_Runner):
+class TFLiteRunner:
     """One `.tflite` file per tower, run example by example with one interpreter thread.
 
     Args:
-        paths: dict `{kind: path, "text": path}`, kind `"image"` or `"audio"`.
+        paths: dict kind → path, two of `"image"`, `"audio"` and `"text"`.
+        vocabulary_path: the vocabulary shipped beside a text tower; None without one.
+        sequence_length: int, the text tokenizer's; None without a text tower.
     """
 
-    def __init__(self, paths, vocabulary_path, sequence_length):
-        (self.kind,) = set(paths) - {"text"}
+    def __init__(self, paths, vocabulary_path=None, sequence_length=None):
+        self.kinds = tuple(paths)
         self.interpreters = {}
-        for modality, path in paths.items():
+        for kind, path in paths.items():
             interpreter = Interpreter(model_path=path, num_threads=1)
             interpreter.allocate_tensors()
-            self.interpreters[modality] = interpreter
-        self.tokenizer = WordPieceTokenizer(vocabulary_path, sequence_length)
+            self.interpreters[kind] = interpreter
+        if "text" in paths:
+            self.tokenizer = WordPieceTokenizer(vocabulary_path, sequence_length)
 
-    def _run(self, modality, example):
-        interpreter = self.interpreters[modality]
+    def _run(self, kind, example):
+        interpreter = self.interpreters[kind]
         (input_detail,) = interpreter.get_input_details()
         (output_detail,) = interpreter.get_output_details()
         interpreter.set_tensor(
@@ -132,11 +137,13 @@ class TFLiteRunner(_Runner):
         interpreter.invoke()
         return interpreter.get_tensor(output_detail["index"])[0]
 
-    def embed(self, items):
-        return np.stack([self._run(self.kind, item) for item in items])
+    def encode(self, kind, items):
+        return list(items) if kind == "text" else np.asarray(items)
 
-    def embed_texts(self, texts):
-        return np.stack([self._run("text", ids) for ids in self.tokenizer(texts)])
+    def embed(self, kind, encoded):
+        if kind == "text":
+            encoded = self.tokenizer(encoded)
+        return np.stack([self._run(kind, example) for example in encoded])
 
 
 def _compare(embeddings, reference):
@@ -156,44 +163,50 @@ def measure(runner, examples, reference=None, latency_examples=50):
     """Embeds the held-out examples with one runner and scores it.
 
     Args:
-        runner: an object with `kind`, `encode(items)` (decoded items to its input
-            format), `embed(encoded)` and `embed_texts(list of str)`, returning `[N, D]`.
-        examples: dict with the runner's kind (`"image"`: uint8 `[N, H, W, C]`, or
-            `"audio"`: float32 `[N, num_samples]`), `"text"` (the N captions), and for
-            zero-shot accuracy `"label"` and `"class_prompts"` (one list of prompts per
-            class); without class prompts, exact-pair recall is measured.
-        reference: optional dict of the Keras embeddings (kind, `"text"`, and `"prompts"`
-            for zero-shot) to compare with.
+        runner: an object with `kinds` (the two towers' kinds, in `served_towers`' order),
+            `encode(kind, items)` (decoded items to its input format) and
+            `embed(kind, encoded)`, returning `[N, D]`.
+        examples: dict with N items of each kind (`"image"`: uint8 `[N, H, W, C]`,
+            `"audio"`: float32 `[N, num_samples]`, `"text"`: the N captions); for zero-shot
+            accuracy (with a text tower) `"label"` and `"class_prompts"` (one list of
+            prompts per class); for label-aware recall `"label"` and `"label_aware"`
+            (True); otherwise exact-pair recall is measured.
+        reference: optional dict of the Keras embeddings (each kind, and `"prompts"` for
+            zero-shot) to compare with.
         latency_examples: int, examples timed one at a time per tower.
 
     Returns:
         (metrics dict, embeddings dict).
     """
-    kind = runner.kind
-    encoded = runner.encode(examples[kind])
-    embeddings = {kind: runner.embed(encoded), "text": runner.embed_texts(list(examples["text"]))}
-    class_prompts = examples.get("class_prompts")
+    first, second = runner.kinds
+    encoded = {kind: runner.encode(kind, examples[kind]) for kind in runner.kinds}
+    embeddings = {kind: runner.embed(kind, encoded[kind]) for kind in runner.kinds}
+    class_prompts = examples.get("class_prompts") if second == "text" else None
     if class_prompts is not None:
-        embeddings["prompts"] = runner.embed_texts([p for ps in class_prompts for p in ps])
+        prompts = runner.encode("text", [p for ps in class_prompts for p in ps])
+        embeddings["prompts"] = runner.embed("text", prompts)
         classifier = prompt_ensemble(embeddings["prompts"], [len(p) for p in class_prompts])
         metrics = {
             "evaluation": ZERO_SHOT,
-            "zero_shot_top1": zero_shot_accuracy(embeddings[kind], classifier, examples["label"]),
+            "zero_shot_top1": zero_shot_accuracy(embeddings[first], classifier, examples["label"]),
         }
     else:
+        labels = {}
         metrics = {"evaluation": EXACT_PAIR_RECALL}
-        for query, key in ((kind, "text"), ("text", kind)):
-            recall = recall_at_k(embeddings[query], embeddings[key], RECALL_KS)
+        if examples.get("label_aware"):
+            labels = {"query_labels": examples["label"], "key_labels": examples["label"]}
+            metrics["evaluation"] = LABEL_AWARE_RECALL
+        for query, key in ((first, second), (second, first)):
+            recall = recall_at_k(embeddings[query], embeddings[key], RECALL_KS, **labels)
             for k, value in recall.items():
                 metrics[f"recall_at_{k}_{query}_to_{key}"] = value
     if reference is not None:
         errors = _compare(embeddings, reference)
         metrics["max_abs_error"], metrics["mean_abs_error"], metrics["mean_cosine"] = errors
-    count = min(latency_examples, len(examples["text"]))
-    items = [encoded[i : i + 1] for i in range(count)]
-    texts = [[text] for text in examples["text"][:count]]
-    metrics["latency_ms_p50"] = _median_ms(runner.embed, items)
-    metrics["latency_ms_p50_text"] = _median_ms(runner.embed_texts, texts)
+    count = min(latency_examples, len(examples[first]))
+    for kind, name in ((first, "latency_ms_p50"), (second, f"latency_ms_p50_{second}")):
+        items = [encoded[kind][i : i + 1] for i in range(count)]
+        metrics[name] = _median_ms(lambda x, kind=kind: runner.embed(kind, x), items)
     return metrics, embeddings
 
 
@@ -204,20 +217,20 @@ def verify(
 
     Args:
         model: the `DualEncoder` that was exported.
-        tokenizer: its `TextTokenizer`.
+        tokenizer: its `TextTokenizer`; None without a text tower.
         artifacts: dict name → `{"runner": ..., "size_bytes": int, "ops": [str]}`, e.g.
             from `mm_keras.export.export_artifacts`.
         examples: held-out examples, see `measure`.
         report_path: where `report.json` is written (via a temporary file).
         latency_examples: int, examples timed per tower.
         modalities: optional pair of the model's modalities that were exported (see
-            `mm_keras.export.saved_model.text_and_other_tower`).
+            `mm_keras.export.saved_model.served_towers`).
 
     Returns:
         The report dict: `"keras"` and one entry per artifact.
     """
-    text, other, kind = text_and_other_tower(model, modalities)
-    keras_runner = KerasRunner(model, tokenizer, other, text, kind)
+    towers = served_towers(model, modalities)
+    keras_runner = KerasRunner(model, tokenizer, towers)
     keras_metrics, reference = measure(keras_runner, examples, latency_examples=latency_examples)
     report = {
         "keras": {**keras_metrics, "max_abs_error": 0.0, "mean_abs_error": 0.0, "mean_cosine": 1.0}
@@ -235,19 +248,20 @@ def verify(
     with open(tmp, "w") as f:
         json.dump(report, f, indent=2)
     os.replace(tmp, report_path)
-    print(format_report(report, kind))
+    print(format_report(report, keras_runner.kinds))
     return report
 
 
-def format_report(report, kind="image"):
+def format_report(report, kinds=("image", "text")):
     """The report as a fixed-width table, one artifact a row."""
+    first, second = kinds
     if report["keras"]["evaluation"] == ZERO_SHOT:
         figure, label = "zero_shot_top1", "zero-shot"
     else:
-        figure, label = f"recall_at_1_{kind}_to_text", "R@1 →text"
+        figure, label = f"recall_at_1_{first}_to_{second}", f"R@1 →{second}"
     header = (
         f"{'artifact':16s} {'size KB':>9s} {'max err':>9s} {'mean err':>9s} {'cosine':>8s} "
-        f"{label:>9s} {kind + ' ms':>9s} {'text ms':>8s}"
+        f"{label:>9s} {first + ' ms':>9s} {second + ' ms':>8s}"
     )
     rows = [header]
     for name, m in report.items():
@@ -256,19 +270,21 @@ def format_report(report, kind="image"):
             f"{name:16s} {size} {m['max_abs_error']:9.2e} {m['mean_abs_error']:9.2e} "
             f"{m['mean_cosine']:8.5f} "
             f"{m[figure]:9.4f} {m['latency_ms_p50']:9.3f} "
-            f"{m['latency_ms_p50_text']:8.3f}"
+            f"{m[f'latency_ms_p50_{second}']:8.3f}"
         )
     return "\n".join(rows)
 
 
-def saved_model_artifact(path, non_core_ops, version, kind="image", limits=None, sample_rate=None):
+def saved_model_artifact(
+    path, non_core_ops, version, kinds=("image", "text"), limits=None, sample_rate=None
+):
     """The report entry inputs of a SavedModel version directory.
 
-    `limits` (e.g. `{"max_image_pixels": ...}`) are the input limits set at export, which
-    the report names.
+    `kinds` are the towers served (see `SavedModelRunner`); `limits` (e.g.
+    `{"max_image_pixels": ...}`) are the input limits set at export, which the report names.
     """
     return {
-        "runner": SavedModelRunner(path, kind, sample_rate),
+        "runner": SavedModelRunner(path, kinds, sample_rate),
         "size_bytes": directory_size(path),
         "ops": saved_model_ops(path),
         "non_core_ops": non_core_ops,
@@ -278,7 +294,7 @@ def saved_model_artifact(path, non_core_ops, version, kind="image", limits=None,
 
 
 def tflite_artifact(paths, vocabulary_path, sequence_length, saved_model_version, int8_ops=None):
-    """The report entry inputs of a pair of tower files (`{kind: path, "text": path}`).
+    """The report entry inputs of a pair of tower files (`{kind: path}`, see `TFLiteRunner`).
 
     `saved_model_version` is the SavedModel version exported with them, which the report
     names, since a new version is in place before the TFLite files are.

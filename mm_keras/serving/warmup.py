@@ -29,8 +29,9 @@ def predict_log(model_name, signature_name, inputs):
 def writer(model_name, images=None, texts=None, audio=None, sample_rate=None):
     """A callable that writes warm-up requests for every serving signature of a dual encoder.
 
-    Give `images` for a model with an image tower, or `audio` and `sample_rate` for one
-    with an audio tower (see `mm_keras.export.saved_model.build_archive`).
+    Give two of `images`, `audio` and `texts`, for the model's two towers (see
+    `mm_keras.export.saved_model.build_archive`): `serving_default` gets both, then each
+    tower's signatures get theirs, in the order image, audio, text.
 
     Args:
         model_name: str, the name TF Serving serves the model under.
@@ -47,30 +48,29 @@ def writer(model_name, images=None, texts=None, audio=None, sample_rate=None):
     >>> write = writer("clip", audio=test["audio"][:4], texts=captions[:4], sample_rate=8000)
     >>> export_saved_model(model, tokenizer, "export/clip", warmup_requests=write)
     """
-    if (images is None) == (audio is None) or texts is None:
-        raise ValueError(
-            "Expected `texts` and one of `images` or `audio`. Received: "
-            f"images={'None' if images is None else 'set'}, "
-            f"audio={'None' if audio is None else 'set'}, texts={texts!r}"
-        )
+    given = {"images": images, "audio": audio, "texts": texts}
+    if sum(value is not None for value in given.values()) != 2:
+        received = ", ".join(f"{k}={'None' if v is None else 'set'}" for k, v in given.items())
+        raise ValueError(f"Expected two of `images`, `audio` and `texts`. Received: {received}")
+    if audio is not None and sample_rate is None:
+        raise ValueError("Expected the audio tower's `sample_rate`. Received: None")
+    encoded, tower_logs = {}, []
     if images is not None:
-        kind, arrays, array_input = "image", np.asarray(images, np.uint8), "pixels"
-        encoded = [tf.io.encode_png(image).numpy() for image in arrays]
-        array_signature = "embed_image_pixels"
-    else:
-        if sample_rate is None:
-            raise ValueError("Expected the audio tower's `sample_rate`. Received: None")
-        kind, arrays, array_input = "audio", np.asarray(audio, np.float32), "samples"
-        encoded = [tf.audio.encode_wav(clip[:, None], sample_rate).numpy() for clip in arrays]
-        array_signature = "embed_audio_samples"
-    encoded = np.array(encoded, dtype=object)
-    texts = np.array(texts, dtype=object)
-    logs = [
-        predict_log(model_name, "serving_default", {kind: encoded, "text": texts}),
-        predict_log(model_name, f"embed_{kind}", {kind: encoded}),
-        predict_log(model_name, array_signature, {array_input: arrays}),
-        predict_log(model_name, "embed_text", {"text": texts}),
-    ]
+        images = np.asarray(images, np.uint8)
+        encoded["image"] = np.array([tf.io.encode_png(i).numpy() for i in images], dtype=object)
+        tower_logs.append(("embed_image", {"image": encoded["image"]}))
+        tower_logs.append(("embed_image_pixels", {"pixels": images}))
+    if audio is not None:
+        audio = np.asarray(audio, np.float32)
+        wavs = [tf.audio.encode_wav(clip[:, None], sample_rate).numpy() for clip in audio]
+        encoded["audio"] = np.array(wavs, dtype=object)
+        tower_logs.append(("embed_audio", {"audio": encoded["audio"]}))
+        tower_logs.append(("embed_audio_samples", {"samples": audio}))
+    if texts is not None:
+        encoded["text"] = np.array(texts, dtype=object)
+        tower_logs.append(("embed_text", {"text": encoded["text"]}))
+    logs = [predict_log(model_name, "serving_default", encoded)]
+    logs += [predict_log(model_name, name, inputs) for name, inputs in tower_logs]
 
     def write(version_dir):
         path = os.path.join(version_dir, WARMUP_FILE)

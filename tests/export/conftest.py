@@ -5,7 +5,7 @@ from mm_keras.encoders import TransformerEncoder
 from mm_keras.export import export_saved_model
 from mm_keras.models import DualEncoder
 from mm_keras.serving import warmup
-from mm_keras.tokenizers import AudioSpectrogramTokenizer, TextEmbedding
+from mm_keras.tokenizers import AudioSpectrogramTokenizer, ImagePatchTokenizer, TextEmbedding
 from tests.export.hostile_inputs import AUDIO_RATE, AUDIO_SAMPLES
 
 
@@ -37,3 +37,30 @@ def audio_exported(tokenizer, examples, tmp_path_factory):
     base = str(tmp_path_factory.mktemp("serving") / "clap")
     path, _ = export_saved_model(model, tokenizer, base, warmup_requests=write_warmup)
     return model, path
+
+
+@pytest.fixture(scope="session")
+def image_audio_model():
+    """An untrained image-audio dual encoder at the digits' shapes, width 32: no text."""
+    model = DualEncoder(
+        {
+            "image": ImagePatchTokenizer(image_size=32, patch_size=8, hidden_dim=32),
+            "audio": AudioSpectrogramTokenizer(AUDIO_RATE, AUDIO_SAMPLES, 32, patch_size=(2, 32)),
+        },
+        {m: TransformerEncoder(1, 2, 64) for m in ("image", "audio")},
+        projection_dim=16,
+    )
+    model({"image": np.zeros((1, 32, 32, 1), "uint8"), "audio": np.zeros((1, AUDIO_SAMPLES))})
+    return model
+
+
+@pytest.fixture(scope="session")
+def image_audio_exported(image_audio_model, examples, tmp_path_factory):
+    """The version directory of `image_audio_model` exported once, with warm-up requests."""
+    clips = np.random.default_rng(0).uniform(-0.5, 0.5, [2, AUDIO_SAMPLES]).astype("float32")
+    write_warmup = warmup.writer(
+        "image_audio", images=examples["image"][:2], audio=clips, sample_rate=AUDIO_RATE
+    )
+    base = str(tmp_path_factory.mktemp("serving") / "image_audio")
+    path, _ = export_saved_model(image_audio_model, None, base, warmup_requests=write_warmup)
+    return path

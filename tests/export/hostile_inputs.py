@@ -3,7 +3,9 @@
 Run as a script, `python tests/export/hostile_inputs.py VERSION_DIR`, so that a kernel that
 aborts the process shows as a nonzero exit instead of killing the test run. A model with an
 audio tower gets the audio cases instead of the image ones (WAV bombs, headers that lie,
-non-finite samples); its tower takes `AUDIO_SAMPLES` samples at `AUDIO_RATE`. Prints one JSON
+non-finite samples); its tower takes `AUDIO_SAMPLES` samples at `AUDIO_RATE`. An
+image-audio model (no text tower) gets the cases of its `serving_default`, which takes
+PNG/JPEG and WAV bytes, its tower signatures being those of the two others. Prints one JSON
 line per call: `{"signature", "case", "error"}` (the error class, or None) and, for a call
 that succeeded, the output shapes and whether every value is finite; for the image-size
 cases also the seconds the call took and how much the peak RSS grew, in MB. Each line is
@@ -163,8 +165,34 @@ def audio_cases(signatures):
     print(json.dumps({"done": sorted(signatures)}), flush=True)
 
 
+def image_audio_cases(signatures):
+    strings = lambda *values: tf.constant(list(values), tf.string)  # noqa: E731
+    png = tf.io.encode_png(tf.zeros([32, 32, 1], tf.uint8)).numpy()
+    jpeg = tf.io.encode_jpeg(tf.zeros([48, 64, 3], tf.uint8)).numpy()
+    short, long = wav(1000), wav(9000)
+    for case, image, audio in (
+        ("warm-up", strings(png, jpeg), strings(short, long)),
+        ("image rank 2", tf.constant([[png]]), strings(short)),
+        ("audio scalar", strings(png), tf.constant(short)),
+        ("image uint8", tf.zeros([1, 32, 32, 1], tf.uint8), strings(short)),
+        ("audio float32", strings(png), tf.zeros([1, AUDIO_SAMPLES])),
+        ("image and audio swapped", strings(short), strings(png)),
+        ("image bomb", strings(png_of_zeros(BOMB_SIDE, BOMB_SIDE)), strings(short)),
+        ("wav bomb", strings(png), strings(with_field(short, 4, "<I", 0xFFFFFFF0))),
+        ("audio over the byte limit", strings(png), strings(wav(2**23 + 1000))),
+        ("not a wav", strings(png), strings(b"hello")),
+        ("empty image batch", strings(), strings(short, long)),
+        ("empty audio batch", strings(png), strings()),
+        ("different batch sizes", strings(png, jpeg), strings(short, long, short)),
+    ):
+        call(signatures, "serving_default", case, image=image, audio=audio)
+    print(json.dumps({"done": sorted(signatures)}), flush=True)
+
+
 def main(path):
     signatures = tf.saved_model.load(path).signatures
+    if "embed_text" not in signatures:
+        return image_audio_cases(signatures)
     if "embed_audio" in signatures:
         return audio_cases(signatures)
     png = tf.io.encode_png(tf.zeros([32, 32, 1], tf.uint8)).numpy()

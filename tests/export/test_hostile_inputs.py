@@ -116,6 +116,32 @@ AUDIO_EXPECTED = {
     },
 }  # fmt: skip
 
+# An image-audio model's `serving_default`: its tower signatures are the image and audio
+# models' own, called above.
+IMAGE_AUDIO_EXPECTED = {
+    ("serving_default", "warm-up"): {
+        "image_embedding": [2, P], "audio_embedding": [2, P], "logits": [2, 2]
+    },
+    ("serving_default", "image rank 2"): REFUSED,
+    ("serving_default", "audio scalar"): REFUSED,
+    ("serving_default", "image uint8"): REFUSED,
+    ("serving_default", "audio float32"): REFUSED,
+    ("serving_default", "image and audio swapped"): REFUSED,
+    ("serving_default", "image bomb"): REFUSED,
+    ("serving_default", "wav bomb"): REFUSED,
+    ("serving_default", "audio over the byte limit"): REFUSED,
+    ("serving_default", "not a wav"): REFUSED,
+    ("serving_default", "empty image batch"): {
+        "image_embedding": [0, P], "audio_embedding": [2, P], "logits": [0, 2]
+    },
+    ("serving_default", "empty audio batch"): {
+        "image_embedding": [1, P], "audio_embedding": [0, P], "logits": [1, 0]
+    },
+    ("serving_default", "different batch sizes"): {
+        "image_embedding": [2, P], "audio_embedding": [3, P], "logits": [2, 3]
+    },
+}  # fmt: skip
+
 # Refusals whose message is the decoder's own, which says what it found, not "Expected".
 DECODER_MESSAGES = ("Invalid PNG", "Data too short")
 
@@ -149,9 +175,15 @@ def audio_calls(audio_exported):
     return _run_hostile_inputs(audio_exported[1])
 
 
-def _check_outcomes(calls, expected_outcomes):
+@pytest.fixture(scope="module")
+def image_audio_calls(image_audio_exported):
+    return _run_hostile_inputs(image_audio_exported)
+
+
+def _check_outcomes(calls, expected_outcomes, called=None):
+    """`called`: the signatures the script calls (default: every one)."""
     records, signatures = calls
-    assert {signature for signature, _ in records} == set(signatures)
+    assert {signature for signature, _ in records} == set(called or signatures)
     for key, expected in expected_outcomes.items():
         record = records[key]
         if expected == REFUSED:
@@ -172,6 +204,20 @@ def test_every_signature_refuses_malformed_inputs_without_aborting(calls):
 
 def test_every_audio_signature_refuses_malformed_inputs_without_aborting(audio_calls):
     _check_outcomes(audio_calls, AUDIO_EXPECTED)
+
+
+def test_image_audio_serving_default_refuses_malformed_inputs_without_aborting(
+    image_audio_calls,
+):
+    assert image_audio_calls[1] == [
+        "embed_audio", "embed_audio_samples", "embed_image", "embed_image_pixels",
+        "serving_default",
+    ]  # fmt: skip
+    _check_outcomes(image_audio_calls, IMAGE_AUDIO_EXPECTED, called={"serving_default"})
+    records = image_audio_calls[0]
+    assert "max_image_pixels=16777216" in records["serving_default", "image bomb"]["message"]
+    message = records["serving_default", "audio over the byte limit"]["message"]
+    assert "max_audio_bytes=16777216" in message
 
 
 @pytest.mark.parametrize("case", ["riff size of 4 GB", "data chunk of 2 GB", "over the byte limit"])

@@ -53,7 +53,15 @@ def test_rerun_after_a_killed_export_leaves_no_staging_directories(tiny_model, t
         ["1", os.path.basename(live), os.path.basename(elsewhere)]
     )
     with open(os.path.join(output_dir, "tflite", "manifest.json")) as f:
-        assert json.load(f) == {"saved_model": "clip", "saved_model_version": 1}
+        assert json.load(f) == {
+            "saved_model": "clip",
+            "saved_model_version": 1,
+            "towers": {"image": "image", "text": "text"},
+            "files": [
+                "image_float32.tflite", "text_float32.tflite", "text_tokenizer.py",
+                "vocabulary.txt",
+            ],
+        }  # fmt: skip
     assert artifacts["tflite_float32"]["saved_model_version"] == 1
     assert artifacts["saved_model"]["version"] == 1
     assert artifacts["saved_model"]["max_image_pixels"] == DEFAULT_MAX_IMAGE_PIXELS
