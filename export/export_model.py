@@ -202,9 +202,19 @@ def digits(model, towers):
     chosen = rng.choice(len(train["label"]), FLAGS.calibration_examples, replace=False)
     calibration = {kind: train[kind][chosen] for kind in kinds}
     test = datasets.load_digits_arrays("test", kinds)
+    if "audio" in kinds:
+        # As a 16-bit WAV holds them: the SavedModel is measured on WAV bytes, and the
+        # Keras model must embed the same samples.
+        test["audio"] = np.stack([as_16_bit_wav(clip) for clip in test["audio"]])
     if "text" in kinds:
         return calibration, {**test, "class_prompts": datasets.class_prompts()}
     return calibration, {**test, "label_aware": True}
+
+
+def as_16_bit_wav(clip):
+    """A float32 waveform as decoding it from a 16-bit WAV file gives it back."""
+    wav = tf.audio.encode_wav(clip[:, None], 8000)  # the rate does not change the samples
+    return tf.audio.decode_wav(wav)[0][:, 0].numpy()
 
 
 # The `mm_keras.serving.warmup.writer` argument of each kind's example inputs.

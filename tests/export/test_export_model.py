@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from mm_keras.data import Pipeline
 from mm_keras.encoders import TransformerEncoder
-from mm_keras.export.saved_model import DEFAULT_MAX_AUDIO_BYTES
+from mm_keras.export.saved_model import DEFAULT_MAX_AUDIO_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from mm_keras.models import DualEncoder
 from mm_keras.serving import warmup
 from mm_keras.tokenizers import (
@@ -201,6 +201,140 @@ def test_rgb_image_text_model_without_labels_reports_exact_pair_recall(own_data,
             assert 0.0 <= entry[key] <= 1.0, (name, key)
     assert report["saved_model"]["max_abs_error"] < 1e-5
     assert report["tflite_int8"]["mean_cosine"] >= 0.95
+
+
+# Image-audio: no text tower, so no vocabulary, no zero-shot, and a serving_default of
+# images and clips.
+
+
+def _save_image_audio_model(directory, image_size, num_channels, sample_rate, num_samples):
+    model = DualEncoder(
+        {
+            "image": ImagePatchTokenizer(image_size, 8, 32, num_channels=num_channels),
+            "audio": AudioSpectrogramTokenizer(sample_rate, num_samples, 32, patch_size=(2, 32)),
+        },
+        {m: TransformerEncoder(1, 2, 64) for m in ("image", "audio")},
+        projection_dim=16,
+    )
+    model(
+        {
+            "image": np.zeros((1, *image_size, num_channels), "uint8"),
+            "audio": np.zeros((1, num_samples), "float32"),
+        }
+    )
+    os.makedirs(directory, exist_ok=True)
+    model.save(os.path.join(directory, "model.keras"))
+    return os.path.join(directory, "model.keras")
+
+
+def _check_image_audio_report(report, artifacts, evaluation):
+    assert set(report) == {"keras", "saved_model", *artifacts}
+    for name, entry in report.items():
+        assert entry["evaluation"] == evaluation and "zero_shot_top1" not in entry, name
+        for query, key in (("image", "audio"), ("audio", "image")):
+            recalls = [entry[f"recall_at_{k}_{query}_to_{key}"] for k in (1, 5, 10)]
+            assert 0.0 <= recalls[0] <= recalls[1] <= recalls[2] <= 1.0, (name, recalls)
+        assert entry["latency_ms_p50"] > 0 and entry["latency_ms_p50_audio"] > 0, name
+        assert not any("text" in key for key in entry), name
+    saved_model = report["saved_model"]
+    assert saved_model["max_abs_error"] < 1e-5
+    # The same embeddings rank alike (an untrained model's near-ties aside).
+    for key in ("recall_at_1_image_to_audio", "recall_at_10_audio_to_image"):
+        assert abs(saved_model[key] - report["keras"][key]) <= 0.05, key
+    assert saved_model["max_image_pixels"] == DEFAULT_MAX_IMAGE_PIXELS
+    assert saved_model["max_audio_bytes"] == DEFAULT_MAX_AUDIO_BYTES
+
+
+def _check_image_audio_files(output_dir, modes):
+    version_dir = str(output_dir / "saved_model" / "clip" / "1")
+    assert [r.model_spec.signature_name for r in warmup.read_requests(version_dir)] == [
+        "serving_default", "embed_image", "embed_image_pixels", "embed_audio",
+        "embed_audio_samples",
+    ]  # fmt: skip
+    assert not os.path.exists(os.path.join(version_dir, "assets", "vocabulary.txt"))
+    tflite_files = [f"{m}_{mode}.tflite" for mode in modes for m in ("image", "audio")]
+    assert sorted(os.listdir(output_dir / "tflite")) == sorted([*tflite_files, "manifest.json"])
+    with open(output_dir / "tflite" / "manifest.json") as f:
+        manifest = json.load(f)
+    assert manifest["towers"] == {"image": "image", "audio": "audio"}
+    assert manifest["files"] == sorted(tflite_files)
+    return tf.saved_model.load(version_dir).signatures
+
+
+def test_image_audio_model_exports_on_the_digits_with_label_aware_recall(tmp_path):
+    model_path = _save_image_audio_model(tmp_path / "run", (32, 32), 1, 8000, 4000)
+    output_dir = tmp_path / "export"
+    result = run_script(
+        "export/export_model.py",
+        f"--model={model_path}",
+        f"--output_dir={output_dir}",
+        "--modes=float32,int8",
+        "--calibration_examples=32",
+        "--latency_examples=2",
+    )
+    assert "R@1 →audio" in result.stdout
+    report = _report(output_dir)
+    _check_image_audio_report(report, ("tflite_float32", "tflite_int8"), "label_aware_recall")
+    assert report["tflite_float32"]["mean_cosine"] >= 0.9999
+    assert report["tflite_int8"]["files"] == {
+        "image": "image_int8.tflite",
+        "audio": "audio_int8.tflite",
+    }
+    _check_image_audio_files(output_dir, ("float32", "int8"))
+
+
+def test_image_audio_model_exports_and_verifies_on_own_files(own_data, tmp_path):
+    directory, paths = own_data["unlabelled"]
+    model_path = _save_image_audio_model(tmp_path / "run", (16, 16), 3, SAMPLE_RATE, NUM_SAMPLES)
+    output_dir = tmp_path / "export"
+    run_script(
+        "export/export_model.py",
+        f"--model={model_path}",
+        f"--output_dir={output_dir}",
+        f"--calibration_data={paths['train']}",
+        f"--test_data={paths['test']}",
+        "--modes=float32,int8",
+        "--latency_examples=2",
+    )
+    report = _report(output_dir)
+    _check_image_audio_report(report, ("tflite_float32", "tflite_int8"), "exact_pair_recall")
+    assert report["tflite_int8"]["mean_cosine"] >= 0.95
+    signatures = _check_image_audio_files(output_dir, ("float32", "int8"))
+
+    # The SavedModel's raw-input signatures against the Keras model on the test files,
+    # decoded as the training pipeline decodes them.
+    model = keras.saving.load_model(model_path)
+    pipeline = Pipeline.from_manifest(
+        paths["test"],
+        ("image", "audio"),
+        image_size=(16, 16),
+        num_channels=3,
+        sample_rate=SAMPLE_RATE,
+        num_samples=NUM_SAMPLES,
+    )
+    (batch,) = pipeline.dataset(12).as_numpy_iterator()
+    with open(paths["test"]) as f:
+        rows = [json.loads(line) for line in f]
+    files = {
+        m: tf.constant([(directory / r[m]).read_bytes() for r in rows]) for m in ("image", "audio")
+    }
+    both = signatures["serving_default"](image=files["image"], audio=files["audio"])
+    for m in ("image", "audio"):
+        expected = np.asarray(model.embed(m, batch[m]))
+        embedded = signatures[f"embed_{m}"](**{m: files[m]})[f"{m}_embedding"]
+        np.testing.assert_allclose(embedded, expected, atol=1e-5)
+        np.testing.assert_allclose(both[f"{m}_embedding"], expected, atol=1e-5)
+    logits = (
+        float(model.logit_scale) * both["image_embedding"] @ tf.transpose(both["audio_embedding"])
+    )
+    np.testing.assert_allclose(both["logits"], logits, atol=1e-4)
+
+    stderr = _export_error(
+        f"--model={model_path}", f"--output_dir={tmp_path / 'refused'}",
+        f"--test_data={paths['test']}", "--modes=float32",
+        f"--class_names={directory / 'classes.txt'}",
+    )  # fmt: skip
+    assert "--class_names: zero-shot accuracy needs a text tower" in stderr, stderr[-2000:]
 
 
 def _export_error(*flags):
