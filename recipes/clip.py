@@ -183,7 +183,7 @@ def main(argv):
     # The strategy next: a multi-worker one configures collectives, which must come before
     # any TensorFlow op (the data checks run some).
     strategy = get_strategy(FLAGS.strategy, devices=devices)
-    splits = load_splits(tuple(FLAGS.modalities), label_aware=bool(FLAGS.label_aware))
+    splits = load_splits(tuple(FLAGS.modalities), bool(FLAGS.label_aware), FLAGS.patch_size)
     tf.get_logger().setLevel("ERROR")  # evaluation retraces `predict` per input structure
     keras.utils.set_random_seed(FLAGS.seed)
     keras.config.set_dtype_policy(FLAGS.dtype_policy)

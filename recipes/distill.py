@@ -114,14 +114,14 @@ def build_teacher(modalities, vocabulary_size):
     return DualEncoder(tokenizers, encoders, FLAGS.projection_dim, logit_scale_init=1.0 / 0.07)
 
 
-def fit(trainer, batches, epochs):
+def fit(trainer, batches, epochs, callbacks):
     """Compiles `trainer` with the recipe's warm-up/cosine AdamW and fits it."""
     train, steps_per_epoch = batches
     total_steps = epochs * steps_per_epoch
     trainer.compile(
         optimizer=warmup_cosine_adamw(FLAGS.learning_rate, total_steps, FLAGS.weight_decay)
     )
-    trainer.fit(train, epochs=epochs, verbose=2)
+    trainer.fit(train, epochs=epochs, verbose=2, callbacks=callbacks)
 
 
 def teacher_and_tokenizer(splits, batches_for, label_aware):
@@ -152,7 +152,7 @@ def teacher_and_tokenizer(splits, batches_for, label_aware):
     teacher = build_teacher(modalities, tokenizer.vocabulary_size if tokenizer else 0)
     print(f"Training the teacher (width {FLAGS.hidden_dim}, {FLAGS.num_layers} layers)")
     trainer = ContrastiveTrainer(teacher, modalities, label_aware=label_aware)
-    fit(trainer, batches_for(tokenizer), FLAGS.epochs)
+    fit(trainer, batches_for(tokenizer), FLAGS.epochs, splits.callbacks())
     save_model_atomically(teacher, os.path.join(FLAGS.output_dir, "teacher.keras"))
     if tokenizer is not None:
         tokenizer.save_vocabulary(os.path.join(FLAGS.output_dir, "vocabulary.txt"))
@@ -245,7 +245,7 @@ def run(splits):
             affinity_weight=FLAGS.affinity_weight,
             label_aware=label_aware,
         )
-        fit(trainer, train, FLAGS.distill_epochs)
+        fit(trainer, train, FLAGS.distill_epochs, splits.callbacks())
         table[f"student_width_{width:g}"] = figures(
             student, tokenizer, splits, test, recall_label_aware
         )[0]
@@ -286,7 +286,7 @@ def run(splits):
 
 def main(argv):
     del argv
-    run(load_splits(tuple(FLAGS.modalities), label_aware=bool(FLAGS.label_aware)))
+    run(load_splits(tuple(FLAGS.modalities), bool(FLAGS.label_aware), FLAGS.patch_size))
 
 
 if __name__ == "__main__":

@@ -91,7 +91,6 @@ from mm_keras.training import Splits, tower_tokenizers, warmup_cosine_adamw  # n
 from mm_keras.training.data_flags import (  # noqa: E402
     decode_options,
     define_data_flags,
-    image_size,
     load_splits,
     usage_errors,
 )
@@ -139,16 +138,9 @@ def own_data():
 
 def tokenizer_layers(modalities, vocabulary_size):
     """The towers' tokenizer layers, shaped for the digits or for the data flags."""
-    if own_data():
-        options = decode_options()
-    else:
-        options = dict(
-            image_size=datasets.IMAGE_SHAPE[:2], num_channels=datasets.IMAGE_SHAPE[2],
-            sample_rate=datasets.SAMPLE_RATE, num_samples=datasets.AUDIO_SAMPLES,
-        )  # fmt: skip
     return tower_tokenizers(
         modalities, FLAGS.hidden_dim, vocabulary_size, FLAGS.sequence_length,
-        patch_size=PATCH_SIZE, **options,
+        patch_size=PATCH_SIZE, **decode_options(),
     )  # fmt: skip
 
 
@@ -494,23 +486,13 @@ def check_labels(data, splits):
             )
 
 
-def check_image_size():
-    if any(side % PATCH_SIZE for side in image_size()):
-        raise app.UsageError(
-            f"--image_size: expected sides divisible by {PATCH_SIZE}, the side of a patch. "
-            f"Received: --image_size={','.join(FLAGS.image_size)}"
-        )
-
-
 def run():
     """Checks the data, runs the chosen studies and writes `metrics.json`; returns the metrics."""
     modalities = tuple(FLAGS.modalities)
-    splits = load_splits(modalities)
+    splits = load_splits(modalities, patch_size=PATCH_SIZE)
     studies = chosen_studies(splits)
     if own_data():
         check_record_counts(splits)
-        if {"image", "video"} & set(modalities):
-            check_image_size()
     tf.get_logger().setLevel("ERROR")  # evaluation retraces `predict` per input structure
     keras.utils.set_random_seed(FLAGS.seed)
     prepared = {}

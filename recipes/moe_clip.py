@@ -220,7 +220,7 @@ def main(argv):
             "--moe_every must be at most --num_layers, so that a block is sparse. "
             f"Received: --moe_every={FLAGS.moe_every}, --num_layers={FLAGS.num_layers}"
         )
-    splits = load_splits(tuple(FLAGS.modalities), label_aware=bool(FLAGS.label_aware))
+    splits = load_splits(tuple(FLAGS.modalities), bool(FLAGS.label_aware), FLAGS.patch_size)
     tf.get_logger().setLevel("ERROR")  # evaluation retraces `predict` per input structure
     keras.utils.set_random_seed(FLAGS.seed)
     keras.config.set_dtype_policy(FLAGS.dtype_policy)

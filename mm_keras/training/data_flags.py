@@ -1,7 +1,7 @@
 """The data flags a training script shares with the recipes, and the splits they name.
 
-The one module of mm_keras that imports absl: a script of your own defines the same
-flags with one call and gets the same checks before any model is built.
+A script of your own defines the same flags with one call and gets the same checks
+before any model is built. (Imported by name: `import mm_keras` does not load absl.)
 
 Example:
 >>> from absl import app, flags
@@ -21,6 +21,10 @@ from absl import app, flags
 from mm_keras.data import datasets
 from mm_keras.data.records import MODALITIES
 from mm_keras.training.splits import Splits
+from mm_keras.training.towers import tower_tokenizers
+
+# What the flags decode files to; the embedded digits come decoded, at these values.
+DECODE_FLAGS = ("image_size", "num_channels", "sample_rate", "num_samples", "num_frames")
 
 
 def define_data_flags(flag_values=flags.FLAGS):
@@ -80,7 +84,16 @@ def usage_errors():
 
 def image_size(flag_values=flags.FLAGS):
     """`--image_size` as a list of two ints."""
-    return [int(v) for v in flag_values.image_size]
+    try:
+        size = [int(v) for v in flag_values.image_size]
+    except ValueError:
+        size = []
+    if len(size) != 2 or min(size) < 1:
+        raise app.UsageError(
+            "--image_size: expected two positive integers, height,width. Received: "
+            f"--image_size={','.join(flag_values.image_size)}"
+        )
+    return size
 
 
 def decode_options(flag_values=flags.FLAGS):
@@ -100,12 +113,17 @@ def decode_options(flag_values=flags.FLAGS):
     }
 
 
-def load_splits(modalities, label_aware=False, flag_values=flags.FLAGS):
+def load_splits(modalities, label_aware=False, patch_size=8, flag_values=flags.FLAGS):
     """The embedded digits, or the data flags' files, checked before anything is built.
+
+    First what costs nothing: the modalities, the flags' agreement, and whether towers
+    (`tower_tokenizers` with `patch_size`) can take what the decode flags make; then the
+    files.
 
     Args:
         modalities: the two modalities to read.
         label_aware: bool, whether training will need a label on every record.
+        patch_size: int, the side of the towers' image patches.
         flag_values: the `absl.flags.FlagValues` that `define_data_flags` defined.
 
     Returns:
@@ -113,14 +131,28 @@ def load_splits(modalities, label_aware=False, flag_values=flags.FLAGS):
 
     Raises:
         absl.app.UsageError: naming the flag, the file and what was expected, when the
-            modalities are not two known ones, the data flags are not all given, or a
-            file cannot give the splits (see `Splits.from_files`).
+            modalities are not two known ones, the data flags are not all given, a
+            decode flag is given for the embedded digits (which come decoded), towers
+            cannot take the decoded shapes, or a file cannot give the splits (see
+            `Splits.from_files`).
     """
     values = flag_values
     data_flags = (values.train_data, values.validation_data, values.test_data)
     known = MODALITIES if any(data_flags) else datasets.MODALITIES
     if len(modalities) != 2 or len(set(modalities)) != 2 or not set(modalities) <= set(known):
         raise app.UsageError(f"--modalities must name two of {known}. Received: {list(modalities)}")
+    given = [f"--{name}" for name in DECODE_FLAGS if values[name].present]
+    if given and not any(data_flags):
+        raise app.UsageError(
+            f"{', '.join(given)} decode the files of --train_data, --validation_data and "
+            "--test_data; the embedded digits come decoded (32x32x1 images, 4000 samples at "
+            f"8000 Hz). Received: {', '.join(given)} without data files"
+        )
+    try:
+        tower_tokenizers(modalities, 1, 1, patch_size=patch_size, **decode_options(values))
+    except ValueError as error:
+        flags_named = ", ".join(f"--{name}" for name in DECODE_FLAGS)
+        raise app.UsageError(f"{flags_named}: towers cannot take these shapes. {error}") from None
     if not any(data_flags):
         return Splits.digits(modalities)
     if not all(data_flags):

@@ -66,19 +66,26 @@ def _check_source(flag, path, modalities):
             )
 
 
-def _captions_and_labels(path, modalities, on_error):
-    """The training captions (when text is read) and the labels of a manifest or shards."""
+def _captions_and_labels(path, modalities, on_error, num_classes):
+    """The training captions (when text is read) and the labels of a manifest or shards.
+
+    A record without a label, or with one outside `[0, num_classes)` when that is given,
+    is an error naming its line (or shard and index), or skipped and counted.
+    """
     if path.endswith(MANIFEST_SUFFIXES):
-        manifest = read_manifest(path, modalities, on_error)
+        manifest = read_manifest(path, modalities, on_error, num_classes)
         captions = [r["text"] for r in manifest.records] if "text" in modalities else []
         return captions, np.array([r["label"] for r in manifest.records], np.int64)
     # Text alone when there is text: nothing else needs decoding for these two.
     light = ("text",) if "text" in modalities else modalities
-    pipeline = Pipeline.from_tfrecords(path, light, on_error=on_error)
+    pipeline = Pipeline.from_tfrecords(path, light, on_error=on_error, num_classes=num_classes)
     captions, labels = [], []
-    for batch in pipeline.dataset(1024).as_numpy_iterator():
-        captions += [t.decode() for t in batch.get("text", [])]
-        labels.append(batch["label"])
+    try:
+        for batch in pipeline.dataset(1024).as_numpy_iterator():
+            captions += [t.decode() for t in batch.get("text", [])]
+            labels.append(batch["label"])
+    except tf.errors.InvalidArgumentError as error:  # the pipeline's check, naming the record
+        raise ValueError(error.message) from None
     return captions, np.concatenate(labels) if labels else np.zeros([0], np.int64)
 
 
@@ -89,13 +96,19 @@ def read_class_names(path):
             f"--class_names: expected a file of class names, one a line. Received: {path!r}, "
             "which does not exist"
         )
-    with open(path, encoding="utf-8") as f:
-        names = f.read().rstrip("\n").split("\n")
-    blank = [i + 1 for i, name in enumerate(names) if not name.strip()]
-    if blank or not names:
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = f.read().rstrip("\n").split("\n")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"--class_names: expected a UTF-8 text file. Received: {path}, with a byte "
+            f"{error.object[error.start]:#04x} at offset {error.start} that is not UTF-8"
+        ) from None
+    blank = [i + 1 for i, name in enumerate(names) if not name.strip()]  # an empty file: [1]
+    if blank:
         raise ValueError(
             f"--class_names: expected one non-blank class name a line in {path}. "
-            f"Received: blank lines {blank or [1]}"
+            f"Received: blank lines {blank}"
         )
     return [name.strip() for name in names]
 
@@ -198,12 +211,17 @@ class Splits:
                 "--prompt_templates: expected each template to hold {} where the class name "
                 f"goes. Received: {list(prompt_templates)}"
             )
+        num_classes = None if names is None else len(names)
+        # With class names, a label indexes their lines: say so beside a record's error.
+        context = "" if names is None else f" (labels index the lines of {class_names})"
         captions, labels = {}, {}
         for split, path in paths.items():
             try:
-                captions[split], labels[split] = _captions_and_labels(path, modalities, on_error)
+                captions[split], labels[split] = _captions_and_labels(
+                    path, modalities, on_error, num_classes
+                )
             except ValueError as error:
-                raise ValueError(f"--{split}_data: {error}") from None
+                raise ValueError(f"--{split}_data: {error}{context}") from None
             if not len(labels[split]):
                 raise ValueError(
                     f"--{split}_data: expected at least one record. Received: none in {path}"
@@ -215,15 +233,6 @@ class Splits:
                     f"{needs} needs a label on every record. Received: records without one "
                     f"in {paths[unlabelled[0]]} (--{unlabelled[0]}_data)"
                 )
-        num_classes = None
-        if names is not None:
-            num_classes = len(names)
-            for split, path in paths.items():
-                if len(labels[split]) and labels[split].max() >= num_classes:
-                    raise ValueError(
-                        f"--class_names: expected labels in [0, {num_classes}), one per line of "
-                        f"{class_names}. Received: label {int(labels[split].max())} in {path}"
-                    )
         pipelines = {}
         for split, path in paths.items():
             options = dict(on_error=on_error, num_classes=num_classes, **pipeline_options)

@@ -109,7 +109,7 @@ def _bad_flags(directory, paths):
         ({**paths, "train": missing}, [], ["--train_data", missing, "does not exist"]),
         ({**paths, "validation": str(no_audio)}, [], ["--validation_data", str(no_audio), "audio"]),
         ({**paths, "test": str(directory / "empty.jsonl")}, [], ["--test_data", "empty.jsonl"]),
-        (paths, [f"--class_names={directory / 'two.txt'}"], ["two.txt", "[0, 2)", "label 2"]),
+        (paths, [f"--class_names={directory / 'two.txt'}"], ["two.txt", "train.jsonl:3", "num_classes=2", "got 2"]),
         ({**paths, "test": str(directory / "nothing-*")}, [], ["--test_data", "matches no file"]),
     ]
 

@@ -3,6 +3,7 @@
 import pytest
 from absl import app, flags
 
+from mm_keras.data import manifest_to_tfrecords
 from mm_keras.training.data_flags import define_data_flags, load_splits
 from tests.own_data import write_dataset
 
@@ -39,7 +40,7 @@ def test_files_give_checked_splits_decoded_as_the_flags_say(tmp_path):
         "--prompt_templates=a {} tone",
         "--image_size=8,10",
     )
-    splits = load_splits(("image", "text"), label_aware=True, flag_values=values)
+    splits = load_splits(("image", "text"), label_aware=True, patch_size=2, flag_values=values)
     assert not splits.label_aware and splits.has_labels
     assert splits.class_prompts[0] == ["a low tone"]
     assert splits.arrays("test")["image"].shape == (3, 8, 10, 1)
@@ -55,11 +56,50 @@ def _all_data(path):
         (["--train_data=a.jsonl"], "go together"),
         (["--vocabulary=nowhere.txt", *_all_data("x.jsonl")], "--vocabulary: no such file"),
         (_all_data("nowhere.jsonl"), "--train_data: expected a JSONL or CSV manifest"),
+        (["--sample_rate=16000"], "--sample_rate decode the files of --train_data"),
+        (["--image_size=30,30", *_all_data("x.jsonl")], "towers cannot take these shapes"),
+        (["--image_size=a,b", *_all_data("x.jsonl")], "--image_size: expected two positive"),
+        (["--num_samples=100", *_all_data("x.jsonl")], "num_samples=100"),
     ],
 )
 def test_bad_data_flags_are_usage_errors_that_name_them(argv, message):
     with pytest.raises(app.UsageError, match=message):
-        load_splits(("audio", "text"), flag_values=_parsed(*argv))
+        load_splits(("image", "audio"), flag_values=_parsed(*argv))
+
+
+def _class_names(tmp_path, *lines):
+    (tmp_path / "names.txt").write_text("\n".join(lines) + "\n")
+    return f"--class_names={tmp_path / 'names.txt'}"
+
+
+def test_labels_outside_the_class_names_are_named_by_line_or_skipped_and_counted(tmp_path):
+    paths = write_dataset(tmp_path, sizes=(("train", 6), ("validation", 3), ("test", 3)))
+    data = [f"--{split}_data={path}" for split, path in paths.items()]
+    two_names = _class_names(tmp_path, "low", "middle")  # the data's label 2 has no name
+    with pytest.raises(app.UsageError, match=r"train.jsonl:3 .*got 2 .*lines of .*names.txt"):
+        load_splits(("audio", "text"), flag_values=_parsed(*data, two_names))
+    skip = _parsed(*data, two_names, "--on_error=skip")
+    splits = load_splits(("audio", "text"), flag_values=skip)
+    assert splits.num_examples("train") == 4 and splits.num_examples("test") == 2
+
+
+def test_labels_outside_the_class_names_in_tfrecords_are_named_by_shard(tmp_path):
+    paths = write_dataset(tmp_path, sizes=(("train", 6), ("validation", 3), ("test", 3)))
+    data = []
+    for split, path in paths.items():
+        manifest_to_tfrecords(path, str(tmp_path / split), ("audio", "text"), 1, verbose=False)
+        data.append(f"--{split}_data={tmp_path / split}-*")
+    with pytest.raises(app.UsageError, match=r"--train_data: .*train-00000-of-00001"):
+        load_splits(("audio", "text"), flag_values=_parsed(*data, _class_names(tmp_path, "a")))
+
+
+def test_a_class_names_file_that_is_not_utf8_is_named(tmp_path):
+    paths = write_dataset(tmp_path, sizes=(("train", 3), ("validation", 3), ("test", 3)))
+    (tmp_path / "names.txt").write_bytes(b"low\nmid\xffdle\nhigh\n")
+    data = [f"--{split}_data={path}" for split, path in paths.items()]
+    names = f"--class_names={tmp_path / 'names.txt'}"
+    with pytest.raises(app.UsageError, match=r"names.txt, with a byte 0xff at offset 7"):
+        load_splits(("audio", "text"), flag_values=_parsed(*data, names))
 
 
 def test_modalities_must_be_two_known_ones():
