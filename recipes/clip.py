@@ -95,8 +95,9 @@ flags.DEFINE_bool(
 flags.DEFINE_bool(
     "audio_augment",
     False,
-    "Train audio with random gain (-20 to +6 dB), time shifts of up to 0.1 s and SpecAugment "
-    "(2 time masks of up to 4 frames, 2 frequency masks of up to 4 mel bands).",
+    "Train audio with time shifts of up to 0.1 s, SpecAugment (2 time masks of up to 4 "
+    "frames, 2 frequency masks of up to 4 mel bands) and random gain (-20 to +6 dB; the "
+    "towers normalise level, so gain only changes what it clips at full scale).",
 )
 flags.DEFINE_bool("shared_encoder", False, "One Transformer encoder for both towers.")
 flags.DEFINE_integer("hidden_dim", 64, "Token width of both towers.")
