@@ -5,6 +5,7 @@
 """
 
 import collections
+import os
 
 import keras
 import numpy as np
@@ -101,6 +102,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Expected flags only. Received: {argv[1:]}")
     options = flags.FLAGS
+    if not os.path.isfile(options.manifest):
+        raise app.UsageError(
+            "--manifest: expected a JSONL or CSV manifest file. Received: "
+            f"{options.manifest!r}, which does not exist"
+        )
     try:
         result = manifest_to_tfrecords(
             options.manifest,
@@ -110,11 +116,8 @@ def main(argv):
             on_error=options.on_error,
             num_classes=options.num_classes,
         )
-    except OSError as error:
-        raise app.UsageError(
-            f"--manifest: expected a readable JSONL or CSV manifest. Received: "
-            f"{options.manifest!r} ({error.strerror})"
-        ) from None
+    except OSError as error:  # writing the shards, or a file the manifest names
+        raise app.UsageError(f"{error.filename}: {error.strerror}") from None
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     skipped = ", ".join(f"{n} {reason}" for reason, n in result["skipped"].items())

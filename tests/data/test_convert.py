@@ -39,5 +39,5 @@ def test_command_line_writes_the_shards_a_pipeline_reads(tmp_path):
         "--modalities=audio,text",
     )  # fmt: skip
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
-    assert "--manifest: expected a readable JSONL or CSV manifest" in missing.stderr
+    assert "--manifest: expected a JSONL or CSV manifest file" in missing.stderr
     assert "nowhere.jsonl" in missing.stderr
