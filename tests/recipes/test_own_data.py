@@ -48,7 +48,20 @@ def test_clip_recipe_trains_and_evaluates_on_manifests_and_on_tfrecords(dataset,
     for key in ("recall_at_1_audio_to_text", "recall_at_10_text_to_audio"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["optimizer_iterations"] == 2 * (48 // 16)
-    assert (tmp_path / "jsonl" / "model.keras").exists()
+
+    # Files in, exported model out: the trained model verified on the same test files.
+    model = tmp_path / "jsonl" / "model.keras"
+    run_script(
+        "export/export_model.py", f"--model={model}", f"--test_data={paths['test']}",
+        f"--calibration_data={paths['train']}", classes, "--modes=float32,int8",
+        "--latency_examples=2",
+    )  # fmt: skip
+    with open(tmp_path / "jsonl" / "export" / "report.json") as f:
+        report = json.load(f)
+    keras_figure = report["keras"]["zero_shot_top1"]
+    assert keras_figure == pytest.approx(metrics["zero_shot_top1"])
+    for artifact in ("saved_model", "tflite_float32", "tflite_int8"):
+        assert report[artifact]["zero_shot_top1"] >= keras_figure - 0.1, artifact
 
     records = {}
     for split, path in paths.items():
@@ -109,7 +122,11 @@ def _bad_flags(directory, paths):
         ({**paths, "train": missing}, [], ["--train_data", missing, "does not exist"]),
         ({**paths, "validation": str(no_audio)}, [], ["--validation_data", str(no_audio), "audio"]),
         ({**paths, "test": str(directory / "empty.jsonl")}, [], ["--test_data", "empty.jsonl"]),
-        (paths, [f"--class_names={directory / 'two.txt'}"], ["two.txt", "train.jsonl:3", "num_classes=2", "got 2"]),
+        (
+            paths,
+            [f"--class_names={directory / 'two.txt'}"],
+            ["two.txt", "train.jsonl:3", "num_classes=2", "got 2"],
+        ),
         ({**paths, "test": str(directory / "nothing-*")}, [], ["--test_data", "matches no file"]),
     ]
 
