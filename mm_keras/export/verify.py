@@ -259,9 +259,10 @@ def format_report(report, kinds=("image", "text")):
         figure, label = "zero_shot_top1", "zero-shot"
     else:
         figure, label = f"recall_at_1_{first}_to_{second}", f"R@1 →{second}"
+    width = max(9, len(label))
     header = (
         f"{'artifact':16s} {'size KB':>9s} {'max err':>9s} {'mean err':>9s} {'cosine':>8s} "
-        f"{label:>9s} {first + ' ms':>9s} {second + ' ms':>8s}"
+        f"{label:>{width}s} {first + ' ms':>9s} {second + ' ms':>8s}"
     )
     rows = [header]
     for name, m in report.items():
@@ -269,7 +270,7 @@ def format_report(report, kinds=("image", "text")):
         rows.append(
             f"{name:16s} {size} {m['max_abs_error']:9.2e} {m['mean_abs_error']:9.2e} "
             f"{m['mean_cosine']:8.5f} "
-            f"{m[figure]:9.4f} {m['latency_ms_p50']:9.3f} "
+            f"{m[figure]:{width}.4f} {m['latency_ms_p50']:9.3f} "
             f"{m[f'latency_ms_p50_{second}']:8.3f}"
         )
     return "\n".join(rows)

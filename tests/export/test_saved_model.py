@@ -128,3 +128,38 @@ def test_audio_signatures_decode_wavs_as_the_training_pipeline_does(audio_export
     assert [r.model_spec.signature_name for r in warmup.read_requests(path)] == [
         "serving_default", "embed_audio", "embed_audio_samples", "embed_text"
     ]  # fmt: skip
+
+
+def test_image_audio_model_serves_both_towers_without_text(
+    image_audio_model, image_audio_exported, examples, tokenizer, tmp_path
+):
+    signatures = tf.saved_model.load(image_audio_exported).signatures
+    assert sorted(signatures) == [
+        "embed_audio", "embed_audio_samples", "embed_image", "embed_image_pixels",
+        "serving_default",
+    ]  # fmt: skip
+    assert not os.listdir(os.path.join(image_audio_exported, "assets"))  # no vocabulary
+    clips = np.random.default_rng(1).uniform(-0.5, 0.5, [3, AUDIO_SAMPLES]).astype("float32")
+    images = examples["image"][:2]
+    expected = {
+        "image": np.asarray(image_audio_model.embed("image", images)),
+        "audio": np.asarray(image_audio_model.embed("audio", clips)),
+    }
+    pixels = signatures["embed_image_pixels"](pixels=tf.constant(images))["image_embedding"]
+    np.testing.assert_allclose(pixels, expected["image"], atol=1e-5)
+    samples = signatures["embed_audio_samples"](samples=tf.constant(clips))["audio_embedding"]
+    np.testing.assert_allclose(samples, expected["audio"], atol=1e-5)
+    wavs = tf.stack([tf.audio.encode_wav(c[:, None], AUDIO_RATE) for c in clips])
+    both = signatures["serving_default"](image=_png(images), audio=wavs)
+    np.testing.assert_allclose(both["image_embedding"], expected["image"], atol=1e-5)
+    scale = float(image_audio_model.logit_scale)
+    logits = scale * both["image_embedding"].numpy() @ both["audio_embedding"].numpy().T
+    assert both["logits"].shape == (2, 3)
+    np.testing.assert_allclose(both["logits"], logits, atol=1e-4)
+    with pytest.raises(ValueError, match="Expected tokenizer=None"):
+        export_saved_model(image_audio_model, tokenizer, str(tmp_path / "refused"))
+
+
+def test_export_refuses_two_towers_of_one_kind(image_audio_model, tmp_path):
+    with pytest.raises(ValueError, match="two different kinds"):
+        export_saved_model(image_audio_model, None, str(tmp_path), modalities=["image", "image"])
