@@ -43,7 +43,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from mm_keras.data import Pipeline, datasets  # noqa: E402
+from mm_keras.data import Pipeline, datasets, record_error_message  # noqa: E402
 from mm_keras.export import MODES, export_artifacts, verify  # noqa: E402
 from mm_keras.export.saved_model import (  # noqa: E402
     DEFAULT_MAX_AUDIO_BYTES,
@@ -122,15 +122,27 @@ def open_pipeline(flag, path, kinds, options, num_classes=None):
         raise app.UsageError(f"{flag}: {error}") from None
 
 
-def arrays(pipeline, max_examples=None, training=False):
-    """Decoded examples of a pipeline as NumPy arrays (text as str), up to `max_examples`."""
+def arrays(flag, pipeline, max_examples=None, training=False):
+    """Decoded examples of a pipeline as NumPy arrays (text as str), up to `max_examples`.
+
+    A bad record that the pipeline refuses in the graph (TFRecords: a label out of range,
+    a damaged file) and a split with no good record are usage errors naming `flag`.
+    """
     dataset = pipeline.dataset(64, training=training, seed=0, drop_remainder=False)
     parts, count = [], 0
-    for batch in dataset.as_numpy_iterator():
-        parts.append(batch)
-        count += len(batch["label"])
-        if max_examples is not None and count >= max_examples:
-            break
+    try:
+        for batch in dataset.as_numpy_iterator():
+            parts.append(batch)
+            count += len(batch["label"])
+            if max_examples is not None and count >= max_examples:
+                break
+    except tf.errors.InvalidArgumentError as error:  # its message names the record
+        raise app.UsageError(f"{flag}: {record_error_message(error)}") from None
+    if not parts:
+        raise app.UsageError(
+            f"{flag}: expected at least one good record. Received: none in "
+            f"{getattr(FLAGS, flag.lstrip('-'))}"
+        )
     result = {key: np.concatenate([p[key] for p in parts])[:max_examples] for key in parts[0]}
     if "text" in result:
         result["text"] = np.array([t.decode() for t in result["text"]], dtype=object)
@@ -174,11 +186,13 @@ def own_data(model, towers):
     calibration = None
     if FLAGS.calibration_data:
         calibration = open_pipeline("--calibration_data", FLAGS.calibration_data, kinds, options)
-    examples = arrays(test)
+    examples = arrays("--test_data", test)
     if names is not None:  # the pipeline has refused records without a label in range
         examples["class_prompts"] = [[t.format(n) for t in FLAGS.prompt_templates] for n in names]
     if calibration is not None:
-        calibration = arrays(calibration, FLAGS.calibration_examples, training=True)
+        calibration = arrays(
+            "--calibration_data", calibration, FLAGS.calibration_examples, training=True
+        )
     return calibration, examples
 
 

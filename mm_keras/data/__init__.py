@@ -13,4 +13,4 @@ from mm_keras.data.mixing import (
     mix_datasets,
     modality_dropout,
 )
-from mm_keras.data.pipeline import Pipeline, make_batches
+from mm_keras.data.pipeline import Pipeline, make_batches, record_error_message

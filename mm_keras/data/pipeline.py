@@ -7,6 +7,26 @@ from mm_keras.data import decode, records
 from mm_keras.data import manifest as manifest_lib
 
 
+def record_error_message(error):
+    """What a record check that failed in the graph says, without TensorFlow's wrapping.
+
+    Args:
+        error: the `tf.errors.InvalidArgumentError` that iterating a pipeline raised.
+
+    Returns:
+        str, e.g. "Bad record (label_out_of_range): expected a label in [0, num_classes).
+        Record: train-00000-of-00001.tfrecord # 3 (from train.jsonl:4) Received label: 7
+        num_classes=3", or the error's first line when it is not a record check.
+    """
+    message = error.message
+    start = message.find("assertion failed: [")
+    if start < 0:
+        return message.split("\n")[0]
+    parts = message[start + len("assertion failed: [") :].split("\n")[0]
+    parts = parts[: parts.rfind("]")].split("] [")
+    return " ".join(parts).replace(" )", ")")
+
+
 def make_batches(
     dataset,
     batch_size,

@@ -38,6 +38,8 @@ MAX_JPEG_SCANS = 100
 # twice the bytes as float32); the limit bounds that per clip, and is checked on the
 # request's length before anything is read from its header.
 DEFAULT_MAX_AUDIO_BYTES = 2**24
+# Float waveforms sent to the SavedModel: [-1, 1], or 16-bit-integer-scaled, with room.
+MAX_SAMPLE_MAGNITUDE = 1e6
 
 # The kind of tower each input layer makes; an export serves two kinds in `KIND_ORDER`:
 # `serving_default` takes (and `logits` are rows by columns of) the first, then the second.
@@ -199,9 +201,10 @@ def decode_images(encoded, image_size, num_channels, max_image_pixels=DEFAULT_MA
 def check_audio_size(data, max_audio_bytes):
     """An op that fails unless `data` is a complete 16-bit PCM WAV of at most
     `max_audio_bytes`, judged on its length and header before anything is decoded."""
-    length = tf.strings.length(data)
+    # int64: a limit of 2**31 bytes or more must not wrap around in an int32 comparison.
+    length = tf.cast(tf.strings.length(data), tf.int64)
     size_check = tf.debugging.Assert(
-        length <= max_audio_bytes,
+        length <= tf.constant(max_audio_bytes, tf.int64),
         [
             f"Expected a WAV file of at most max_audio_bytes={max_audio_bytes} bytes (set at "
             "export). Received: bytes=",
@@ -467,6 +470,20 @@ def _add_tower_endpoints(
             array = tf.debugging.check_numerics(
                 array, f"Expected finite `{array_input}`. Received NaN or Inf"
             )
+            # Finite but huge, a clip's mean square overflows to inf in the tokenizer's
+            # level normalisation, and it would embed as silence, as a success.
+            magnitude = tf.reduce_max(tf.abs(array))  # -inf for an empty batch: passes
+            in_range = tf.debugging.Assert(
+                magnitude <= MAX_SAMPLE_MAGNITUDE,
+                [
+                    f"Expected `{array_input}` of magnitude at most {MAX_SAMPLE_MAGNITUDE:g} "
+                    "(waveforms in [-1, 1], or scaled as 16-bit integers). Received: "
+                    "magnitude=",
+                    magnitude,
+                ],
+            )
+            with tf.control_dependencies([in_range]):
+                array = tf.identity(array)
         return embed(array)
 
     def embed_encoded(encoded):

@@ -8,7 +8,14 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mm_keras.data import Pipeline, datasets, make_batches, read_manifest, records
+from mm_keras.data import (
+    Pipeline,
+    datasets,
+    make_batches,
+    read_manifest,
+    record_error_message,
+    records,
+)
 from mm_keras.data.audio_augment import augment_audio
 from mm_keras.distribute import distribute_batches, num_workers
 from mm_keras.tokenizers import TextTokenizer
@@ -85,7 +92,7 @@ def _captions_and_labels(path, modalities, on_error, num_classes):
             captions += [t.decode() for t in batch.get("text", [])]
             labels.append(batch["label"])
     except tf.errors.InvalidArgumentError as error:  # the pipeline's check, naming the record
-        raise ValueError(error.message) from None
+        raise ValueError(record_error_message(error)) from None
     return captions, np.concatenate(labels) if labels else np.zeros([0], np.int64)
 
 

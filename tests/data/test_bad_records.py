@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mm_keras.data import Pipeline, manifest_to_tfrecords, read_manifest
+from mm_keras.data import Pipeline, manifest_to_tfrecords, read_manifest, record_error_message
 from mm_keras.data.records import serialize, write_shard
 from tests.data.test_files import OPTIONS, write_example_files, write_manifest
+from tests.own_data import write_split
 
 MODALITIES = ("image", "audio", "text")
 
@@ -222,3 +223,16 @@ def test_tfrecord_error_names_a_record_past_the_first_chunk(tmp_path):
         match=r"(?s)label_out_of_range.*long-00000-of-00001.tfrecord.*#.*\[70\].*m:70",
     ):
         _ids(pipeline.dataset(16, training=True, seed=0))
+
+
+def test_a_record_check_failed_in_the_graph_reads_as_one_line(tmp_path):
+    manifest = write_split(tmp_path, "train", 3, np.random.default_rng(0), labels=False)
+    manifest_to_tfrecords(manifest, str(tmp_path / "train"), ("audio",), 1, verbose=False)
+    pipeline = Pipeline.from_tfrecords(str(tmp_path / "train-*"), ("audio",), num_classes=3)
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        list(pipeline.dataset(2, drop_remainder=False).as_numpy_iterator())
+    assert record_error_message(raised.value) == (
+        "Bad record (label_out_of_range): expected a label in [0, num_classes). Record: "
+        f"{tmp_path}/train-00000-of-00001.tfrecord # 0 (from {manifest}:1) Received label: -1 "
+        "num_classes=3"
+    )

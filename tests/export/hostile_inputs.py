@@ -145,6 +145,8 @@ def audio_cases(signatures):
         ("float64", tf.zeros([1, AUDIO_SAMPLES], tf.float64)),
         ("int16", tf.zeros([1, AUDIO_SAMPLES], tf.int16)),
         ("NaN and Inf", tf.constant(nan_and_inf)),
+        ("finite but huge", tf.fill([2, AUDIO_SAMPLES], 1e30)),
+        ("16-bit scale", tf.fill([2, AUDIO_SAMPLES], 30000.0)),
         ("other length", tf.zeros([1, AUDIO_SAMPLES - 1])),
         ("empty batch", tf.zeros([0, AUDIO_SAMPLES])),
         ("one clip", tf.constant(finite[:1])),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mm_keras.data import Pipeline
+from mm_keras.data import Pipeline, manifest_to_tfrecords
 from mm_keras.encoders import TransformerEncoder
 from mm_keras.export.saved_model import DEFAULT_MAX_AUDIO_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from mm_keras.models import DualEncoder
@@ -357,6 +357,8 @@ def test_bad_data_flags_are_named_before_any_export_work(own_data, tmp_path):
     output_dir = tmp_path / "export"
     common = (f"--model={model_path}", f"--output_dir={output_dir}")
     missing = str(directory / "nothing.jsonl")
+    records = str(tmp_path / "records" / "test")
+    manifest_to_tfrecords(paths["test"], records, ("image", "text"), 1, verbose=False)
     for flags, expected in (
         ((), "embedded digits have (32, 32, 1)"),  # an RGB 16x16 model, no data flags
         (
@@ -368,6 +370,12 @@ def test_bad_data_flags_are_named_before_any_export_work(own_data, tmp_path):
             (f"--test_data={paths['test']}", "--modes=float32",
              f"--class_names={own_data['labelled'][0] / 'classes.txt'}"),
             f"--test_data: Bad record at {paths['test']}:1 (missing_label): expected a label",
+        ),
+        (
+            (f"--test_data={records}-*", "--modes=float32",
+             f"--class_names={own_data['labelled'][0] / 'classes.txt'}"),
+            "--test_data: Bad record (label_out_of_range): expected a label in [0, "
+            f"num_classes). Record: {records}-00000-of-00001.tfrecord # 0",
         ),
     ):  # fmt: skip
         stderr = _export_error(*common, *flags)

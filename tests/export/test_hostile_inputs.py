@@ -97,6 +97,8 @@ AUDIO_EXPECTED = {
     ("embed_audio_samples", "float64"): REFUSED,
     ("embed_audio_samples", "int16"): REFUSED,
     ("embed_audio_samples", "NaN and Inf"): REFUSED,
+    ("embed_audio_samples", "finite but huge"): REFUSED,
+    ("embed_audio_samples", "16-bit scale"): {"audio_embedding": [2, P]},
     ("embed_audio_samples", "other length"): REFUSED,
     ("embed_audio_samples", "empty batch"): {"audio_embedding": [0, P]},
     ("embed_audio_samples", "one clip"): {"audio_embedding": [1, P]},

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from mm_keras.data import decode
 from mm_keras.export import export_saved_model
+from mm_keras.export.saved_model import check_audio_size
 from mm_keras.serving import warmup
 from mm_keras.tokenizers import TextTokenizer
 from tests.export.hostile_inputs import AUDIO_RATE, AUDIO_SAMPLES
@@ -163,3 +164,11 @@ def test_image_audio_model_serves_both_towers_without_text(
 def test_export_refuses_two_towers_of_one_kind(image_audio_model, tmp_path):
     with pytest.raises(ValueError, match="two different kinds"):
         export_saved_model(image_audio_model, None, str(tmp_path), modalities=["image", "image"])
+
+
+@pytest.mark.parametrize("limit", [2**31, 2**32 + 100])
+def test_an_audio_byte_limit_beyond_int32_is_kept_as_given(limit):
+    data = tf.constant(tf.audio.encode_wav(tf.zeros([100, 1]), AUDIO_RATE))
+    check_audio_size(data, limit)  # eagerly: raises when the check fails
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_audio_bytes=10 bytes"):
+        check_audio_size(data, 10)
