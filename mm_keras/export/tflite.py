@@ -216,17 +216,9 @@ def spectrogram_nodes(tflite_model):
     embeddings of cosine 0.3 to the float ones (-0.37 on a trained digits tower). These ops
     stay float. Empty for a graph without a LOG.
     """
-    model = schema.Model.GetRootAs(tflite_model, 0)
-    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
-    graph = model.Subgraphs(0)
-    names = []
-    for o in range(graph.OperatorsLength()):
-        op = graph.Operators(o)
-        code = codes[op.OpcodeIndex()]
-        if _OP_NAMES[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())] == "LOG":
-            return names
-        names += [graph.Tensors(op.Outputs(i)).Name().decode() for i in range(op.OutputsLength())]
-    return []
+    model = flatbuffer_utils.convert_bytearray_to_object(tflite_model)
+    tensors = model.subgraphs[0].tensors
+    return [tensors[i].name.decode() for op in _ops_before_log(model) for i in op.outputs]
 
 
 def _selective_int8(converter, spec, representative_inputs, audio=False):
