@@ -3,3 +3,4 @@
 from mm_keras.models.dual_encoder import DualEncoder
 from mm_keras.models.fusion_model import FUSIONS, FusionModel
 from mm_keras.models.inheritance import evenly_spaced_layers, inherit_weights, shrink
+from mm_keras.models.keras_hub_towers import KerasHubDualEncoder, PresetTextTokenizer
