@@ -38,8 +38,9 @@ class PresetTextTokenizer(keras.layers.Layer):
     construction. `call` returns `{"token_ids": int32 [B, L], "mask": bool [B, L]}` like
     `BaseTextTokenizer`, with the preset's padding mask; unlike it, padding is the preset's
     pad id (CLIP: 0, SigLIP: `</s>`) and an empty string is a valid input (it still holds
-    the start or end token the towers pool at). It holds string ops, so it runs in
-    `tf.data` pipelines or eagerly, outside the model.
+    the start or end token the towers pool at). Inside a graph it runs keras-hub's Python
+    path through `tf.py_function` (see `call`), so it runs in `tf.data` pipelines or
+    eagerly, outside the model, and not in an exported SavedModel.
 
     Args:
         preprocessor: a `keras_hub.models.CLIPPreprocessor` or `SigLIPPreprocessor`.
@@ -71,14 +72,26 @@ class PresetTextTokenizer(keras.layers.Layer):
         self._allow_non_tensor_positional_args = True
         self.built = True
 
+    def _pack(self, inputs):
+        packed = self._text_preprocessor({"images": None, "prompts": inputs})
+        return tf.cast(packed["token_ids"], "int32"), tf.cast(packed["padding_mask"], "bool")
+
     def call(self, inputs):
-        packed = self._text_preprocessor(
-            {"images": None, "prompts": tf.convert_to_tensor(inputs, tf.string)}
-        )
-        return {
-            "token_ids": tf.cast(packed["token_ids"], "int32"),
-            "mask": tf.cast(packed["padding_mask"], "bool"),
-        }
+        inputs = tf.convert_to_tensor(inputs, tf.string)
+        if tf.executing_eagerly():
+            token_ids, mask = self._pack(inputs)
+        else:
+            # keras-hub tokenizes on one of two paths: Python (Hugging Face `tokenizers`)
+            # when eager, TF Text inside a graph. For CLIP they disagree on digits,
+            # contractions, combining marks and control characters ("12345": five words
+            # in Python, as in OpenAI's CLIP, one in TF Text). Graphs (`tf.data`) run the
+            # Python path too, so training, evaluation and the preset's own preprocessor
+            # see the same ids.
+            token_ids, mask = tf.py_function(self._pack, [inputs], [tf.int32, tf.bool])
+            shape = inputs.shape.concatenate([self.sequence_length])
+            token_ids.set_shape(shape)
+            mask.set_shape(shape)
+        return {"token_ids": token_ids, "mask": mask}
 
     def compute_output_spec(self, inputs):
         shape = (*inputs.shape, self.sequence_length)

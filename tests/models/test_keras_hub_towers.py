@@ -19,6 +19,30 @@ CAPTIONS = [
     "a photo of the digit one",
     "seven",
 ]
+# Strings a tokenizer port gets wrong: special tokens as text, whitespace runs, control
+# characters, combining marks, scripts without spaces, over-long input, lone punctuation.
+ADVERSARIAL = [
+    "<|startoftext|><|endoftext|>",
+    "</s> <unk> <pad>",
+    "   leading and trailing   ",
+    "tabs\tand\nnewlines\r\n",
+    "\x00\x01 control",
+    "e\u0301 combining accent",
+    "ﬁ ligature and ＦＵＬＬＷＩＤＴＨ",
+    "日本語の文章です",
+    "emoji 👩‍👩‍👧 zwj",
+    "digit " * 40,
+    "!!!???...",
+    "'s 't 're 've 'm 'll 'd",
+    "UPPER lower MiXeD",
+    "12345 67890",
+    "a" * 200,
+    "\u200b zero width",
+    "mañana Straße",
+    "right-to-left עברית العربية",
+    "#hashtag @mention http://x.y/z?a=1&b=2",
+    " ",
+]
 NUM_EXAMPLES = len(CAPTIONS)
 IMAGE_SIZE = 32
 SEQUENCE_LENGTH = 12
@@ -154,21 +178,23 @@ def test_embeddings_equal_keras_hub_forward_pass(preset):
         np.testing.assert_allclose(ours[modality], theirs[modality], atol=1e-5, rtol=0)
 
 
-def test_token_ids_and_mask_equal_the_preset_preprocessor(preset):
+@pytest.mark.parametrize("texts", [CAPTIONS, ADVERSARIAL], ids=["captions", "adversarial"])
+def test_token_ids_and_mask_equal_the_preset_preprocessor(preset, texts):
     name, path = preset
     preprocessor_class = (
         keras_hub.models.CLIPPreprocessor if name == "clip" else keras_hub.models.SigLIPPreprocessor
     )
     expected = preprocessor_class.from_preset(path)(
-        {"images": tf.constant(_images()), "prompts": tf.constant(CAPTIONS)}
+        {"images": tf.constant(_images(len(texts))), "prompts": tf.constant(texts)}
     )
     tokenizer = KerasHubDualEncoder.from_preset(path).text_tokenizer
-    ours = tokenizer(CAPTIONS)
+    ours = tokenizer(texts)
     assert ours["token_ids"].dtype == tf.int32 and ours["mask"].dtype == tf.bool
     np.testing.assert_array_equal(ours["token_ids"], expected["token_ids"])
     np.testing.assert_array_equal(ours["mask"], expected["padding_mask"])
-    # The same ids inside a tf.data pipeline, where mm_keras batches are tokenized.
-    dataset = tf.data.Dataset.from_tensor_slices(CAPTIONS).batch(4).map(tokenizer)
+    # The same ids inside a tf.data pipeline, where mm_keras batches are tokenized: there
+    # keras-hub's own CLIP tokenizer takes its TF Text path, which differs on ADVERSARIAL.
+    dataset = tf.data.Dataset.from_tensor_slices(texts).batch(4).map(tokenizer)
     batched = np.concatenate([b["token_ids"] for b in dataset.as_numpy_iterator()])
     np.testing.assert_array_equal(batched, expected["token_ids"])
 
