@@ -40,7 +40,9 @@ from mm_keras.data import datasets, load_digits, make_batches  # noqa: E402
 from mm_keras.eval import zero_shot_accuracy, zero_shot_classifier  # noqa: E402
 from mm_keras.models import shrink  # noqa: E402
 from mm_keras.trainers import ContrastiveTrainer, DistillationTrainer, adamw  # noqa: E402
+from mm_keras.training import Splits  # noqa: E402
 
+MODALITIES = ("image", "text")
 ARMS = ("scratch", "scratch_affinity", "inherited_affinity")
 
 FLAGS = flags.FLAGS
@@ -93,13 +95,15 @@ def main(argv):
     os.makedirs(FLAGS.output_dir, exist_ok=True)
 
     def batches_for(tokenizer):
-        return make_batches(
-            load_digits("train", recipe.MODALITIES), FLAGS.batch_size, tokenizer, shuffle=True,
+        batches = make_batches(
+            load_digits("train", MODALITIES), FLAGS.batch_size, tokenizer, shuffle=True,
             seed=FLAGS.seed, drop_remainder=True,
         )  # fmt: skip
+        return batches, int(batches.cardinality())
 
-    teacher, tokenizer = recipe.teacher_and_tokenizer(batches_for)
-    train = batches_for(tokenizer)
+    splits = Splits.digits(MODALITIES)
+    teacher, tokenizer = recipe.teacher_and_tokenizer(splits, batches_for, label_aware=True)
+    train, _ = batches_for(tokenizer)
     test = datasets.load_digits_arrays("test", ("image", "text"))
     teacher_accuracy = StepsToTarget(teacher, tokenizer, test, 0, 1).accuracy()
     target = FLAGS.target * teacher_accuracy
@@ -111,10 +115,10 @@ def main(argv):
         keras.utils.set_random_seed(FLAGS.seed)
         student = student_for(arm, teacher)
         if arm == "scratch":
-            trainer = ContrastiveTrainer(student, recipe.MODALITIES, label_aware=True)
+            trainer = ContrastiveTrainer(student, MODALITIES, label_aware=True)
         else:
             trainer = DistillationTrainer(
-                student, teacher, recipe.MODALITIES, label_aware=True,
+                student, teacher, MODALITIES, label_aware=True,
                 hard_weight=FLAGS.hard_weight, affinity_weight=FLAGS.affinity_weight,
             )  # fmt: skip
         steps = StepsToTarget(student, tokenizer, test, target, FLAGS.eval_every)

@@ -45,6 +45,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from common import RESULTS_DIR, write_results  # noqa: E402
 
+from mm_keras.training import Splits  # noqa: E402
+
 VARIANTS = {
     "co_attention": ("co_attention", False),
     "co_attention_bridge": ("co_attention", True),
@@ -86,9 +88,11 @@ def main(argv):
             f"among them. Received: {FLAGS.variants}"
         )
     keras.utils.set_random_seed(FLAGS.seed)
-    dual_encoder, _ = recipe.pretrain_towers(("image", "audio"))
-    train_inputs, train_labels = recipe.pairs("train", "audio", copies=FLAGS.pairs_per_image)
-    test_inputs, test_labels = recipe.pairs("test", "audio")
+    splits = Splits.digits(("image", "audio"))
+    dual_encoder, _ = recipe.pretrain_towers(splits)
+    train, test = splits.arrays("train"), splits.arrays("test")
+    train_inputs, train_labels = recipe.pairs(train, "image", "audio", copies=FLAGS.pairs_per_image)
+    test_inputs, test_labels = recipe.pairs(test, "image", "audio")
 
     figures, models = {}, {}
     for variant in FLAGS.variants:

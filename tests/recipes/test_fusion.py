@@ -116,7 +116,7 @@ TINY_SIZES = (("train", 4), ("validation", 2), ("test", 2))
     [
         (False, TINY_SIZES, ["--studies=robustness"], "robustness classifies the records' labels"),
         (True, TINY_SIZES, ["--studies=match,itm"], "--studies=itm is the embedded digits'"),
-        (True, TINY_SIZES, ["--image_size=12,12"], "--image_size: expected sides divisible by 8"),
+        (True, TINY_SIZES, ["--image_size=12,12"], "towers cannot take these shapes"),
         (True, (*TINY_SIZES[:2], ("test", 1)), [], "--test_data: the match study needs two"),
     ],
 )
