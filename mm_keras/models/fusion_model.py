@@ -1,6 +1,7 @@
 """The fusion model: per-modality towers, cross-modal fusion layers, a pooled joint head."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from mm_keras.data.mixing import present_key
@@ -274,6 +275,13 @@ class FusionModel(TowersMixin, keras.Model):
             )
             pooled = [ops.mean(latents, axis=1)]
         return ops.concatenate(pooled, axis=-1)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        # A tf.data dataset shuffles itself (`make_batches`, `Pipeline`): Keras ignores its
+        # default `shuffle=True` for one and warns on every `fit`.
+        if isinstance(x, tf.data.Dataset):
+            kwargs.setdefault("shuffle", False)
+        return super().fit(x, y, *args, **kwargs)
 
     def call(self, inputs, training=None):
         return self.head(self.fuse(inputs, training=training), training=training)
