@@ -10,6 +10,7 @@ from mm_keras.data import datasets  # noqa: E402
 from mm_keras.encoders import TransformerEncoder  # noqa: E402
 from mm_keras.models import DualEncoder  # noqa: E402
 from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding, TextTokenizer  # noqa: E402
+from tests import keras_hub_presets  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +43,28 @@ def tiny_model(tokenizer):
 def examples():
     test = datasets.load_digits_arrays("test", ("image", "text"))
     return {"image": test["image"][:6], "text": test["text"][:6].tolist()}
+
+
+def _saved_preset(tmp_path_factory, name, write):
+    path = str(tmp_path_factory.mktemp(name))
+    keras.utils.set_random_seed(0)
+    write(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def clip_path(tmp_path_factory):
+    """A tiny random-weight keras-hub CLIP preset directory (see `tests.keras_hub_presets`)."""
+    return _saved_preset(tmp_path_factory, "clip", keras_hub_presets.write_clip_preset)
+
+
+@pytest.fixture(scope="session")
+def siglip_path(tmp_path_factory):
+    """A tiny random-weight keras-hub SigLIP preset directory (see `tests.keras_hub_presets`)."""
+    return _saved_preset(tmp_path_factory, "siglip", keras_hub_presets.write_siglip_preset)
+
+
+@pytest.fixture(params=["clip", "siglip"])
+def preset(request):
+    """(name, preset directory), for CLIP and for SigLIP."""
+    return request.param, request.getfixturevalue(f"{request.param}_path")
