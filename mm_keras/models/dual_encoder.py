@@ -99,6 +99,30 @@ class DualEncoder(TowersMixin, keras.Model):
             for m in self.modalities
         }
 
+    @classmethod
+    def from_preset(cls, preset, **kwargs):
+        """A pretrained dual encoder from a keras-hub CLIP or SigLIP preset.
+
+        A preset's towers are keras-hub's, so this returns a `KerasHubDualEncoder`
+        (`DualEncoder`'s contract over the preset's backbone, tokenizer and image
+        converter), whichever class it is called on.
+
+        Args:
+            preset: a preset directory (`config.json`, `model.weights.h5`, tokenizer and
+                image converter files) or a keras-hub handle.
+            **kwargs: passed to `KerasHubDualEncoder`.
+
+        Example:
+        >>> model = DualEncoder.from_preset("path/to/siglip_preset")
+        >>> token_ids = model.text_tokenizer(["a photo of a cat"])["token_ids"]
+        >>> model({"image": images, "text": token_ids})["text"].shape
+        (1, 768)
+        """
+        # Imported here: `keras_hub_towers` imports this module (`MAX_LOGIT_SCALE`).
+        from mm_keras.models.keras_hub_towers import KerasHubDualEncoder
+
+        return KerasHubDualEncoder.from_preset(preset, **kwargs)
+
     def _encoder(self, modality):
         return self.encoders if self.shared_encoder else self.encoders[modality]
 

@@ -6,8 +6,9 @@ import pytest
 import tensorflow as tf
 
 from mm_keras.encoders import TransformerEncoder
-from mm_keras.models import DualEncoder
+from mm_keras.models import DualEncoder, KerasHubDualEncoder
 from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding
+from tests.keras_hub_presets import CAPTIONS, keras_hub_embeddings, random_images
 from tests.roundtrip import check_layer_roundtrip
 
 
@@ -171,3 +172,21 @@ def test_shape_errors_name_the_shape_after_predict_retraced_with_relaxed_shapes(
     for shape, received in [((2, 16, 16, 3), r"\[2,16,16,3\]"), ((16, 16, 1), r"\[16,16,1\]")]:
         with pytest.raises(tf.errors.InvalidArgumentError, match=f"{received}.*expected shape"):
             model.predict({"image": np.zeros(shape, "uint8")}, verbose=0)
+
+
+def test_from_preset_returns_the_presets_towers_with_keras_hubs_embeddings(preset):
+    name, path = preset
+    model = DualEncoder.from_preset(path)
+    assert isinstance(model, KerasHubDualEncoder)
+    assert model.is_clip == (name == "clip")
+    images = random_images()
+    token_ids = model.text_tokenizer(CAPTIONS)["token_ids"]
+    embeddings = model({"image": images, "text": token_ids})
+    expected = keras_hub_embeddings(path, images, CAPTIONS)
+    for modality in ("image", "text"):
+        np.testing.assert_allclose(embeddings[modality], expected[modality], atol=1e-5)
+
+
+def test_from_preset_refuses_a_directory_that_is_not_a_preset(tmp_path):
+    with pytest.raises(ValueError, match="has no config.json"):
+        DualEncoder.from_preset(str(tmp_path))
