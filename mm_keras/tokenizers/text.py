@@ -249,12 +249,15 @@ class TextEmbedding(keras.layers.Layer):
 
     The embedding half of text tokenization (Devlin et al., 2019, "BERT"): ids from
     `TextTokenizer` become `{"tokens": [B, L, D], "mask": [B, L]}`, the DESIGN.md
-    token-sequence contract, where the mask is `token_ids != 0` (id 0 is `[PAD]`).
+    token-sequence contract, where the mask is `token_ids != pad_id` (id 0, `[PAD]`, for
+    mm_keras tokenizers; a keras-hub preset's own pad id for its ids: SigLIP pads with
+    `</s>`, so its end token is masked too and text pools over its words).
 
     Args:
         vocabulary_size: int, number of ids.
         sequence_length: int, the longest sequence (number of learned positions).
         hidden_dim: int, width D of each token.
+        pad_id: int, the id that pads a sequence; it is masked out.
 
     Example:
     >>> layer = TextEmbedding(vocabulary_size=100, sequence_length=8, hidden_dim=32)
@@ -263,7 +266,7 @@ class TextEmbedding(keras.layers.Layer):
     ((1, 8, 32), [True, True, False])
     """
 
-    def __init__(self, vocabulary_size, sequence_length, hidden_dim, **kwargs):
+    def __init__(self, vocabulary_size, sequence_length, hidden_dim, pad_id=0, **kwargs):
         super().__init__(**kwargs)
         for name, value in (
             ("vocabulary_size", vocabulary_size),
@@ -272,9 +275,15 @@ class TextEmbedding(keras.layers.Layer):
         ):
             if value < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={value}")
+        if not 0 <= pad_id < vocabulary_size:
+            raise ValueError(
+                f"`pad_id` must be an id of the vocabulary, in [0, {vocabulary_size}). "
+                f"Received: pad_id={pad_id}"
+            )
         self.vocabulary_size = vocabulary_size
         self.sequence_length = sequence_length
         self.hidden_dim = hidden_dim
+        self.pad_id = pad_id
         self.token_embedding = keras.layers.Embedding(
             vocabulary_size,
             hidden_dim,
@@ -309,7 +318,7 @@ class TextEmbedding(keras.layers.Layer):
     def call(self, token_ids):
         length = keras.ops.shape(token_ids)[1]
         tokens = self.token_embedding(token_ids) + self.position_embedding[:length]
-        return {"tokens": tokens, "mask": keras.ops.not_equal(token_ids, 0)}
+        return {"tokens": tokens, "mask": keras.ops.not_equal(token_ids, self.pad_id)}
 
     def compute_output_spec(self, token_ids):
         return {
@@ -324,6 +333,7 @@ class TextEmbedding(keras.layers.Layer):
                 "vocabulary_size": self.vocabulary_size,
                 "sequence_length": self.sequence_length,
                 "hidden_dim": self.hidden_dim,
+                "pad_id": self.pad_id,
             }
         )
         return config

@@ -108,6 +108,19 @@ def test_text_embedding_mask_is_nonzero_ids():
     np.testing.assert_array_equal(np.asarray(out["mask"]), [[True, False, False, False]])
 
 
+def test_text_embedding_masks_its_pad_id_and_saves_it_in_its_config():
+    # SigLIP presets pad with `</s>` (id 1 here), and id 0 is then a word.
+    layer = TextEmbedding(vocabulary_size=12, sequence_length=4, hidden_dim=8, pad_id=1)
+    out = layer(np.array([[0, 5, 1, 1]], "int32"))
+    np.testing.assert_array_equal(np.asarray(out["mask"]), [[True, True, False, False]])
+    assert TextEmbedding.from_config(layer.get_config()).pad_id == 1
+
+
+def test_text_embedding_refuses_a_pad_id_outside_the_vocabulary():
+    with pytest.raises(ValueError, match=r"in \[0, 12\). Received: pad_id=12"):
+        TextEmbedding(vocabulary_size=12, sequence_length=4, hidden_dim=8, pad_id=12)
+
+
 def test_text_embedding_rejects_too_long_input():
     layer = TextEmbedding(vocabulary_size=12, sequence_length=4, hidden_dim=8)
     with pytest.raises(ValueError, match="at most sequence_length=4.*Received: shape=\\(1, 6\\)"):
