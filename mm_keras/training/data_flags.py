@@ -96,24 +96,35 @@ def image_size(flag_values=flags.FLAGS):
     return size
 
 
-def decode_options(flag_values=flags.FLAGS):
+def decode_options(flag_values=flags.FLAGS, defaults=None):
     """What images and audio are decoded to, for `tower_tokenizers` and `Splits`:
     `image_size`, `num_channels`, `sample_rate`, `num_samples` and `num_frames` from their
     flags.
 
+    Args:
+        flag_values: the `absl.flags.FlagValues` that `define_data_flags` defined.
+        defaults: optional dict of some of those options, standing for the flags not given
+            on the command line (a pretrained tower's image size and channels).
+
     Example:
     >>> tokenizers = tower_tokenizers(("image", "text"), 64, 200, **decode_options())
     """
-    return {
+    options = {
         "image_size": image_size(flag_values),
         "num_channels": flag_values.num_channels,
         "sample_rate": flag_values.sample_rate,
         "num_samples": flag_values.num_samples,
         "num_frames": flag_values.num_frames,
     }
+    for name, value in (defaults or {}).items():
+        if not flag_values[name].present:
+            options[name] = value
+    return options
 
 
-def load_splits(modalities, label_aware=False, patch_size=8, flag_values=flags.FLAGS):
+def load_splits(
+    modalities, label_aware=False, patch_size=8, flag_values=flags.FLAGS, decode_defaults=None
+):
     """The embedded digits, or the data flags' files, checked before anything is built.
 
     First what costs nothing: the modalities, the flags' agreement, and whether towers
@@ -125,6 +136,9 @@ def load_splits(modalities, label_aware=False, patch_size=8, flag_values=flags.F
         label_aware: bool, whether training will need a label on every record.
         patch_size: int, the side of the towers' image patches.
         flag_values: the `absl.flags.FlagValues` that `define_data_flags` defined.
+        decode_defaults: optional dict of decode options for the flags not given (see
+            `decode_options`), such as a keras-hub preset's image size and 3 channels.
+            The digits take its `num_channels` only: they come at 32x32.
 
     Returns:
         A `Splits`.
@@ -148,13 +162,16 @@ def load_splits(modalities, label_aware=False, patch_size=8, flag_values=flags.F
             "--test_data; the embedded digits come decoded (32x32x1 images, 4000 samples at "
             f"8000 Hz). Received: {', '.join(given)} without data files"
         )
+    defaults = dict(decode_defaults or {}) if any(data_flags) else {}
     try:
-        tower_tokenizers(modalities, 1, 1, patch_size=patch_size, **decode_options(values))
+        options = decode_options(values, defaults)
+        tower_tokenizers(modalities, 1, 1, patch_size=patch_size, **options)
     except ValueError as error:
         flags_named = ", ".join(f"--{name}" for name in DECODE_FLAGS)
         raise app.UsageError(f"{flags_named}: towers cannot take these shapes. {error}") from None
     if not any(data_flags):
-        return Splits.digits(modalities)
+        channels = (decode_defaults or {}).get("num_channels", 1)
+        return Splits.digits(modalities, num_channels=channels)
     if not all(data_flags):
         raise app.UsageError(
             "--train_data, --validation_data and --test_data go together. Received: "
@@ -170,5 +187,5 @@ def load_splits(modalities, label_aware=False, patch_size=8, flag_values=flags.F
             class_names=values.class_names or None,
             prompt_templates=values.prompt_templates,
             label_aware=label_aware,
-            **decode_options(values),
+            **decode_options(values, defaults),
         )

@@ -165,21 +165,45 @@ class Splits:
     >>> test = splits.arrays("test")
     """
 
-    def __init__(self, modalities, captions, has_labels, label_aware, class_prompts, pipelines):
+    def __init__(
+        self, modalities, captions, has_labels, label_aware, class_prompts, pipelines,
+        digit_channels=1,
+    ):  # fmt: skip
         self.modalities = tuple(modalities)
         self.captions = captions
         self.has_labels = has_labels
         self.label_aware = label_aware
         self.class_prompts = class_prompts
         self._pipelines = pipelines
+        self._digit_channels = digit_channels
 
     @classmethod
-    def digits(cls, modalities):
-        """The embedded digits: items fit their digit, and every modality has a prompt."""
+    def digits(cls, modalities, num_channels=1):
+        """The embedded digits: items fit their digit, and every modality has a prompt.
+
+        Args:
+            modalities: the modalities to read.
+            num_channels: 1 (the digits' grayscale) or 3 (the gray repeated, for image
+                towers that take RGB, such as a keras-hub preset's).
+        """
+        if num_channels not in (1, 3):
+            raise ValueError(
+                "Expected num_channels=1 (grayscale) or 3 (RGB) for the digits. "
+                f"Received: num_channels={num_channels}"
+            )
         captions = []
         if "text" in modalities:
             captions = datasets.load_digits_arrays("train", ("text",))["text"].tolist()
-        return cls(modalities, captions, True, True, datasets.class_prompts(), None)
+        return cls(modalities, captions, True, True, datasets.class_prompts(), None, num_channels)
+
+    def _digits(self, split):
+        """One split of the embedded digits, unbatched, images at `num_channels`."""
+        dataset = datasets.load_digits(split, self.modalities)
+        if self._digit_channels == 1 or "image" not in self.modalities:
+            return dataset
+        return dataset.map(
+            lambda example: {**example, "image": tf.image.grayscale_to_rgb(example["image"])}
+        )
 
     @classmethod
     def from_files(
@@ -255,6 +279,14 @@ class Splits:
             prompts = [[t.format(name) for t in prompt_templates] for name in names]
         return cls(modalities, captions["train"], not unlabelled, False, prompts, pipelines)
 
+    @property
+    def image_shape(self):
+        """`(height, width, channels)` of the images (and video frames) the splits give."""
+        if self._pipelines is None:
+            return (*datasets.IMAGE_SHAPE[:2], self._digit_channels)
+        pipeline = self._pipelines["train"]
+        return (*pipeline.image_size, pipeline.num_channels)
+
     def text_tokenizer(self, vocabulary=None, vocabulary_size=200, sequence_length=12):
         """The run's text tokenizer: loaded from `vocabulary`, or learnt from the training
         captions; None without text.
@@ -311,7 +343,7 @@ class Splits:
 
         def from_digits(per_replica, context):
             pipelines = context.num_input_pipelines
-            dataset = datasets.load_digits(split, self.modalities)
+            dataset = self._digits(split)
             dataset = dataset.take(examples - examples % pipelines)  # equal shards
             dataset = dataset.shard(pipelines, context.input_pipeline_id)
             return make_batches(
@@ -365,7 +397,7 @@ class Splits:
             seed: optional int, the shuffle seed.
         """
         if self._pipelines is None:
-            examples = datasets.load_digits(split, self.modalities)
+            examples = self._digits(split)
             return make_batches(
                 examples, batch_size, tokenizer, shuffle=training, seed=seed, drop_remainder=True
             )
@@ -397,7 +429,10 @@ class Splits:
     def arrays(self, split):
         """A split as a dict of NumPy arrays, decoded (no augmentation), text as strings."""
         if self._pipelines is None:
-            return datasets.load_digits_arrays(split, self.modalities)
+            arrays = datasets.load_digits_arrays(split, self.modalities)
+            if "image" in arrays:
+                arrays["image"] = np.repeat(arrays["image"], self._digit_channels, axis=-1)
+            return arrays
         parts = list(self._pipelines[split].dataset(256).as_numpy_iterator())
         arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
         if "text" in arrays:

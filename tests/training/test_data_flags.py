@@ -46,6 +46,21 @@ def test_files_give_checked_splits_decoded_as_the_flags_say(tmp_path):
     assert splits.arrays("test")["image"].shape == (3, 8, 10, 1)
 
 
+def test_decode_defaults_stand_for_the_flags_not_given(tmp_path):
+    paths = write_dataset(tmp_path, sizes=(("train", 6), ("validation", 3), ("test", 3)))
+    data = [f"--{split}_data={path}" for split, path in paths.items()]
+    defaults = {"image_size": [16, 16], "num_channels": 3}
+    splits = load_splits(("image", "text"), flag_values=_parsed(*data), decode_defaults=defaults)
+    assert splits.image_shape == (16, 16, 3)
+    assert splits.arrays("test")["image"].shape == (3, 16, 16, 3)
+    given = _parsed(*data, "--image_size=8,8")
+    resized = load_splits(("image", "text"), flag_values=given, decode_defaults=defaults)
+    assert resized.image_shape == (8, 8, 3)
+    # The digits come at 32x32 and take the channels only.
+    digits = load_splits(("image", "text"), flag_values=_parsed(), decode_defaults=defaults)
+    assert digits.image_shape == (32, 32, 3)
+
+
 def _all_data(path):
     return [f"--{split}_data={path}" for split in ("train", "validation", "test")]
 
