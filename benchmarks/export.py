@@ -123,7 +123,7 @@ def saved_model_latencies(model):
     """SavedModel `embed_image_pixels` vs the Keras model, one image per call."""
     pixels = tf.constant(sample_inputs(model, "image", 1, seed=1))
     vocabulary = ["[PAD]", "[UNK]"] + [f"w{i}" for i in range(VOCABULARY_SIZE - 2)]
-    tokenizer = TextTokenizer(vocabulary, sequence_length=model.tokenizers["text"].sequence_length)
+    tokenizer = TextTokenizer(vocabulary, sequence_length=model.tower_input("text").sequence_length)
     with tempfile.TemporaryDirectory() as tmp:
         path, _ = export_saved_model(model, tokenizer, os.path.join(tmp, "m"))
         signature = tf.saved_model.load(path).signatures["embed_image_pixels"]

@@ -97,11 +97,11 @@ def decode_options(model, towers):
     """The `Pipeline` options that decode files as the towers take them."""
     options = {}
     for modality, kind in towers:
-        layer = model.tokenizers[modality]
+        tower = model.tower_input(modality)
         if kind == "image":
-            options.update(image_size=layer.image_size, num_channels=layer.num_channels)
+            options.update(image_size=tower.image_size, num_channels=tower.num_channels)
         elif kind == "audio":
-            options.update(sample_rate=layer.sample_rate, num_samples=layer.num_samples)
+            options.update(sample_rate=tower.sample_rate, num_samples=tower.num_samples)
     return options
 
 
@@ -205,7 +205,7 @@ def digits(model, towers):
     kinds = tuple(kind for _, kind in towers)
     train = datasets.load_digits_arrays("train", kinds)
     for modality, kind in towers:
-        expected = tuple(model.tokenizers[modality].default_input_shape[1:])
+        expected = model.tower_input(modality).shape
         if kind != "text" and train[kind].shape[1:] != expected:
             raise app.UsageError(
                 f"The model's {kind} tower takes inputs of shape {expected}; the embedded "
@@ -258,14 +258,16 @@ def main(argv):
     except ValueError as error:
         raise app.UsageError(f"--modalities: {error}") from None
     text = text_modality(towers)
-    tokenizer = None
-    if text is not None:
+    # A model over a keras-hub preset carries its own tokenizer; mm_keras's own models
+    # keep their vocabulary beside model.keras.
+    tokenizer = getattr(model, "text_tokenizer", None) if text is not None else None
+    if text is not None and tokenizer is None:
         vocabulary = FLAGS.vocabulary or os.path.join(model_dir, "vocabulary.txt")
         if not os.path.isfile(vocabulary):
             raise app.UsageError(
                 f"--vocabulary: expected a file. Received: {vocabulary!r}, which does not exist"
             )
-        tokenizer = TextTokenizer(vocabulary, model.tokenizers[text].sequence_length)
+        tokenizer = TextTokenizer(vocabulary, model.tower_input(text).sequence_length)
     if FLAGS.test_data or FLAGS.calibration_data or FLAGS.class_names:
         calibration, examples = own_data(model, towers)
     else:
@@ -283,7 +285,7 @@ def main(argv):
     audio = [m for m, kind in towers if kind == "audio"]
     write_warmup = warmup.writer(
         FLAGS.name,
-        sample_rate=model.tokenizers[audio[0]].sample_rate if audio else None,
+        sample_rate=model.tower_input(audio[0]).sample_rate if audio else None,
         **warmup_inputs,
     )
 

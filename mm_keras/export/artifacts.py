@@ -14,8 +14,10 @@ from mm_keras.export.saved_model import (
     served_towers,
     text_modality,
 )
+from mm_keras.models import PresetTextTokenizer
 
 MANIFEST_FILE = "manifest.json"
+PRESET_TOKENIZER_DIR = "text_preprocessor"
 
 
 def export_artifacts(
@@ -39,12 +41,14 @@ def export_artifacts(
 
         output_dir/saved_model/<name>/<version>/    TF Serving's versioned layout
         output_dir/tflite/<modality>_<mode>.tflite  one file per tower and mode
-        output_dir/tflite/vocabulary.txt            the text tokenizer's vocabulary
-        output_dir/tflite/text_tokenizer.py         pure-Python tokenizer for the text tower
+        output_dir/tflite/vocabulary.txt            WordPiece: the text tokenizer's vocabulary
+        output_dir/tflite/text_tokenizer.py         and a pure-Python tokenizer for it
+        output_dir/tflite/text_preprocessor/        a keras-hub preset's: its preprocessor
         output_dir/tflite/manifest.json             the SavedModel version they came from,
                                                     the towers and the files
 
-    A model without a text tower (image-audio) gets no vocabulary and no tokenizer.
+    A model without a text tower (image-audio) gets no tokenizer (see
+    `ship_text_tokenizer`).
 
     The SavedModel version appears first, then `tflite/` is replaced whole: until then the
     old TFLite files sit beside the new version, and `tflite/manifest.json` (written with
@@ -53,8 +57,10 @@ def export_artifacts(
     `mm_keras.export.staging`).
 
     Args:
-        model: a `DualEncoder` with two towers of different kinds: text, image or audio.
-        tokenizer: its `TextTokenizer`; None without a text tower.
+        model: a `DualEncoder` (or `KerasHubDualEncoder`) with two towers of different
+            kinds: text, image or audio.
+        tokenizer: its `TextTokenizer` (a preset model's: its `text_tokenizer`); None
+            without a text tower.
         output_dir: str, where everything is written.
         representative_inputs: dict modality → array of single tower inputs (uint8 images,
             float32 waveforms, int32 token ids) from the training data, to calibrate `int8`.
@@ -103,7 +109,7 @@ def export_artifacts(
             version,
             kinds,
             dict(limits[kind] for kind in kinds if kind in limits),
-            model.tokenizers[audio[0]].sample_rate if audio else None,
+            model.tower_input(audio[0]).sample_rate if audio else None,
         )
     }
 
@@ -113,12 +119,8 @@ def export_artifacts(
     staged = staging.make_directory("tflite", output_dir)
     try:
         files = [f"{m}_{mode}.tflite" for mode in modes for m, _ in towers]
-        vocabulary = None
         if text is not None:
-            vocabulary = os.path.join(tflite_dir, "vocabulary.txt")
-            tokenizer.save_vocabulary(os.path.join(staged, "vocabulary.txt"))
-            shutil.copyfile(wordpiece.__file__, os.path.join(staged, "text_tokenizer.py"))
-            files += ["vocabulary.txt", "text_tokenizer.py"]
+            files += ship_text_tokenizer(tokenizer, staged)
         with open(os.path.join(staged, MANIFEST_FILE), "w") as f:
             manifest = {"saved_model": name, "saved_model_version": version}
             manifest.update({"towers": dict(towers), "files": sorted(files)})
@@ -146,12 +148,40 @@ def export_artifacts(
         paths = {kind: os.path.join(tflite_dir, f"{m}_{mode}.tflite") for m, kind in towers}
         artifacts[f"tflite_{mode}"] = verify.tflite_artifact(
             paths,
-            vocabulary,
-            tokenizer.sequence_length if text is not None else None,
+            shipped_text_tokenizer(tokenizer, tflite_dir) if text is not None else None,
             saved_model_version=version,
             int8_ops=sorted(int8_ops) if mode == "int8" else None,
         )
     return artifacts
+
+
+def ship_text_tokenizer(tokenizer, directory):
+    """Writes what an app needs to tokenize for the TFLite text tower; returns the names.
+
+    WordPiece: `vocabulary.txt` and `text_tokenizer.py`, a pure-Python tokenizer. A
+    keras-hub preset's tokenizer: `text_preprocessor/`, the preset's preprocessor
+    (configuration and tokenizer assets: CLIP's vocabulary and merges, SigLIP's
+    SentencePiece model) as keras-hub saves it, which `Preprocessor.from_preset` or the
+    Hugging Face and SentencePiece libraries read.
+    """
+    if isinstance(tokenizer, PresetTextTokenizer):
+        tokenizer.preprocessor.save_to_preset(os.path.join(directory, PRESET_TOKENIZER_DIR))
+        return [PRESET_TOKENIZER_DIR]
+    tokenizer.save_vocabulary(os.path.join(directory, "vocabulary.txt"))
+    shutil.copyfile(wordpiece.__file__, os.path.join(directory, "text_tokenizer.py"))
+    return ["vocabulary.txt", "text_tokenizer.py"]
+
+
+def shipped_text_tokenizer(tokenizer, directory):
+    """The tokenizer `ship_text_tokenizer` wrote to `directory`, as strings → ids `[N, L]`."""
+    if isinstance(tokenizer, PresetTextTokenizer):
+        shipped = type(tokenizer.preprocessor).from_preset(
+            os.path.join(directory, PRESET_TOKENIZER_DIR)
+        )
+        return lambda texts: PresetTextTokenizer(shipped)(texts)["token_ids"]
+    return wordpiece.WordPieceTokenizer(
+        os.path.join(directory, "vocabulary.txt"), tokenizer.sequence_length
+    )
 
 
 def _replace_directory(new, target):

@@ -11,12 +11,8 @@ from mm_keras.data.decode import wav_is_valid
 from mm_keras.export import ops as graph_ops
 from mm_keras.export import staging
 from mm_keras.export.serving_tokenizer import ServingWordPiece
-from mm_keras.tokenizers import (
-    AudioSpectrogramTokenizer,
-    ImagePatchTokenizer,
-    TextEmbedding,
-    TextTokenizer,
-)
+from mm_keras.models import PresetTextTokenizer
+from mm_keras.tokenizers import TextTokenizer
 
 VOCABULARY_FILE = "vocabulary.txt"
 
@@ -41,13 +37,8 @@ DEFAULT_MAX_AUDIO_BYTES = 2**24
 # Float waveforms sent to the SavedModel: [-1, 1], or 16-bit-integer-scaled, with room.
 MAX_SAMPLE_MAGNITUDE = 1e6
 
-# The kind of tower each input layer makes; an export serves two kinds in `KIND_ORDER`:
-# `serving_default` takes (and `logits` are rows by columns of) the first, then the second.
-TOWER_KINDS = {
-    ImagePatchTokenizer: "image",
-    AudioSpectrogramTokenizer: "audio",
-    TextEmbedding: "text",
-}
+# An export serves two kinds of tower in this order: `serving_default` takes (and
+# `logits` are rows by columns of) the first, then the second.
 KIND_ORDER = ("image", "audio", "text")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -279,13 +270,13 @@ def decode_audio_clips(encoded, sample_rate, num_samples, max_audio_bytes=DEFAUL
 def served_towers(model, modalities=None):
     """The two towers an export serves, as `[(modality, kind), (modality, kind)]`.
 
-    Kinds are `"image"` (an `ImagePatchTokenizer` tower), `"audio"`
-    (`AudioSpectrogramTokenizer`) and `"text"` (`TextEmbedding`), two different ones, in
-    the order image, audio, text: the order of `serving_default`'s inputs and of its
-    `logits`' rows and columns.
+    Kinds are those of the model's `tower_input` (`"image"`, `"audio"`, `"text"`; see
+    `mm_keras.models.TowerInput`), two different ones, in the order image, audio, text:
+    the order of `serving_default`'s inputs and of its `logits`' rows and columns.
 
     Args:
-        model: a `DualEncoder`.
+        model: a `DualEncoder`, `KerasHubDualEncoder` or any model with `modalities` and
+            `tower_input(modality)`.
         modalities: optional pair of the model's modalities to serve; default: all of its
             towers, which must then be two.
 
@@ -293,21 +284,23 @@ def served_towers(model, modalities=None):
     >>> served_towers(model)  # an image-audio dual encoder
     [('image', 'image'), ('audio', 'audio')]
     """
-    towers = {
-        m: model.tokenizers[m] for m in modalities or model.modalities if m in model.tokenizers
-    }
-    kinds = {m: TOWER_KINDS.get(type(layer)) for m, layer in towers.items()}
+    if modalities is not None and not set(modalities) <= set(model.modalities):
+        raise ValueError(
+            f"Expected modalities among the model's {tuple(model.modalities)}. "
+            f"Received: modalities={modalities}"
+        )
+    towers = {m: model.tower_input(m) for m in modalities or model.modalities}
+    kinds = {m: tower.kind for m, tower in towers.items() if tower is not None}
     if (
-        len(towers) != 2
-        or None in kinds.values()
+        len(kinds) != 2
+        or len(towers) != 2
         or len(set(kinds.values())) != 2
         or (modalities is not None and len(set(modalities)) != 2)
     ):
-        received = {m: type(t).__name__ for m, t in model.tokenizers.items()}
+        received = {m: tower and tower.kind for m, tower in towers.items()}
         raise ValueError(
-            "Expected two towers to serve, of two different kinds among TextEmbedding, "
-            "ImagePatchTokenizer and AudioSpectrogramTokenizer. Received: "
-            f"modalities={modalities}, towers {received}"
+            "Expected two towers to serve, of two different kinds among text, image and "
+            f"audio. Received: modalities={modalities}, towers {received}"
         )
     return sorted(kinds.items(), key=lambda item: KIND_ORDER.index(item[1]))
 
@@ -330,26 +323,54 @@ def check_tokenizer_fits(model, text, tokenizer):
             )
         return
     check_exportable_tokenizer(tokenizer)
-    if tokenizer.sequence_length > model.tokenizers[text].sequence_length:
+    tower_length = model.tower_input(text).sequence_length
+    if tokenizer.sequence_length > tower_length:
         raise ValueError(
             "The tokenizer's sequence_length must fit the text tower. Received: "
             f"tokenizer sequence_length={tokenizer.sequence_length}, tower "
-            f"sequence_length={model.tokenizers[text].sequence_length}"
+            f"sequence_length={tower_length}"
         )
 
 
 def check_exportable_tokenizer(tokenizer):
-    """The serving and on-device tokenizers re-implement `lowercase=True` WordPiece only."""
+    """Raises unless a serving graph can reproduce `tokenizer` in core ops (see below)."""
+    if isinstance(tokenizer, PresetTextTokenizer):
+        return
     if not isinstance(tokenizer, TextTokenizer):
         raise ValueError(
-            "Expected the WordPiece TextTokenizer: the serving graph and the on-device "
-            f"tokenizer reproduce WordPiece only. Received: {type(tokenizer).__name__}"
+            "Expected the WordPiece TextTokenizer or a preset's PresetTextTokenizer: the "
+            "serving graph and the on-device tokenizer reproduce those only. Received: "
+            f"{type(tokenizer).__name__}"
         )
     if not tokenizer.lowercase:
         raise ValueError(
             "Expected a TextTokenizer with lowercase=True: the serving graph and the "
             "on-device tokenizer reproduce that WordPiece only. Received: lowercase=False"
         )
+
+
+def serving_text_tokenizer(tokenizer, scratch_dir):
+    """The core-ops module that tokenizes strings in the serving graph as `tokenizer` does.
+
+    `ServingWordPiece` for a `TextTokenizer` (its vocabulary written to `scratch_dir`, then
+    an asset of the SavedModel); for a keras-hub preset's `PresetTextTokenizer`,
+    `ServingBytePair` (CLIP) or `ServingSentencePiece` (SigLIP), which carry their
+    vocabulary in lookup tables.
+    """
+    check_exportable_tokenizer(tokenizer)
+    if isinstance(tokenizer, PresetTextTokenizer):
+        import keras_hub  # XXX move to top when helpers land
+
+        if isinstance(tokenizer.preprocessor, keras_hub.models.CLIPPreprocessor):
+            from mm_keras.export.serving_byte_pair import ServingBytePair
+
+            return ServingBytePair(tokenizer.preprocessor)
+        from mm_keras.export.serving_sentence_piece import ServingSentencePiece
+
+        return ServingSentencePiece(tokenizer.preprocessor)
+    vocabulary = os.path.join(scratch_dir, VOCABULARY_FILE)
+    tokenizer.save_vocabulary(vocabulary)
+    return ServingWordPiece(vocabulary, tokenizer.sequence_length)
 
 
 def build_archive(
@@ -447,21 +468,20 @@ def _add_tower_endpoints(
         )
         return embed_text
 
-    layer = model.tokenizers[modality]
+    tower = model.tower_input(modality)
+    array_shape = [None, *tower.shape]
     if kind == "image":
         array_endpoint, array_input, array_dtype = "embed_image_pixels", "pixels", tf.uint8
-        array_shape = [None, *layer.image_size, layer.num_channels]
 
         def decode(encoded):
-            return decode_images(encoded, layer.image_size, layer.num_channels, max_image_pixels)
+            return decode_images(encoded, tower.image_size, tower.num_channels, max_image_pixels)
 
     else:
         array_endpoint, array_input, array_dtype = "embed_audio_samples", "samples", tf.float32
-        array_shape = [None, layer.num_samples]
 
         def decode(encoded):
             return decode_audio_clips(
-                encoded, layer.sample_rate, layer.num_samples, max_audio_bytes
+                encoded, tower.sample_rate, tower.num_samples, max_audio_bytes
             )
 
     def embed_array(array):
@@ -570,9 +590,7 @@ def export_saved_model(
         with tempfile.TemporaryDirectory() as scratch:
             serving_tokenizer = None
             if text is not None:
-                vocabulary = os.path.join(scratch, VOCABULARY_FILE)
-                tokenizer.save_vocabulary(vocabulary)
-                serving_tokenizer = ServingWordPiece(vocabulary, tokenizer.sequence_length)
+                serving_tokenizer = serving_text_tokenizer(tokenizer, scratch)
             archive = build_archive(
                 model, serving_tokenizer, max_image_pixels, max_audio_bytes, modalities
             )

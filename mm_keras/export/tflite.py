@@ -10,8 +10,6 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from mm_keras.tokenizers import AudioSpectrogramTokenizer, ImagePatchTokenizer, TextEmbedding
-
 MODES = ("float32", "dynamic", "float16", "int8")
 
 # In "int8" mode only these run in int8: the weight-carrying matmuls and the embedding
@@ -29,21 +27,14 @@ _LOG = schema.BuiltinOperator.LOG
 
 def tower_input_spec(model, modality, batch_size=1):
     """The fixed-shape input a tower's TFLite file takes: uint8 pixels, int32 token ids or
-    float32 waveforms."""
-    layer = model.tokenizers[modality]
-    if isinstance(layer, ImagePatchTokenizer):
-        dtype = tf.uint8
-    elif isinstance(layer, TextEmbedding):
-        dtype = tf.int32
-    elif isinstance(layer, AudioSpectrogramTokenizer):
-        dtype = tf.float32
-    else:
+    float32 waveforms (see `mm_keras.models.TowerInput`)."""
+    tower = model.tower_input(modality)
+    if tower is None:
         raise ValueError(
-            "Expected a tower built on ImagePatchTokenizer, TextEmbedding or "
-            "AudioSpectrogramTokenizer. "
-            f"Received: {modality!r} uses {type(layer).__name__}"
+            "Expected a text, image or audio tower. "
+            f"Received: {modality!r}, which reports no tower input"
         )
-    return tf.TensorSpec((batch_size, *layer.default_input_shape[1:]), dtype, name=modality)
+    return tf.TensorSpec((batch_size, *tower.shape), tower.dtype, name=modality)
 
 
 def tflite_ops(tflite_model):
@@ -109,10 +100,12 @@ def convert_tower(model, modality, mode="float32", representative_inputs=None, a
     if mode == "int8" and representative_inputs is None:
         raise ValueError("`int8` mode calibrates on `representative_inputs`. Received: None")
     spec = tower_input_spec(model, modality)
-    audio = isinstance(model.tokenizers[modality], AudioSpectrogramTokenizer)
+    audio = model.tower_input(modality).kind == "audio"
     with tempfile.TemporaryDirectory() as saved_model_dir:
+        # The endpoint tracks the variables it uses; tracking the whole model would also
+        # bring in resources it holds for other uses (a preset's tokenizer tables), whose
+        # initializers TFLite's builtins cannot run.
         archive = keras.export.ExportArchive()
-        archive.track(model)
         archive.add_endpoint("embed", lambda x: {"embedding": model.embed(modality, x)}, [spec])
         archive.write_out(saved_model_dir, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, ["embed"])

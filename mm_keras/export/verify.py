@@ -30,7 +30,6 @@ from mm_keras.eval import prompt_ensemble, recall_at_k, zero_shot_accuracy
 from mm_keras.export.ops import saved_model_ops
 from mm_keras.export.saved_model import served_towers
 from mm_keras.export.tflite import tflite_ops
-from mm_keras.export.wordpiece import WordPieceTokenizer
 
 ZERO_SHOT = "zero_shot"
 EXACT_PAIR_RECALL = "exact_pair_recall"
@@ -113,19 +112,18 @@ class TFLiteRunner:
 
     Args:
         paths: dict kind → path, two of `"image"`, `"audio"` and `"text"`.
-        vocabulary_path: the vocabulary shipped beside a text tower; None without one.
-        sequence_length: int, the text tokenizer's; None without a text tower.
+        text_tokenizer: with a text tower, a callable list of strings → int32 token ids
+            `[N, L]`: the tokenizer shipped beside the files; None without one.
     """
 
-    def __init__(self, paths, vocabulary_path=None, sequence_length=None):
+    def __init__(self, paths, text_tokenizer=None):
         self.kinds = tuple(paths)
         self.interpreters = {}
         for kind, path in paths.items():
             interpreter = Interpreter(model_path=path, num_threads=1)
             interpreter.allocate_tensors()
             self.interpreters[kind] = interpreter
-        if "text" in paths:
-            self.tokenizer = WordPieceTokenizer(vocabulary_path, sequence_length)
+        self.tokenizer = text_tokenizer
 
     def _run(self, kind, example):
         interpreter = self.interpreters[kind]
@@ -142,7 +140,7 @@ class TFLiteRunner:
 
     def embed(self, kind, encoded):
         if kind == "text":
-            encoded = self.tokenizer(encoded)
+            encoded = np.asarray(self.tokenizer(encoded))
         return np.stack([self._run(kind, example) for example in encoded])
 
 
@@ -294,7 +292,7 @@ def saved_model_artifact(
     }
 
 
-def tflite_artifact(paths, vocabulary_path, sequence_length, saved_model_version, int8_ops=None):
+def tflite_artifact(paths, text_tokenizer, saved_model_version, int8_ops=None):
     """The report entry inputs of a pair of tower files (`{kind: path}`, see `TFLiteRunner`).
 
     `saved_model_version` is the SavedModel version exported with them, which the report
@@ -305,7 +303,7 @@ def tflite_artifact(paths, vocabulary_path, sequence_length, saved_model_version
         with open(path, "rb") as f:
             ops.update(tflite_ops(f.read()))
     artifact = {
-        "runner": TFLiteRunner(paths, vocabulary_path, sequence_length),
+        "runner": TFLiteRunner(paths, text_tokenizer),
         "size_bytes": sum(os.path.getsize(p) for p in paths.values()),
         "ops": sorted(ops),
         "files": {m: os.path.basename(p) for m, p in paths.items()},

@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from mm_keras.models.dual_encoder import MAX_LOGIT_SCALE
-from mm_keras.models.towers import TowersMixin, check_modality_inputs, l2_normalize
+from mm_keras.models.towers import TowerInput, TowersMixin, check_modality_inputs, l2_normalize
 
 # Backbone class → the preprocessor class whose preset files (tokenizer, image converter)
 # come with it; `keras_hub.models.Preprocessor.from_preset` refuses to pick one itself.
@@ -157,6 +157,8 @@ class KerasHubDualEncoder(TowersMixin, keras.Model):
         self.preprocessor = preprocessor
         self.modalities = ("image", "text")
         self.is_clip = isinstance(backbone, keras_hub.models.CLIPBackbone)
+        # The backbone is a functional model, built when constructed or loaded.
+        self.built = True
 
     @classmethod
     def from_preset(cls, preset, **kwargs):
@@ -183,11 +185,19 @@ class KerasHubDualEncoder(TowersMixin, keras.Model):
 
     @property
     def input_shapes(self):
-        """Raw input shapes: pixels at the vision encoder's size, ids at the preset's length."""
-        return {
-            "image": (None, *self.backbone.vision_encoder.image_shape),
-            "text": (None, self.preprocessor.sequence_length),
-        }
+        """Raw input shapes, `{modality: (None, ...)}`, from `tower_input`."""
+        return {m: (None, *self.tower_input(m).shape) for m in self.modalities}
+
+    def tower_input(self, modality):
+        """Pixels at the vision encoder's size and channels; ids at the preset's length."""
+        if modality == "image":
+            *image_size, num_channels = self.backbone.vision_encoder.image_shape
+            return TowerInput("image", image_size=tuple(image_size), num_channels=num_channels)
+        if modality == "text":
+            return TowerInput("text", sequence_length=self.preprocessor.sequence_length)
+        raise ValueError(
+            f"Expected a modality in {self.modalities}. Received: modality={modality!r}"
+        )
 
     @property
     def projection_dim(self):
@@ -224,7 +234,6 @@ class KerasHubDualEncoder(TowersMixin, keras.Model):
         return ops.convert_to_tensor(self._head.logit_bias)
 
     def build(self, input_shape=None):
-        # The backbone is a functional model, built when constructed or loaded.
         self.built = True
 
     def embed(self, modality, inputs, training=None):

@@ -1,9 +1,12 @@
 """What models made of per-modality towers share: input checks, input shapes, building."""
 
+import dataclasses
+
 import keras
 from keras import ops
 
 from mm_keras.data.mixing import present_key
+from mm_keras.tokenizers import AudioSpectrogramTokenizer, ImagePatchTokenizer, TextEmbedding
 
 _NON_MODALITY_KEYS = ("label",)
 
@@ -70,8 +73,59 @@ def build_tower(tokenizer, encoder, shape):
     return tuple(spec["tokens"].shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class TowerInput:
+    """The raw input one tower takes, as exports and data pipelines need to know it.
+
+    The contract between a model and everything that feeds it outside Keras (the export's
+    signatures and TFLite files, its file decoding), so that a tower need not be built on
+    mm_keras's own tokenizers: any model reporting its towers this way (`tower_input`)
+    exports like a `DualEncoder`.
+
+    Attributes:
+        kind: `"image"` (uint8 pixels `[H, W, C]`), `"audio"` (float32 waveforms in [-1, 1]
+            `[num_samples]` at `sample_rate`) or `"text"` (int32 token ids
+            `[sequence_length]`).
+        shape: one example's shape, from the fields below.
+    """
+
+    kind: str
+    image_size: tuple = None
+    num_channels: int = None
+    sample_rate: int = None
+    num_samples: int = None
+    sequence_length: int = None
+
+    @property
+    def shape(self):
+        if self.kind == "image":
+            return (*self.image_size, self.num_channels)
+        return (self.num_samples if self.kind == "audio" else self.sequence_length,)
+
+    @property
+    def dtype(self):
+        return {"image": "uint8", "audio": "float32", "text": "int32"}[self.kind]
+
+
+def tokenizer_tower_input(layer):
+    """The `TowerInput` of a tower built on an mm_keras tokenizer layer; None for others."""
+    if isinstance(layer, ImagePatchTokenizer):
+        return TowerInput(
+            "image", image_size=tuple(layer.image_size), num_channels=layer.num_channels
+        )
+    if isinstance(layer, AudioSpectrogramTokenizer):
+        return TowerInput("audio", sample_rate=layer.sample_rate, num_samples=layer.num_samples)
+    if isinstance(layer, TextEmbedding):
+        return TowerInput("text", sequence_length=layer.sequence_length)
+    return None
+
+
 class TowersMixin:
     """Input shapes and build config of a model with a `tokenizers` dict over `modalities`."""
+
+    def tower_input(self, modality):
+        """The `TowerInput` of a modality's tower; None for one no export serves (video)."""
+        return tokenizer_tower_input(self.tokenizers[modality])
 
     @property
     def input_shapes(self):
