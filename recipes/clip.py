@@ -8,6 +8,7 @@
     TF_CONFIG='{"cluster": {...}, "task": {...}}' python recipes/clip.py --strategy=multi_worker
     python recipes/clip.py --train_data=train.jsonl --validation_data=validation.jsonl \
         --test_data=test.jsonl --modalities=audio,text --class_names=classes.txt
+    python recipes/clip.py --preset=siglip_base_dir --epochs=2 --output_dir=runs/siglip_preset
 
 Trains two small Transformer towers (width 64, 2 layers) with `ContrastiveTrainer.fit`:
 images as 8x8-pixel patches, text as WordPiece tokens, audio (the digit's DTMF tones) as
@@ -26,6 +27,17 @@ the training captions, or loaded with `--vocabulary`. Evaluation then fits the d
 exact-pair recall (a hit is the query's own partner) unless `--label_aware`, and zero-shot
 accuracy from `--class_names` and `--prompt_templates` when the records have labels.
 `metrics.json`'s `recall_kind` says which recall it holds.
+
+With `--preset` (a keras-hub CLIP or SigLIP preset directory or handle), the run fine-tunes
+that pretrained model instead (`DualEncoder.from_preset`, a `KerasHubDualEncoder`), with
+the CLIP loss for CLIP and, by default, the SigLIP loss for SigLIP (which keeps its
+learned bias), at a peak learning rate of 1e-5. Text goes through the preset's own
+tokenizer, images in 3 channels (the digits' gray repeated; files decoded at the preset's
+image size unless `--image_size` says otherwise), resized by the preset's image converter
+inside the model. The flags that shape mm_keras's own towers are refused with it. The run
+writes what it writes otherwise, without `vocabulary.txt` (the tokenizer is saved in
+`model.keras`), and the fine-tuned model as a keras-hub preset in `output_dir/preset/`,
+which `from_preset` here or in keras-hub loads (and `recipes/distill.py --preset` distils).
 
 Under `--strategy`, every replica contrasts its examples against the whole global batch
 (`--batch_size` examples per step over all replicas) and each worker reads its own shard
@@ -58,12 +70,13 @@ from absl import app, flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import keras_hub  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from mm_keras.callbacks import RunLockedError  # noqa: E402
 from mm_keras.distribute import STRATEGIES, get_strategy, split_cpu, worker_path  # noqa: E402
 from mm_keras.encoders import TransformerEncoder  # noqa: E402
-from mm_keras.models import DualEncoder  # noqa: E402
+from mm_keras.models import DualEncoder, PresetTextTokenizer  # noqa: E402
 from mm_keras.training import (  # noqa: E402
     RunDirectory,
     audio_augmentation,
@@ -84,9 +97,16 @@ flags.DEFINE_list("modalities", ["image", "text"], "The two modalities to align.
 define_data_flags()
 flags.DEFINE_integer("epochs", 30, "Training epochs.")
 flags.DEFINE_integer("batch_size", 64, "Examples per batch.")
-flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate of the warm-up/cosine schedule.")
+flags.DEFINE_string("preset", "", "A keras-hub CLIP or SigLIP preset to fine-tune (a directory).")
+flags.DEFINE_float(
+    "learning_rate",
+    None,
+    "Peak learning rate of the warm-up/cosine schedule (default: 2e-3; 1e-5 with --preset).",
+)
 flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay.")
-flags.DEFINE_enum("loss", "clip", ["clip", "siglip"], "Contrastive loss.")
+flags.DEFINE_enum(
+    "loss", None, ["clip", "siglip"], "Contrastive loss (default: clip; siglip for SigLIP presets)."
+)
 flags.DEFINE_bool(
     "label_aware",
     None,
@@ -119,7 +139,7 @@ flags.DEFINE_string(
 )
 
 
-def build_model(modalities, vocabulary_size):
+def build_model(modalities, vocabulary_size, loss):
     def encoder():
         return TransformerEncoder(FLAGS.num_layers, FLAGS.num_heads, 2 * FLAGS.hidden_dim)
 
@@ -135,16 +155,81 @@ def build_model(modalities, vocabulary_size):
         **decode_options(),
     )
     # Initial temperature of each paper: CLIP t = 1/0.07; SigLIP t = 10 with bias -10.
-    scale = 10.0 if FLAGS.loss == "siglip" else 1.0 / 0.07
+    scale = 10.0 if loss == "siglip" else 1.0 / 0.07
     return DualEncoder(tokenizers, encoders, FLAGS.projection_dim, logit_scale_init=scale)
 
 
-def train_and_report(strategy, run, splits):
+# Flags of mm_keras's own towers and text tokenizer: a preset brings its own.
+TOWER_FLAGS = (
+    "shared_encoder", "hidden_dim", "num_layers", "num_heads", "projection_dim", "patch_size",
+    "vocabulary", "vocabulary_size", "sequence_length", "audio_augment",
+)  # fmt: skip
+
+
+def load_preset_tokenizer():
+    """The `--preset`'s text tokenizer, with the flags checked against it.
+
+    Loads the preset's preprocessor only (tokenizer and image converter, no weights): the
+    model itself is loaded in the strategy's scope. keras-hub's CLIP and SigLIP
+    preprocessors subclass `CausalLMPreprocessor`, whose `from_preset` picks the class
+    the preset's backbone names.
+
+    Returns:
+        `(PresetTextTokenizer, loss, decode defaults)`.
+    """
+    given = [f"--{name}" for name in TOWER_FLAGS if FLAGS[name].present]
+    if given:
+        raise app.UsageError(
+            f"{', '.join(given)} shape mm_keras's own towers; a --preset brings its towers "
+            f"and tokenizer. Received: --preset={FLAGS.preset} with {', '.join(given)}"
+        )
+    if tuple(FLAGS.modalities) != ("image", "text"):
+        raise app.UsageError(
+            "--preset: a CLIP or SigLIP preset aligns --modalities=image,text. "
+            f"Received: --modalities={','.join(FLAGS.modalities)}"
+        )
+    if FLAGS["num_channels"].present and FLAGS.num_channels != 3:
+        raise app.UsageError(
+            "--num_channels: a preset's image tower takes 3 channels (grayscale files are "
+            f"decoded to 3). Received: --num_channels={FLAGS.num_channels} with --preset"
+        )
+    with usage_errors():
+        try:
+            preprocessor = keras_hub.models.CausalLMPreprocessor.from_preset(FLAGS.preset)
+            tokenizer = PresetTextTokenizer(preprocessor)
+        except (ValueError, FileNotFoundError) as error:
+            raise ValueError(f"--preset: {error}") from None
+    is_clip = isinstance(preprocessor, keras_hub.models.CLIPPreprocessor)
+    if is_clip and FLAGS.loss == "siglip":
+        raise app.UsageError(
+            "--loss=siglip needs a logit bias, which a CLIP preset has not. "
+            f"Received: --preset={FLAGS.preset} (CLIP) with --loss=siglip"
+        )
+    loss = FLAGS.loss or ("clip" if is_clip else "siglip")
+    image_size = list(preprocessor.image_converter.image_size)
+    return tokenizer, loss, {"image_size": image_size, "num_channels": 3}
+
+
+def train_and_report(strategy, run, splits, preset_tokenizer=None, loss="clip"):
     """Trains, evaluates and writes the run while it holds the run directory."""
     modalities = splits.modalities
-    tokenizer = splits.text_tokenizer(
-        FLAGS.vocabulary, FLAGS.vocabulary_size, FLAGS.sequence_length
-    )
+    if FLAGS.preset:
+        tokenizer = preset_tokenizer
+        learning_rate = 1e-5 if FLAGS.learning_rate is None else FLAGS.learning_rate
+
+        def build():
+            return DualEncoder.from_preset(FLAGS.preset)
+
+    else:
+        tokenizer = splits.text_tokenizer(
+            FLAGS.vocabulary, FLAGS.vocabulary_size, FLAGS.sequence_length
+        )
+        vocabulary_size = tokenizer.vocabulary_size if tokenizer else 0
+        learning_rate = 2e-3 if FLAGS.learning_rate is None else FLAGS.learning_rate
+
+        def build():
+            return build_model(modalities, vocabulary_size, loss)
+
     augment = None
     if FLAGS.audio_augment and "audio" in modalities:
         augment = audio_augmentation(FLAGS.seed, max_shift=FLAGS.sample_rate // 10)
@@ -152,19 +237,20 @@ def train_and_report(strategy, run, splits):
         batches = splits.fit_batches(
             strategy, FLAGS.batch_size, tokenizer, FLAGS.seed, FLAGS.data_service or None, augment
         )
-    vocabulary_size = tokenizer.vocabulary_size if tokenizer else 0
     model, fitted = fit_dual_encoder(
         run,
         strategy,
-        lambda: build_model(modalities, vocabulary_size),
+        build,
         batches,
         FLAGS.epochs,
-        FLAGS.learning_rate,
+        learning_rate,
         FLAGS.weight_decay,
-        FLAGS.loss,
+        loss,
         label_aware=splits.label_aware if FLAGS.label_aware is None else FLAGS.label_aware,
         extra_callbacks=splits.callbacks(),
     )
+    if FLAGS.preset:
+        model.save_to_preset(run.file("preset"))
     return finish_dual_encoder_run(
         run,
         model,
@@ -184,14 +270,20 @@ def main(argv):
     # The strategy next: a multi-worker one configures collectives, which must come before
     # any TensorFlow op (the data checks run some).
     strategy = get_strategy(FLAGS.strategy, devices=devices)
-    splits = load_splits(tuple(FLAGS.modalities), bool(FLAGS.label_aware), FLAGS.patch_size)
+    preset_tokenizer, loss, decode_defaults = None, FLAGS.loss or "clip", None
+    patch_size = FLAGS.patch_size
+    if FLAGS.preset:
+        preset_tokenizer, loss, decode_defaults = load_preset_tokenizer()
+        patch_size = 1  # the preset's image converter resizes any image inside the model
+    modalities, label_aware = tuple(FLAGS.modalities), bool(FLAGS.label_aware)
+    splits = load_splits(modalities, label_aware, patch_size, decode_defaults=decode_defaults)
     tf.get_logger().setLevel("ERROR")  # evaluation retraces `predict` per input structure
     keras.utils.set_random_seed(FLAGS.seed)
     keras.config.set_dtype_policy(FLAGS.dtype_policy)
     run = RunDirectory(worker_path(strategy, FLAGS.output_dir), FLAGS.backup_every_steps)
     try:
         with run.lock():
-            train_and_report(strategy, run, splits)
+            train_and_report(strategy, run, splits, preset_tokenizer, loss)
     except RunLockedError as error:
         sys.exit(f"{sys.argv[0]}: {error}")
 

@@ -28,7 +28,8 @@ def finish_dual_encoder_run(
         fitted: the dict `RunDirectory.fit` returned.
         batch_size: int, examples per training step over all replicas.
         tokenizer: the text tokenizer, when text is a modality; saved as
-            `vocabulary.txt`.
+            `vocabulary.txt` when it has a vocabulary file of its own (a keras-hub
+            preset's tokenizer is saved in `model.keras`, with the model's preprocessor).
         label_aware: bool, label-aware recall instead of exact-pair.
         replicas: int, replicas the model trained on.
         extra_metrics: optional callable `(reloaded model, test inputs) -> dict` of more
@@ -49,7 +50,7 @@ def finish_dual_encoder_run(
     reloaded, reload_error = run.save_model(
         model, check_inputs={m: inputs[m][:64] for m in modalities}
     )
-    if tokenizer is not None:
+    if hasattr(tokenizer, "save_vocabulary"):
         tokenizer.save_vocabulary(run.file("vocabulary.txt"))
     metrics = evaluate_dual_encoder(
         reloaded,
