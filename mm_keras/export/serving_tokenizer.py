@@ -35,14 +35,18 @@ _KEPT = (
 _NOT_AN_EXCEPTION = "\uffff"  # a noncharacter: no character folds to it
 
 
-@functools.lru_cache(maxsize=1)
-def fold_exceptions():
-    """(characters, their NFKC case folding) where that differs from `tf.strings.lower`."""
+@functools.lru_cache(maxsize=None)
+def fold_exceptions(fold=casefold):
+    """(characters, `fold` of them) where that differs from `tf.strings.lower`.
+
+    Args:
+        fold: a function of one character to a string; by default NFKC case folding.
+    """
     chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
     lowered = tf.strings.lower(tf.constant(chars), encoding="utf-8").numpy()
     keys, values = [], []
     for char, lower in zip(chars, lowered):
-        folded = casefold(char)
+        folded = fold(char)
         if folded.encode("utf-8") != lower:
             keys.append(char)
             values.append(folded)
