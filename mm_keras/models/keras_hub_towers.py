@@ -164,6 +164,10 @@ class KerasHubDualEncoder(TowersMixin, keras.Model):
     def from_preset(cls, preset, **kwargs):
         """Loads a CLIP or SigLIP backbone and its preprocessor from a keras-hub preset.
 
+        A preset from someone else is untrusted input: its configuration is deserialized
+        in Keras's safe mode, which refuses content that would run code when loaded (a
+        Python lambda), unless `keras.config.enable_unsafe_deserialization()` was called.
+
         Args:
             preset: a preset directory (`config.json`, `model.weights.h5`, tokenizer and
                 image converter files) or a keras-hub handle.

@@ -1,3 +1,6 @@
+import json
+import shutil
+
 import keras
 import keras_hub
 import numpy as np
@@ -5,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from mm_keras.eval import evaluate_dual_encoder
-from mm_keras.models import KerasHubDualEncoder, PresetTextTokenizer
+from mm_keras.models import DualEncoder, KerasHubDualEncoder, PresetTextTokenizer
 from mm_keras.trainers import ContrastiveTrainer
 from tests.keras_hub_presets import (
     ADVERSARIAL,
@@ -118,6 +121,10 @@ def test_save_to_preset_round_trip_gives_identical_embeddings(preset, tmp_path):
     images = random_images()
     expected = _embed(model, images, CAPTIONS)
     model.save_to_preset(str(tmp_path))
+    # keras-hub's layout, which `keras_hub.upload_preset` uploads.
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "metadata.json", "model.weights.h5", "preprocessor.json"} <= files
+    assert {"tokenizer.json", "image_converter.json", "assets"} <= files
     received = _embed(KerasHubDualEncoder.from_preset(str(tmp_path)), images, CAPTIONS)
     for modality in ("image", "text"):
         np.testing.assert_array_equal(received[modality], expected[modality])
@@ -129,3 +136,18 @@ def test_refuses_a_backbone_other_than_clip_or_siglip(clip_path):
         KerasHubDualEncoder(keras.Sequential([keras.layers.Dense(2)]), preprocessor)
     with pytest.raises(ValueError, match="Expected a keras-hub `CLIPPreprocessor` or"):
         PresetTextTokenizer(keras.layers.Dense(2))
+
+
+def test_from_preset_refuses_code_in_the_preset_config(clip_path, tmp_path):
+    # A downloaded preset is untrusted: a config holding a Python lambda would run it.
+    unsafe = tmp_path / "unsafe"
+    shutil.copytree(clip_path, unsafe)
+    config = json.loads((unsafe / "config.json").read_text())
+    config["config"]["vision_encoder"] = keras.saving.serialize_keras_object(
+        keras.layers.Lambda(lambda x: x)
+    )
+    (unsafe / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="safe_mode"):
+        KerasHubDualEncoder.from_preset(str(unsafe))
+    with pytest.raises(ValueError, match="safe_mode"):
+        DualEncoder.from_preset(str(unsafe))
