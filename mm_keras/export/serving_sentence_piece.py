@@ -264,10 +264,10 @@ class ServingSentencePiece(tf.Module):
         num_chars = tf.shape(chars)[1]
         width = self.max_piece_chars
         # candidates[:, e, k]: the k + 1 characters ending at character e.
+        padded = tf.pad(chars, [[0, 0], [width - 1, 0]])
         candidates, piece = [chars], chars
         for k in range(1, width):
-            shifted = tf.pad(chars[:, : num_chars - k], [[0, 0], [k, 0]])
-            piece = shifted + piece
+            piece = padded[:, width - 1 - k : width - 1 - k + num_chars] + piece
             candidates.append(piece)
         candidates = tf.stack(candidates, axis=2)  # [N, T, K]
         index = self.pieces.lookup(candidates)
