@@ -10,6 +10,11 @@ Four levels of matching, each written out as its paper's formula:
 The teacher is a target, never a thing being trained: every teacher-side term passes through
 `ops.stop_gradient`, so a teacher that happens to be trainable is still left alone. All
 arithmetic is float32 whatever the input dtype.
+
+The two in-batch terms, affinity and relation, are written in the "local" form of
+`mm_keras.losses.contrastive`: the rows are this replica's examples, the columns those of
+the whole global batch, fetched by `gather_fn` (TinyCLIP distils across GPUs this way). On
+one device the two forms coincide.
 """
 
 import numbers
@@ -39,6 +44,10 @@ def _check_same_batch(name_a, a, name_b, b):
             f"Expected `{name_a}` and `{name_b}` to hold the same batch. "
             f"Received: {name_a}.shape={_static_shape(a)}, {name_b}.shape={_static_shape(b)}"
         )
+
+
+def _local_only(tensor):
+    return tensor, 0
 
 
 def _l2_normalize(x):
@@ -124,7 +133,13 @@ def feature_kd_loss(student_features, teacher_features, kind="mse"):
 
 
 def affinity_mimicking_loss(
-    student_x, student_y, teacher_x, teacher_y, student_logit_scale, teacher_logit_scale
+    student_x,
+    student_y,
+    teacher_x,
+    teacher_y,
+    student_logit_scale,
+    teacher_logit_scale,
+    gather_fn=None,
 ):
     """Affinity mimicking of TinyCLIP (Wu et al., 2023).
 
@@ -136,21 +151,28 @@ def affinity_mimicking_loss(
         A_t^{x->y}, A_t^{y->x} likewise from the teacher's embeddings and t_t
 
         loss = 1/2 (CE(A_t^{x->y}, A_s^{x->y}) + CE(A_t^{y->x}, A_s^{y->x}))
-        CE(P, Q) = -1/B sum_i sum_j P_ij log Q_ij
+        CE(P, Q) = -1/b sum_i sum_j P_ij log Q_ij
 
-    Each similarity matrix is taken within one model, so the student's width D_s and the
-    teacher's D_t may differ. The teacher's affinities are targets and receive no gradient.
+    where i runs over this replica's b rows and j over the B columns of the global batch
+    (b = B on one device), so the mean of the replicas' losses is the loss of the global
+    batch. Each similarity matrix is taken within one model, so the student's width D_s and
+    the teacher's D_t may differ. The teacher's affinities are targets and receive no
+    gradient.
 
     Args:
-        student_x: float `[B, D_s]`, unit-norm student embeddings of the first modality.
-        student_y: float `[B, D_s]`, unit-norm student embeddings of the second modality.
-        teacher_x: float `[B, D_t]`, unit-norm teacher embeddings of the first modality.
-        teacher_y: float `[B, D_t]`, unit-norm teacher embeddings of the second modality.
+        student_x: float `[b, D_s]`, unit-norm student embeddings of the first modality.
+        student_y: float `[b, D_s]`, unit-norm student embeddings of the second modality.
+        teacher_x: float `[b, D_t]`, unit-norm teacher embeddings of the first modality.
+        teacher_y: float `[b, D_t]`, unit-norm teacher embeddings of the second modality.
         student_logit_scale: scalar, the student's temperature scale t_s.
         teacher_logit_scale: scalar, the teacher's temperature scale t_t.
+        gather_fn: optional callable, tensor `[b, ...]` → (`[B, ...]` gathered over
+            replicas with gradients, offset of this replica's rows), as the contrastive
+            losses take it. Default: the local batch.
 
     Returns:
-        Scalar float32: the mean of the two directions' cross-entropies.
+        Scalar float32: the mean of the two directions' cross-entropies over this
+        replica's rows.
 
     Example:
     >>> x = keras.ops.normalize(keras.random.normal((8, 16)))
@@ -167,36 +189,45 @@ def affinity_mimicking_loss(
     student_scale = ops.cast(student_logit_scale, "float32")
     teacher_scale = ops.stop_gradient(ops.cast(teacher_logit_scale, "float32"))
 
-    student_logits = student_scale * ops.matmul(student_x, ops.transpose(student_y))  # [B, B]
-    teacher_logits = teacher_scale * ops.matmul(teacher_x, ops.transpose(teacher_y))  # [B, B]
+    gather_fn = gather_fn or _local_only
 
-    def cross_entropy(teacher_logits, student_logits):
+    def cross_entropy(student_rows, student_columns, teacher_rows, teacher_columns):
+        student_logits = student_scale * ops.matmul(
+            student_rows, ops.transpose(gather_fn(student_columns)[0])
+        )  # [b, B]
+        teacher_logits = teacher_scale * ops.matmul(
+            teacher_rows, ops.transpose(gather_fn(teacher_columns)[0])
+        )  # [b, B]
         targets = ops.softmax(teacher_logits, axis=1)  # P = A_t, rows sum to 1
         return -ops.mean(ops.sum(targets * ops.log_softmax(student_logits, axis=1), axis=1))
 
-    image_to_text = cross_entropy(teacher_logits, student_logits)
-    text_to_image = cross_entropy(ops.transpose(teacher_logits), ops.transpose(student_logits))
+    image_to_text = cross_entropy(student_x, student_y, teacher_x, teacher_y)
+    text_to_image = cross_entropy(student_y, student_x, teacher_y, teacher_x)
     return 0.5 * (image_to_text + text_to_image)
 
 
-def relation_kd_loss(student_features, teacher_features):
+def relation_kd_loss(student_features, teacher_features, gather_fn=None):
     """Relational distillation on the in-batch cosine similarity matrix of one modality.
 
     The student matches how the teacher relates the examples of a batch to one another,
     not the teacher's features themselves. With rows normalized to unit length:
 
-        S_s = s s^T,  S_t = t t^T           (cosine similarities, [B, B])
-        loss = 1/B^2 sum_i sum_j (S_s,ij - S_t,ij)^2
+        S_s = s s^T,  S_t = t t^T           (cosine similarities, [b, B])
+        loss = 1/(b B) sum_i sum_j (S_s,ij - S_t,ij)^2
 
-    Each similarity matrix is taken within one model, so the widths may differ. The
+    where i runs over this replica's b rows and j over the B columns of the global batch
+    (b = B on one device), so the mean of the replicas' losses is the loss of the global
+    batch. Each similarity matrix is taken within one model, so the widths may differ. The
     teacher's matrix is a target and receives no gradient.
 
     Args:
-        student_features: float `[B, D_s]`, the student's features of one modality.
-        teacher_features: float `[B, D_t]`, the teacher's features of the same examples.
+        student_features: float `[b, D_s]`, the student's features of one modality.
+        teacher_features: float `[b, D_t]`, the teacher's features of the same examples.
+        gather_fn: see `affinity_mimicking_loss`.
 
     Returns:
-        Scalar float32: the mean squared difference of the two similarity matrices.
+        Scalar float32: the mean squared difference of the two similarity matrices over
+        this replica's rows.
 
     Example:
     >>> s = keras.random.normal((8, 16)); t = keras.random.normal((8, 32))
@@ -204,8 +235,9 @@ def relation_kd_loss(student_features, teacher_features):
     ()
     """
     _check_same_batch("student_features", student_features, "teacher_features", teacher_features)
-    student = _l2_normalize(ops.cast(student_features, "float32"))  # [B, D_s]
-    teacher = _l2_normalize(ops.stop_gradient(ops.cast(teacher_features, "float32")))  # [B, D_t]
-    student_sim = ops.matmul(student, ops.transpose(student))  # S_s, [B, B]
-    teacher_sim = ops.matmul(teacher, ops.transpose(teacher))  # S_t, [B, B]
+    student = _l2_normalize(ops.cast(student_features, "float32"))  # [b, D_s]
+    teacher = _l2_normalize(ops.stop_gradient(ops.cast(teacher_features, "float32")))  # [b, D_t]
+    gather_fn = gather_fn or _local_only
+    student_sim = ops.matmul(student, ops.transpose(gather_fn(student)[0]))  # S_s, [b, B]
+    teacher_sim = ops.matmul(teacher, ops.transpose(gather_fn(teacher)[0]))  # S_t, [b, B]
     return ops.mean(ops.square(student_sim - teacher_sim))

@@ -1,14 +1,86 @@
 """`fit`-based distillation of a dual encoder: a student learns from a teacher as it aligns."""
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import ops
 
+from mm_keras.distribute import all_gather, num_replicas
 from mm_keras.losses.distill import (
     affinity_mimicking_loss,
     feature_kd_loss,
     relation_kd_loss,
 )
 from mm_keras.trainers.contrastive import ContrastiveTrainer
+
+# The example field that carries a frozen teacher's embeddings, `{modality: [D_t]}`.
+TEACHER_KEY = "teacher"
+
+
+def cache_teacher_embeddings(teacher, examples, modalities=("image", "text"), batch_size=256):
+    """Runs a frozen teacher once over a dataset and returns it with the embeddings attached.
+
+    A frozen teacher embeds an un-augmented example the same way at every epoch, so
+    `DistillationTrainer` can read its embeddings from the data instead of running the
+    teacher (the expensive half of distilling a pretrained model) at every step. The
+    teacher runs in inference mode over `examples` in batches of `batch_size`; each
+    example comes back with a `"teacher"` field `{modality: float32 [D_t]}`, its own
+    teacher embeddings, so shuffling and batching afterwards keep them with their example.
+
+    `examples` must be unbatched and finite, and yield the same examples in the same order
+    on every pass: shuffle and augment after caching, not before (an augmented input's
+    teacher embedding would differ from the cached one). The teacher runs outside any
+    replica context, so the result works under every strategy as plain examples do.
+
+    Args:
+        teacher: the frozen teacher, a `DualEncoder` or `KerasHubDualEncoder`.
+        examples: a `tf.data.Dataset` of unbatched example dicts holding `modalities` as
+            the teacher takes them (token ids, not strings).
+        modalities: the two modalities the trainer distils.
+        batch_size: int, examples per teacher call.
+
+    Returns:
+        A `tf.data.Dataset` of the same example dicts, each with a `"teacher"` field.
+
+    Example:
+    >>> cached = cache_teacher_embeddings(teacher, examples)
+    >>> train = cached.shuffle(1000, seed=0).batch(64, drop_remainder=True)
+    >>> DistillationTrainer(student, teacher).fit(train, epochs=10)
+    """
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
+    spec = examples.element_spec
+    if not isinstance(spec, dict) or TEACHER_KEY in spec or any(m not in spec for m in modalities):
+        raise ValueError(
+            f"Expected examples as dicts with modalities {tuple(modalities)} and no "
+            f"{TEACHER_KEY!r} field. Received: element_spec={spec}"
+        )
+    if examples.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(
+            "Expected a finite dataset of examples, cached before it is repeated. "
+            "Received: a dataset of infinite cardinality"
+        )
+    shapes = getattr(teacher, "input_shapes", {})
+    batched = [m for m in modalities if m in shapes and spec[m].shape.rank == len(shapes[m])]
+    if batched:
+        raise ValueError(
+            f"Expected unbatched examples (the teacher takes {shapes}). Received: "
+            + ", ".join(f"{m} of shape {spec[m].shape}" for m in batched)
+        )
+    embed = tf.function(lambda batch: teacher({m: batch[m] for m in modalities}, training=False))
+    parts = {m: [] for m in modalities}
+    for batch in examples.batch(batch_size).prefetch(tf.data.AUTOTUNE):
+        for m, value in embed(batch).items():
+            parts[m].append(ops.convert_to_numpy(ops.cast(value, "float32")))
+    if not parts[modalities[0]]:
+        raise ValueError("Expected at least one example to cache. Received: an empty dataset")
+    embeddings = {m: np.concatenate(parts[m]) for m in modalities}
+    # A later pass that yields another number of examples fails instead of misaligning.
+    count = len(embeddings[modalities[0]])
+    examples = examples.apply(tf.data.experimental.assert_cardinality(count))
+    return tf.data.Dataset.zip(examples, tf.data.Dataset.from_tensor_slices(embeddings)).map(
+        lambda example, embedded: {**example, TEACHER_KEY: embedded}
+    )
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
@@ -30,8 +102,17 @@ class DistillationTrainer(ContrastiveTrainer):
     distillation compare similarities, so the student's embeddings may be smaller than the
     teacher's; feature distillation then maps them to the teacher's size with a learned
     linear projection per modality, trained with the student. Under a distribution
-    strategy the contrastive term contrasts the global batch as in `ContrastiveTrainer`;
-    the distillation terms use each replica's own examples.
+    strategy with `gather="global"` (the default), the contrastive term contrasts the
+    global batch as in `ContrastiveTrainer`, and so do the affinity and relation terms:
+    each replica's rows against the columns of the whole global batch, student's and
+    teacher's gathered across replicas (TinyCLIP), so loss and gradients are those of one
+    device on the global batch. With `gather="local"` every term uses each replica's own
+    examples.
+
+    A frozen teacher's embeddings of un-augmented data can be computed once with
+    `cache_teacher_embeddings`: batches that carry them (a `"teacher"` field) are
+    distilled from those instead of running the teacher. A momentum teacher changes at
+    every step, so its batches must not carry them.
 
     Logs `loss` (the total), `accuracy` (the student's in-batch retrieval accuracy),
     `contrastive_loss` and `distillation_loss`.
@@ -119,15 +200,42 @@ class DistillationTrainer(ContrastiveTrainer):
                 projection.build((None, sizes[0]))
                 self.feature_projections[m] = projection
 
-    def _embedding_loss(self, inputs, embeddings, labels, training):
+    def _split(self, data):
+        inputs, labels = super()._split(data)
+        if TEACHER_KEY not in data:
+            return inputs, labels
+        if self.momentum is not None:
+            raise ValueError(
+                "Expected batches without cached teacher embeddings: a momentum teacher "
+                f"changes at every step. Received: a {TEACHER_KEY!r} field, "
+                f"momentum={self.momentum}"
+            )
+        cached = data[TEACHER_KEY]
+        if not isinstance(cached, dict) or any(m not in cached for m in self.modalities):
+            raise ValueError(
+                f"Expected cached teacher embeddings of {self.modalities} (from "
+                "`cache_teacher_embeddings`). Received: "
+                f"{sorted(cached) if isinstance(cached, dict) else type(cached).__name__}"
+            )
+        return {**inputs, TEACHER_KEY: cached}, labels
+
+    def _loss_and_accuracy(self, inputs, labels, training):
+        inputs = dict(inputs)
+        teacher = inputs.pop(TEACHER_KEY, None)
+        embeddings = self.model(inputs, training=training)
+        return self._embedding_loss(inputs, embeddings, labels, training, teacher)
+
+    def _embedding_loss(self, inputs, embeddings, labels, training, teacher=None):
         hard, accuracy = super()._embedding_loss(inputs, embeddings, labels, training)
-        teacher = self.teacher(inputs, training=False)
+        if teacher is None:
+            teacher = self.teacher(inputs, training=False)
         first, second = self.modalities
         x_s, y_s, x_t, y_t = embeddings[first], embeddings[second], teacher[first], teacher[second]
+        gather_fn = all_gather if self.gather == "global" and num_replicas() > 1 else None
         distillation = ops.zeros((), "float32")
         if self.affinity_weight:
             distillation += self.affinity_weight * affinity_mimicking_loss(
-                x_s, y_s, x_t, y_t, self.model.logit_scale, self.teacher.logit_scale
+                x_s, y_s, x_t, y_t, self.model.logit_scale, self.teacher.logit_scale, gather_fn
             )
         if self.feature_weight:
             x_p, y_p = x_s, y_s
@@ -140,7 +248,7 @@ class DistillationTrainer(ContrastiveTrainer):
             )  # fmt: skip
         if self.relation_weight:
             distillation += self.relation_weight * 0.5 * (
-                relation_kd_loss(x_s, x_t) + relation_kd_loss(y_s, y_t)
+                relation_kd_loss(x_s, x_t, gather_fn) + relation_kd_loss(y_s, y_t, gather_fn)
             )  # fmt: skip
         self.contrastive_tracker.update_state(hard)
         self.distillation_tracker.update_state(distillation)

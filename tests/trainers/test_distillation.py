@@ -1,10 +1,11 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from mm_keras.losses import affinity_mimicking_loss, clip_loss, relation_kd_loss
 from mm_keras.models import DualEncoder, shrink
-from mm_keras.trainers import DistillationTrainer
+from mm_keras.trainers import DistillationTrainer, cache_teacher_embeddings
 from tests.trainers.toy import toy_batches, toy_trainer
 
 
@@ -97,6 +98,64 @@ def test_config_round_trips():
     clone = DistillationTrainer.from_config(trainer.get_config())
     assert isinstance(clone.teacher, DualEncoder)
     assert (clone.feature_weight, clone.feature_kind) == (1.0, "mse")
+
+
+def _examples():
+    # Of known size: on a dataset of unknown size, Keras logs an epoch's mean loss
+    # as if it had taken one more step.
+    return toy_batches(n=48).unbatch().apply(tf.data.experimental.assert_cardinality(48))
+
+
+def _shuffled(examples):
+    return examples.shuffle(48, seed=1).batch(16)
+
+
+def test_cached_teacher_embeddings_stay_with_their_examples():
+    teacher = _teacher()
+    cached = cache_teacher_embeddings(teacher, _examples(), batch_size=20)
+    for batch in _shuffled(cached).take(2):
+        expected = teacher({m: batch[m] for m in ("image", "text")})
+        for m in ("image", "text"):
+            np.testing.assert_allclose(batch["teacher"][m], expected[m], atol=1e-6)
+
+
+def test_an_epoch_from_cached_embeddings_equals_one_running_the_teacher(monkeypatch):
+    teacher = _teacher()
+    student = shrink(teacher, width_fraction=0.5)
+    initial = [np.array(w) for w in student.weights]
+    cached = _shuffled(cache_teacher_embeddings(teacher, _examples()))
+    results = []
+    for data in (_shuffled(_examples()), cached):
+        for weight, value in zip(student.weights, initial):
+            weight.assign(value)
+        trainer = _compiled(
+            DistillationTrainer(student, teacher, label_aware=True, relation_weight=1.0)
+        )
+        if data is cached:  # the teacher must not run at all
+            monkeypatch.setattr(teacher, "call", None)
+        loss = trainer.fit(data, epochs=1, verbose=0).history["loss"][0]
+        results.append((loss, [np.array(w) for w in student.weights]))
+    (loss, weights), (cached_loss, cached_weights) = results
+    np.testing.assert_allclose(cached_loss, loss, rtol=1e-5)
+    for weight, cached_weight in zip(weights, cached_weights):
+        np.testing.assert_allclose(cached_weight, weight, atol=1e-5)
+    assert not np.allclose(weights[0], initial[0])
+
+
+def test_cached_embeddings_are_refused_where_they_do_not_fit():
+    teacher = _teacher()
+    with pytest.raises(ValueError, match="Expected unbatched examples"):
+        cache_teacher_embeddings(teacher, toy_batches())
+    with pytest.raises(ValueError, match="infinite cardinality"):
+        cache_teacher_embeddings(teacher, _examples().repeat())
+    with pytest.raises(ValueError, match="at least one example"):
+        cache_teacher_embeddings(teacher, _examples().take(0))
+    with pytest.raises(ValueError, match="no 'teacher' field"):
+        cache_teacher_embeddings(teacher, _examples().map(lambda e: {**e, "teacher": 0}))
+    cached = _shuffled(cache_teacher_embeddings(teacher, _examples()))
+    trainer = _compiled(DistillationTrainer(toy_trainer().model, momentum=0.9))
+    with pytest.raises(ValueError, match="a momentum teacher changes at every step"):
+        trainer.fit(cached, epochs=1, verbose=0)
 
 
 def test_bad_arguments_raise():
