@@ -83,20 +83,25 @@ def test_ids_equal_the_preprocessor_on_a_larger_vocabulary(digits_proto):
     )
 
 
-def test_ties_go_to_the_piece_that_starts_first(preset_proto):
+def test_ties_and_unknown_characters_score_as_in_sentencepiece(preset_proto):
+    pieces = [("x", -4.0), ("y", -20.0), ("z", -4.0), ("xy", -2.0), ("yz", -2.0)]
+    # "q" is no piece: "qkk" is <unk> "kk" (-20 - 10 - 1) or, better, "qk" "k" (-24).
+    pieces += [("k", -4.0), ("kk", -1.0), ("qk", -20.0)]
+
     def add_pieces(model):
-        for piece, score in [("x", -4.0), ("y", -8.0), ("z", -4.0), ("xy", -2.0), ("yz", -2.0)]:
+        for piece, score in pieces:
             model.pieces.add(piece=piece, score=score)
         model.pieces[4].score = -1.0  # "▁"
 
-    proto = _edited(preset_proto, add_pieces)
-    preprocessor = _preprocessor(proto)
-    texts = ["xyz", "xyz xyz", "xyzxyz"]  # "▁" "xy" "z" and "▁" "x" "yz" both score -7
+    preprocessor = _preprocessor(_edited(preset_proto, add_pieces))
+    # "▁" "xy" "z" and "▁" "x" "yz" both score -7: the piece that starts first wins.
+    texts = ["xyz", "xyz xyz", "xyzxyz", "qkk", "qqkk kq"]
     actual = ServingSentencePiece(preprocessor)(tf.constant(texts)).numpy()
     expected = _expected(preprocessor, texts)
     np.testing.assert_array_equal(actual, expected)
     vocabulary = preprocessor.tokenizer.get_vocabulary()
     assert [vocabulary[i] for i in expected[0][:3]] == ["▁", "x", "yz"]
+    assert [vocabulary[i] for i in expected[3][:3]] == ["▁", "qk", "k"]
 
 
 @pytest.mark.parametrize("flags", [(True, True, True), (False, False, False)])
