@@ -1,6 +1,7 @@
 """Dual encoders whose towers are a pretrained keras-hub CLIP or SigLIP backbone."""
 
 import math
+import threading
 
 import keras
 import keras_hub
@@ -70,9 +71,18 @@ class PresetTextTokenizer(keras.layers.Layer):
             tokenizer=preprocessor.tokenizer, image_converter=None, **config
         )
         self._allow_non_tensor_positional_args = True
+        # keras-hub builds the preprocessor on its first call, and `tf.data` calls `_pack`
+        # from several threads at once: a second build then fails ("cannot add new
+        # elements of state"). It cannot be built here: a preprocessor being loaded from
+        # a `.keras` file gets its vocabulary (and special token ids) after construction.
+        self._build_lock = threading.Lock()
         self.built = True
 
     def _pack(self, inputs):
+        if not self._text_preprocessor.built:
+            with self._build_lock:
+                if not self._text_preprocessor.built:
+                    self._text_preprocessor.build(None)
         packed = self._text_preprocessor({"images": None, "prompts": inputs})
         return tf.cast(packed["token_ids"], "int32"), tf.cast(packed["padding_mask"], "bool")
 
