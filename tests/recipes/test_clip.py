@@ -7,8 +7,12 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
+from mm_keras.data import datasets
+from mm_keras.models import DualEncoder, KerasHubDualEncoder
 from mm_keras.tokenizers import TextTokenizer
+from tests.own_data import data_flags, write_dataset
 from tests.scripts import ROOT, run_script
 
 
@@ -117,3 +121,80 @@ def test_recipe_refuses_a_batch_that_does_not_divide_among_replicas(tmp_path):
     assert result.returncode != 0
     assert "multiple of the number of replicas (3)" in result.stderr
     assert "Received: global_batch_size=64" in result.stderr
+
+
+def test_recipe_fine_tunes_a_preset_and_writes_a_model_that_reloads(preset, tmp_path):
+    name, path = preset
+    # A learning rate that moves SigLIP's bias in one epoch: the SigLIP loss trains it.
+    run_script(
+        "recipes/clip.py",
+        f"--preset={path}",
+        "--epochs=1",
+        "--learning_rate=1e-3",
+        f"--output_dir={tmp_path}",
+    )
+    with open(tmp_path / "metrics.json") as f:
+        metrics = json.load(f)
+    for key in ("zero_shot_top1", "recall_at_1_image_to_text", "recall_at_1_text_to_image"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["optimizer_iterations"] > 0 and metrics["reload_max_abs_diff"] < 1e-5
+    assert not (tmp_path / "vocabulary.txt").exists()  # the preset's tokenizer is in the model
+
+    model = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert isinstance(model, KerasHubDualEncoder) and model.is_clip == (name == "clip")
+    shared = DualEncoder.from_preset(str(tmp_path / "preset"))
+    inputs = {
+        # The digits in 3 channels, as the recipe feeds them.
+        "image": np.repeat(datasets.load_digits_arrays("test", ("image",))["image"][:4], 3, -1),
+        "text": model.text_tokenizer(["the digit seven"] * 4)["token_ids"],
+    }
+    trained, loaded = model(inputs), shared(inputs)
+    for modality in ("image", "text"):
+        np.testing.assert_array_equal(trained[modality], loaded[modality])
+    original = DualEncoder.from_preset(path)
+    assert not np.array_equal(trained["image"], original(inputs)["image"])
+    if name == "siglip":
+        assert float(model.logit_bias) != float(original.logit_bias)
+
+
+def test_recipe_fine_tunes_a_preset_on_own_files_decoded_at_its_image_size(siglip_path, tmp_path):
+    paths = write_dataset(tmp_path / "data", sizes=(("train", 16), ("validation", 8), ("test", 8)))
+    run_script(
+        "recipes/clip.py",
+        f"--preset={siglip_path}",
+        *data_flags(paths),
+        f"--class_names={tmp_path / 'data' / 'classes.txt'}",
+        "--epochs=1",
+        "--batch_size=8",
+        f"--output_dir={tmp_path / 'run'}",
+    )
+    with open(tmp_path / "run" / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["recall_kind"] == "exact_pair" and "zero_shot_top1" in metrics
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--hidden_dim=32", "--hidden_dim shape mm_keras's own towers; a --preset brings"),
+        ("--loss=siglip", "--loss=siglip needs a logit bias, which a CLIP preset has not"),
+    ],
+)
+def test_recipe_refuses_flags_a_preset_cannot_take(clip_path, tmp_path, flag, message):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "recipes/clip.py",
+            f"--preset={clip_path}",
+            flag,
+            f"--output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=120,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "model.keras").exists()
