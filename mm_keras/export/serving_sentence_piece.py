@@ -14,13 +14,14 @@ It runs SentencePiece's unigram encoder as the `sentencepiece` library does:
   control characters removed) is a trie of strings, matched greedily longest first. Its
   ~225,000 entries are read out of the proto into lookup tables: single characters, and
   sequences of up to 4 characters (a letter and its combining marks, Hangul jamo, ...).
-  Each entry's non-first characters never start a "cluster" (a character followed by
-  such characters), so the greedy match is the longest entry at each cluster's start
-  followed by the single-character map. The one exception are 12 entries of scripts added
-  in Unicode 16 (Kirat Rai, Tulu-Tigalari, Gurung Khema) that begin with such a character:
-  matched after another entry in the same cluster, they are mapped character by
-  character. Then whitespace: leading, trailing and repeated spaces removed, spaces
-  escaped as "▁", and "▁" prefixed, as the proto's normalizer spec says.
+  A character that continues some entry never starts a "cluster" (a character and the
+  continuing characters after it), and entries begin with no such character, so the
+  greedy match is the longest entry at each cluster's start, then the single-character
+  map. The exception: 12 entries of scripts added in Unicode 16 (Kirat Rai, Tulu-Tigalari,
+  Gurung Khema) begin with a continuing character; after any other character they are
+  mapped character by character, where sentencepiece composes them. Then whitespace:
+  leading, trailing and repeated spaces removed, spaces escaped as "▁", and "▁"
+  prefixed, as the proto's normalizer spec says.
 * Segmentation: Viterbi over characters, maximizing the sum of piece scores; a character
   that no one-character piece covers is `<unk>` with score min(scores) - 10, and
   consecutive unknowns become one `<unk>`. Ties go to the piece that starts first, and
@@ -111,15 +112,9 @@ def _check_model(model, tokenizer):
             f"fallback. Received: piece types {unsupported}, "
             f"byte_fallback={model.trainer_spec.byte_fallback}"
         )
-    if (
-        model.trainer_spec.treat_whitespace_as_suffix
-        or model.normalizer_spec.normalization_rule_tsv
-    ):
+    if model.trainer_spec.treat_whitespace_as_suffix:
         raise ValueError(
-            "Expected whitespace as a piece prefix and a precompiled normalization rule. "
-            "Received: treat_whitespace_as_suffix="
-            f"{model.trainer_spec.treat_whitespace_as_suffix}, normalization_rule_tsv="
-            f"{model.normalizer_spec.normalization_rule_tsv!r}"
+            "Expected whitespace at the start of pieces. Received: treat_whitespace_as_suffix=True"
         )
     for flag in ("add_bos", "add_eos"):
         if getattr(tokenizer, flag, False):
@@ -135,6 +130,8 @@ def _check_model(model, tokenizer):
 
 
 def _table(keys, values, default):
+    """A static table; one with no entries maps a noncharacter to `default`."""
+    keys, values = (keys, values) if len(keys) else ([_NOT_MAPPED], [default])
     return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default)
 
 
@@ -182,10 +179,8 @@ class ServingSentencePiece(tf.Module):
         self.max_entry_chars = max((len(k) for k in multi), default=1)
         joiners = sorted({c for k in multi for c in k[1:]})
         self.single_map = _table(list(single), list(single.values()), _NOT_MAPPED)
-        self.multi_map = _table(
-            list(multi) or [_NOT_MAPPED], list(multi.values()) or [""], _NOT_MAPPED
-        )
-        self.joiners = _table(joiners or [_NOT_MAPPED], [True] * max(len(joiners), 1), False)
+        self.multi_map = _table(list(multi), list(multi.values()), _NOT_MAPPED)
+        self.joiners = _table(joiners, [True] * len(joiners), False)
 
         pieces = [(i, p) for i, p in enumerate(model.pieces) if p.type == _NORMAL]
         scores = np.array([p.score for _, p in pieces], np.float32)
@@ -204,8 +199,10 @@ class ServingSentencePiece(tf.Module):
         flat = chars.flat_values
         mapped = self.single_map.lookup(flat)
         mapped = tf.where(mapped == _NOT_MAPPED, flat, mapped)
+        if self.max_entry_chars == 1:
+            return tf.strings.reduce_join(chars.with_flat_values(mapped), axis=1)
         # A cluster: a character and the characters after it that only continue entries
-        # (an entry never starts inside one, but for the 12 noted in the module docstring).
+        # (no entry starts inside one, but for the 12 noted in the module docstring).
         starts = ~self.joiners.lookup(flat) | (
             tf.ragged.range(chars.row_lengths()).flat_values == 0
         )
@@ -255,7 +252,10 @@ class ServingSentencePiece(tf.Module):
         return text
 
     def _viterbi(self, chars):
-        """The best segmentation of dense characters `[N, T]` (padded with ""): ragged ids.
+        """Back pointers of the best segmentations of characters `[N, T]` (padded with "").
+
+        Returns the length and the id of the last piece of the best path to the end of
+        each character, both `int32 [N, T]`.
 
         Step e takes the best path to the end of character e over every piece ending
         there (all lengths up to the longest piece looked up at once, before the loop).
@@ -342,7 +342,7 @@ class ServingSentencePiece(tf.Module):
         chars = chars[:, : self.max_chars]
         num_chars = tf.cast(chars.row_lengths(), tf.int32)
         # At least one column, so that the loop's arrays are never empty.
-        width = tf.maximum(tf.reduce_max(tf.concat([num_chars, [1]], axis=0)), 1)
+        width = tf.reduce_max(tf.concat([num_chars, [1]], axis=0))
         dense = chars.to_tensor("", shape=tf.stack([chars.nrows(), tf.cast(width, tf.int64)]))
         lengths, pieces = self._viterbi(dense)
         path = self._backtrack(lengths, pieces, num_chars)

@@ -169,6 +169,15 @@ def _trained(**options):
     return proto.getvalue()
 
 
+def test_identity_normalization_maps_no_character():
+    preprocessor = _preprocessor(
+        _trained(vocab_size=40, normalization_rule_name="identity"), canonicalize_text=False
+    )
+    texts = TEXTS + NORMALIZATION
+    actual = ServingSentencePiece(preprocessor)(tf.constant(texts)).numpy()
+    np.testing.assert_array_equal(actual, _expected(preprocessor, texts))
+
+
 def test_non_unigram_and_byte_fallback_models_are_refused():
     bpe = _trained(vocab_size=40, model_type="bpe")
     with pytest.raises(ValueError, match="Expected a unigram .* Received: model_type=BPE"):
