@@ -29,16 +29,17 @@ It runs SentencePiece's unigram encoder as the `sentencepiece` library does:
 * Packing: the first `sequence_length - 1` ids, the end token `</s>`, then the pad id.
 
 Work per string is bounded: Viterbi runs over the first `max_chars` characters of the
-normalized text (by default `sequence_length` times the longest piece). The pieces before
-the last word boundary ("▁") in those characters are exactly the full text's (no piece
-holds a "▁" after its first character), so the ids differ only when a string's first
-`sequence_length - 1` ids do not all lie before that boundary: a word cut at `max_chars`
-may end in other pieces.
+normalized text (by default `sequence_length` times the longest piece). Where no piece holds
+a "▁" after its first character (as training that splits on whitespace makes them), the
+pieces before the last word boundary ("▁") in those characters are exactly the full
+text's, so the ids differ only when a string's first `sequence_length - 1` ids do not all
+lie before that boundary: a word cut at `max_chars` may end in other pieces.
 """
 
 import functools
 import struct
 
+import keras_hub
 import numpy as np
 import tensorflow as tf
 from sentencepiece import sentencepiece_model_pb2
@@ -156,6 +157,11 @@ class ServingSentencePiece(tf.Module):
 
     def __init__(self, preprocessor, max_chars=None, name=None):
         super().__init__(name=name)
+        if not isinstance(preprocessor, keras_hub.models.SigLIPPreprocessor):
+            raise ValueError(
+                "Expected a keras-hub `SigLIPPreprocessor`. "
+                f"Received: preprocessor of type {type(preprocessor).__name__}"
+            )
         tokenizer = preprocessor.tokenizer
         model = sentencepiece_model_pb2.ModelProto()
         model.ParseFromString(tokenizer.proto)

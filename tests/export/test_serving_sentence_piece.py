@@ -28,11 +28,9 @@ NORMALIZATION = [
 ]
 
 
-def _preprocessor(proto, sequence_length=12, canonicalize_text=True):
+def _preprocessor(proto, sequence_length=12, **kwargs):
     return keras_hub.models.SigLIPPreprocessor(
-        keras_hub.models.SigLIPTokenizer(proto=proto),
-        sequence_length=sequence_length,
-        canonicalize_text=canonicalize_text,
+        keras_hub.models.SigLIPTokenizer(proto=proto), sequence_length=sequence_length, **kwargs
     )
 
 
@@ -75,7 +73,9 @@ def test_ids_equal_the_preprocessor_on_a_larger_vocabulary(digits_proto):
     # Words run together and mixed case segment into many pieces of every length.
     texts = captions + TEXTS + NORMALIZATION + ["".join(c.split()) for c in captions[:20]]
     texts += ["The Digit NINE, drawn by hand", "sevenseveneightnine"]
-    preprocessor = _preprocessor(digits_proto, sequence_length=32, canonicalize_text=False)
+    preprocessor = _preprocessor(
+        digits_proto, sequence_length=32, canonicalize_text=False, add_end_token=False
+    )
     tokenize = ServingSentencePiece(preprocessor)
     assert tokenize.max_piece_chars > 4
     np.testing.assert_array_equal(
@@ -178,7 +178,9 @@ def test_identity_normalization_maps_no_character():
     np.testing.assert_array_equal(actual, _expected(preprocessor, texts))
 
 
-def test_non_unigram_and_byte_fallback_models_are_refused():
+def test_other_preprocessors_and_models_are_refused(preset_proto):
+    with pytest.raises(ValueError, match="Received: preprocessor of type SigLIPTokenizer"):
+        ServingSentencePiece(keras_hub.models.SigLIPTokenizer(proto=preset_proto))
     bpe = _trained(vocab_size=40, model_type="bpe")
     with pytest.raises(ValueError, match="Expected a unigram .* Received: model_type=BPE"):
         ServingSentencePiece(_preprocessor(bpe))
