@@ -76,7 +76,7 @@ import tensorflow as tf  # noqa: E402
 from mm_keras.callbacks import RunLockedError  # noqa: E402
 from mm_keras.distribute import STRATEGIES, get_strategy, split_cpu, worker_path  # noqa: E402
 from mm_keras.encoders import TransformerEncoder  # noqa: E402
-from mm_keras.models import DualEncoder, PresetTextTokenizer  # noqa: E402
+from mm_keras.models import DualEncoder  # noqa: E402
 from mm_keras.training import (  # noqa: E402
     RunDirectory,
     audio_augmentation,
@@ -87,6 +87,7 @@ from mm_keras.training import (  # noqa: E402
 from mm_keras.training.data_flags import (  # noqa: E402
     decode_options,
     define_data_flags,
+    load_preset_preprocessing,
     load_splits,
     usage_errors,
 )
@@ -167,15 +168,10 @@ TOWER_FLAGS = (
 
 
 def load_preset_tokenizer():
-    """The `--preset`'s text tokenizer, with the flags checked against it.
+    """The `--preset`'s text tokenizer, loss and decode defaults, with the flags checked.
 
-    Loads the preset's preprocessor only (tokenizer and image converter, no weights): the
-    model itself is loaded in the strategy's scope. keras-hub's CLIP and SigLIP
-    preprocessors subclass `CausalLMPreprocessor`, whose `from_preset` picks the class
-    the preset's backbone names.
-
-    Returns:
-        `(PresetTextTokenizer, loss, decode defaults)`.
+    Only the preset's preprocessor is loaded here: the model is loaded in the strategy's
+    scope.
     """
     given = [f"--{name}" for name in TOWER_FLAGS if FLAGS[name].present]
     if given:
@@ -183,31 +179,14 @@ def load_preset_tokenizer():
             f"{', '.join(given)} shape mm_keras's own towers; a --preset brings its towers "
             f"and tokenizer. Received: --preset={FLAGS.preset} with {', '.join(given)}"
         )
-    if tuple(FLAGS.modalities) != ("image", "text"):
-        raise app.UsageError(
-            "--preset: a CLIP or SigLIP preset aligns --modalities=image,text. "
-            f"Received: --modalities={','.join(FLAGS.modalities)}"
-        )
-    if FLAGS["num_channels"].present and FLAGS.num_channels != 3:
-        raise app.UsageError(
-            "--num_channels: a preset's image tower takes 3 channels (grayscale files are "
-            f"decoded to 3). Received: --num_channels={FLAGS.num_channels} with --preset"
-        )
-    with usage_errors():
-        try:
-            preprocessor = keras_hub.models.CausalLMPreprocessor.from_preset(FLAGS.preset)
-            tokenizer = PresetTextTokenizer(preprocessor)
-        except (ValueError, FileNotFoundError) as error:
-            raise ValueError(f"--preset: {error}") from None
-    is_clip = isinstance(preprocessor, keras_hub.models.CLIPPreprocessor)
+    tokenizer, decode_defaults = load_preset_preprocessing(FLAGS.preset, FLAGS.modalities)
+    is_clip = isinstance(tokenizer.preprocessor, keras_hub.models.CLIPPreprocessor)
     if is_clip and FLAGS.loss == "siglip":
         raise app.UsageError(
             "--loss=siglip needs a logit bias, which a CLIP preset has not. "
             f"Received: --preset={FLAGS.preset} (CLIP) with --loss=siglip"
         )
-    loss = FLAGS.loss or ("clip" if is_clip else "siglip")
-    image_size = list(preprocessor.image_converter.image_size)
-    return tokenizer, loss, {"image_size": image_size, "num_channels": 3}
+    return tokenizer, FLAGS.loss or ("clip" if is_clip else "siglip"), decode_defaults
 
 
 def train_and_report(strategy, run, splits, preset_tokenizer=None, loss="clip"):

@@ -16,10 +16,12 @@ Example:
 import contextlib
 import os
 
+import keras_hub
 from absl import app, flags
 
 from mm_keras.data import datasets
 from mm_keras.data.records import MODALITIES
+from mm_keras.models.keras_hub_towers import PresetTextTokenizer
 from mm_keras.training.splits import Splits
 from mm_keras.training.towers import tower_tokenizers
 
@@ -120,6 +122,50 @@ def decode_options(flag_values=flags.FLAGS, defaults=None):
         if not flag_values[name].present:
             options[name] = value
     return options
+
+
+def load_preset_preprocessing(preset, modalities, flag_values=flags.FLAGS):
+    """A keras-hub preset's text tokenizer and image decoding, checked against the flags.
+
+    Loads the preset's preprocessor only (tokenizer and image converter, no weights), so a
+    script learns what its data must be before it loads or builds a model. keras-hub's CLIP
+    and SigLIP preprocessors subclass `CausalLMPreprocessor`, whose `from_preset` picks
+    the class the preset's backbone names.
+
+    Args:
+        preset: the `--preset` value, a preset directory or handle.
+        modalities: the script's modalities; a CLIP or SigLIP preset aligns image and text.
+        flag_values: the `absl.flags.FlagValues` that `define_data_flags` defined.
+
+    Returns:
+        `(tokenizer, decode_defaults)`: a `PresetTextTokenizer`, and the decode options
+        for `load_splits` (the preset's image size, 3 channels: its image tower is RGB).
+
+    Raises:
+        absl.app.UsageError: naming the flag, when the modalities are not image and text,
+            `--num_channels` is not 3, or `--preset` is not a CLIP or SigLIP preset.
+
+    Example:
+    >>> tokenizer, defaults = load_preset_preprocessing("siglip_dir", ("image", "text"))
+    >>> splits = load_splits(("image", "text"), decode_defaults=defaults)
+    """
+    if tuple(modalities) != ("image", "text"):
+        raise app.UsageError(
+            "--preset: a CLIP or SigLIP preset aligns --modalities=image,text. "
+            f"Received: --modalities={','.join(modalities)}"
+        )
+    if flag_values["num_channels"].present and flag_values.num_channels != 3:
+        raise app.UsageError(
+            "--num_channels: a preset's image tower takes 3 channels (grayscale files are "
+            f"decoded to 3). Received: --num_channels={flag_values.num_channels} with --preset"
+        )
+    try:
+        preprocessor = keras_hub.models.CausalLMPreprocessor.from_preset(preset)
+        tokenizer = PresetTextTokenizer(preprocessor)
+    except (ValueError, FileNotFoundError) as error:
+        raise app.UsageError(f"--preset: {error}") from None
+    image_size = list(preprocessor.image_converter.image_size)
+    return tokenizer, {"image_size": image_size, "num_channels": 3}
 
 
 def load_splits(

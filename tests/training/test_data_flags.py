@@ -4,7 +4,12 @@ import pytest
 from absl import app, flags
 
 from mm_keras.data import manifest_to_tfrecords
-from mm_keras.training.data_flags import define_data_flags, load_splits
+from mm_keras.models import PresetTextTokenizer
+from mm_keras.training.data_flags import (
+    define_data_flags,
+    load_preset_preprocessing,
+    load_splits,
+)
 from tests.own_data import write_dataset
 
 DATA_FLAGS = (
@@ -120,3 +125,22 @@ def test_a_class_names_file_that_is_not_utf8_is_named(tmp_path):
 def test_modalities_must_be_two_known_ones():
     with pytest.raises(app.UsageError, match="--modalities must name two of"):
         load_splits(("image", "image"), flag_values=_parsed())
+
+
+def test_a_preset_gives_its_tokenizer_and_its_image_size_in_three_channels(siglip_path):
+    tokenizer, defaults = load_preset_preprocessing(siglip_path, ("image", "text"), _parsed())
+    assert isinstance(tokenizer, PresetTextTokenizer)
+    assert defaults == {"image_size": [32, 32], "num_channels": 3}
+
+
+@pytest.mark.parametrize(
+    "modalities, argv, message",
+    [
+        (("image", "audio"), [], "--preset: a CLIP or SigLIP preset aligns --modalities"),
+        (("image", "text"), ["--num_channels=1"], "--num_channels: a preset's image tower takes 3"),
+        (("image", "text"), [], "--preset: Preset .* has no config.json"),
+    ],
+)
+def test_preset_problems_are_usage_errors_that_name_the_flag(tmp_path, modalities, argv, message):
+    with pytest.raises(app.UsageError, match=message):
+        load_preset_preprocessing(str(tmp_path), modalities, _parsed(*argv))
