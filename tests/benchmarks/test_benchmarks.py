@@ -160,6 +160,10 @@ def test_distill_benchmark_counts_steps_to_the_target(tmp_path):
         "--eval_every=5",
         "--hidden_dim=32",
         "--target=0.1",
+        "--cache_width=32",
+        "--cache_layers=1",
+        "--cache_image_size=32",
+        "--cache_epochs=1",
         f"--output_dir={tmp_path}",
         f"--results_dir={tmp_path}",
     )
@@ -170,3 +174,7 @@ def test_distill_benchmark_counts_steps_to_the_target(tmp_path):
     assert results["inheritance_speedup"] > 0 and results["affinity_speedup"] > 0
     for arm in results["arms"].values():
         assert arm["history"] and arm["history"][0][0] == 5
+    cache = results["teacher_cache"]
+    assert set(cache["arms"]) == {"teacher_every_step", "cached"}
+    assert results["teacher_cache_speedup"] == cache["teacher_cache_speedup"] > 0
+    assert cache["final_loss_difference"] < 1e-4  # the same training, from cached embeddings
