@@ -204,18 +204,21 @@ def digits(model, towers):
     """
     kinds = tuple(kind for _, kind in towers)
     train = datasets.load_digits_arrays("train", kinds)
+    test = datasets.load_digits_arrays("test", kinds)
     for modality, kind in towers:
         expected = model.tower_input(modality).shape
+        received = train[kind].shape[1:]
+        if kind == "image" and expected[-1] == 3:  # an RGB tower (a preset's): gray as RGB
+            train["image"], test["image"] = (np.repeat(x["image"], 3, -1) for x in (train, test))
         if kind != "text" and train[kind].shape[1:] != expected:
             raise app.UsageError(
                 f"The model's {kind} tower takes inputs of shape {expected}; the embedded "
-                f"digits have {train[kind].shape[1:]}. Expected --test_data and "
+                f"digits have {received}. Expected --test_data and "
                 "--calibration_data with your own data. Received: neither"
             )
     rng = np.random.default_rng(0)
     chosen = rng.choice(len(train["label"]), FLAGS.calibration_examples, replace=False)
     calibration = {kind: train[kind][chosen] for kind in kinds}
-    test = datasets.load_digits_arrays("test", kinds)
     if "audio" in kinds:
         # As a 16-bit WAV holds them: the SavedModel is measured on WAV bytes, and the
         # Keras model must embed the same samples.

@@ -17,7 +17,7 @@ from mm_keras.export.saved_model import (
 from mm_keras.models import PresetTextTokenizer
 
 MANIFEST_FILE = "manifest.json"
-PRESET_TOKENIZER_DIR = "text_preprocessor"
+PRESET_TOKENIZER_DIR = "text_tokenizer"
 
 
 def export_artifacts(
@@ -43,7 +43,7 @@ def export_artifacts(
         output_dir/tflite/<modality>_<mode>.tflite  one file per tower and mode
         output_dir/tflite/vocabulary.txt            WordPiece: the text tokenizer's vocabulary
         output_dir/tflite/text_tokenizer.py         and a pure-Python tokenizer for it
-        output_dir/tflite/text_preprocessor/        a keras-hub preset's: its preprocessor
+        output_dir/tflite/text_tokenizer/           a keras-hub preset's: its tokenizer assets
         output_dir/tflite/manifest.json             the SavedModel version they came from,
                                                     the towers and the files
 
@@ -159,13 +159,14 @@ def ship_text_tokenizer(tokenizer, directory):
     """Writes what an app needs to tokenize for the TFLite text tower; returns the names.
 
     WordPiece: `vocabulary.txt` and `text_tokenizer.py`, a pure-Python tokenizer. A
-    keras-hub preset's tokenizer: `text_preprocessor/`, the preset's preprocessor
-    (configuration and tokenizer assets: CLIP's vocabulary and merges, SigLIP's
-    SentencePiece model) as keras-hub saves it, which `Preprocessor.from_preset` or the
-    Hugging Face and SentencePiece libraries read.
+    keras-hub preset's tokenizer: `text_tokenizer/`, its assets as keras-hub saves them
+    (CLIP: `vocabulary.json` and `merges.txt`, which Hugging Face `tokenizers` reads;
+    SigLIP: the SentencePiece model, which `sentencepiece` reads).
     """
     if isinstance(tokenizer, PresetTextTokenizer):
-        tokenizer.preprocessor.save_to_preset(os.path.join(directory, PRESET_TOKENIZER_DIR))
+        target = os.path.join(directory, PRESET_TOKENIZER_DIR)
+        os.makedirs(target)
+        tokenizer.preprocessor.tokenizer.save_assets(target)
         return [PRESET_TOKENIZER_DIR]
     tokenizer.save_vocabulary(os.path.join(directory, "vocabulary.txt"))
     shutil.copyfile(wordpiece.__file__, os.path.join(directory, "text_tokenizer.py"))
@@ -173,12 +174,11 @@ def ship_text_tokenizer(tokenizer, directory):
 
 
 def shipped_text_tokenizer(tokenizer, directory):
-    """The tokenizer `ship_text_tokenizer` wrote to `directory`, as strings → ids `[N, L]`."""
+    """Strings → ids `[N, L]` as the app tokenizes for the TFLite text tower: WordPiece by
+    the shipped `text_tokenizer.py`; a preset's tokenizer by keras-hub's Python path, which
+    reads the same assets (`PresetTextTokenizer`)."""
     if isinstance(tokenizer, PresetTextTokenizer):
-        shipped = type(tokenizer.preprocessor).from_preset(
-            os.path.join(directory, PRESET_TOKENIZER_DIR)
-        )
-        return lambda texts: PresetTextTokenizer(shipped)(texts)["token_ids"]
+        return lambda texts: tokenizer(texts)["token_ids"]
     return wordpiece.WordPieceTokenizer(
         os.path.join(directory, "vocabulary.txt"), tokenizer.sequence_length
     )

@@ -5,11 +5,14 @@ import shutil
 import tempfile
 
 import keras
+import keras_hub
 import tensorflow as tf
 
 from mm_keras.data.decode import wav_is_valid
 from mm_keras.export import ops as graph_ops
 from mm_keras.export import staging
+from mm_keras.export.serving_byte_pair import ServingBytePair
+from mm_keras.export.serving_sentence_piece import ServingSentencePiece
 from mm_keras.export.serving_tokenizer import ServingWordPiece
 from mm_keras.models import PresetTextTokenizer
 from mm_keras.tokenizers import TextTokenizer
@@ -359,14 +362,8 @@ def serving_text_tokenizer(tokenizer, scratch_dir):
     """
     check_exportable_tokenizer(tokenizer)
     if isinstance(tokenizer, PresetTextTokenizer):
-        import keras_hub  # XXX move to top when helpers land
-
         if isinstance(tokenizer.preprocessor, keras_hub.models.CLIPPreprocessor):
-            from mm_keras.export.serving_byte_pair import ServingBytePair
-
             return ServingBytePair(tokenizer.preprocessor)
-        from mm_keras.export.serving_sentence_piece import ServingSentencePiece
-
         return ServingSentencePiece(tokenizer.preprocessor)
     vocabulary = os.path.join(scratch_dir, VOCABULARY_FILE)
     tokenizer.save_vocabulary(vocabulary)
@@ -421,8 +418,10 @@ def build_archive(
     embeddings and `[0, M]` or `[N, 0]` logits.
     """
     towers = served_towers(model, modalities)
+    # The endpoints track the variables they use. Tracking the whole model would also
+    # bring in resources it holds for other uses, such as a preset tokenizer's TF Text
+    # `SentencepieceOp`, which a TensorFlow without TF Text cannot load.
     archive = keras.export.ExportArchive()
-    archive.track(model)
     embed_raw = {}  # kind → the function embedding its `tf.string` input
     for modality, kind in towers:
         embed_raw[kind] = _add_tower_endpoints(
