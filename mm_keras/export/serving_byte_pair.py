@@ -125,8 +125,7 @@ class ServingBytePair(tf.Module):
             ),
             default_value=self.unk_token_id,
         )
-        # Ranks count the merges after the "#version" line; a merge listed twice keeps its
-        # last rank, as in Hugging Face's BPE.
+        # Ranks count the merges after the "#version" line, as keras-hub's do.
         merges = [m for m in tokenizer.merges if "#version:" not in m.lstrip()]
         ranks = {merge: rank for rank, merge in enumerate(merges)}
         self.merge_ranks = tf.lookup.StaticHashTable(
