@@ -45,7 +45,9 @@ def cache_teacher_embeddings(teacher, examples, modalities=("image", "text"), ba
     Example:
     >>> cached = cache_teacher_embeddings(teacher, examples)
     >>> train = cached.shuffle(1000, seed=0).batch(64, drop_remainder=True)
-    >>> DistillationTrainer(student, teacher).fit(train, epochs=10)
+    >>> trainer = DistillationTrainer(student, teacher)
+    >>> trainer.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    >>> trainer.fit(train, epochs=10)
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
