@@ -19,6 +19,7 @@ from mm_keras.data import (
 from mm_keras.data.audio_augment import augment_audio
 from mm_keras.distribute import distribute_batches, num_workers
 from mm_keras.tokenizers import TextTokenizer
+from mm_keras.trainers import cache_teacher_embeddings
 
 SPLITS = ("train", "validation", "test")
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
@@ -383,11 +384,34 @@ class Splits:
             )
         return dataset, steps
 
-    def dataset(self, split, batch_size, tokenizer=None, training=False, seed=None):
+    @property
+    def augmented(self):
+        """Whether training batches are augmented: files' images (shifts) and audio (random
+        crops) are; the digits never are."""
+        return self._pipelines is not None and bool({"image", "audio"} & set(self.modalities))
+
+    def examples(self, split, tokenizer=None):
+        """The split's examples, unbatched, in their order, not augmented, one epoch long.
+
+        Args:
+            split: `"train"`, `"validation"` or `"test"`.
+            tokenizer: optional text tokenizer; `"text"` then holds its token ids.
+        """
+        if self._pipelines is None:
+            return make_batches(self._digits(split), 256, tokenizer).unbatch()
+        return self._pipelines[split].dataset(256, tokenizer=tokenizer).unbatch()
+
+    def dataset(self, split, batch_size, tokenizer=None, training=False, seed=None, teacher=None):
         """The split as one device's `tf.data.Dataset` of full batches, one epoch long.
 
         For a script without a strategy: its cardinality is the steps of an epoch, and
         `fit` iterates it anew each epoch (a training split reshuffled each time).
+
+        With a frozen `teacher`, its embeddings are computed once per example here
+        (`cache_teacher_embeddings`, in the batches' `"teacher"` field), and
+        `DistillationTrainer` reads them instead of running the teacher at every step:
+        the same batches, in the same order, as without it. Augmented training batches
+        (see `augmented`) cannot carry them.
 
         Args:
             split: `"train"`, `"validation"` or `"test"`.
@@ -395,7 +419,26 @@ class Splits:
             tokenizer: optional `TextTokenizer` for the `"text"` entries.
             training: bool, whether to shuffle the split.
             seed: optional int, the shuffle seed.
+            teacher: optional frozen teacher whose embeddings the batches carry.
+
+        Raises:
+            ValueError: with a `teacher`, for augmented training batches.
         """
+        if teacher is not None:
+            if training and self.augmented:
+                raise ValueError(
+                    "Expected training batches that are not augmented, to cache a teacher's "
+                    "embeddings of them. Received: augmented batches of files "
+                    f"(image shifts, audio crops) of {list(self.modalities)}"
+                )
+            examples = cache_teacher_embeddings(
+                teacher, self.examples(split, tokenizer), self.modalities
+            )
+            if training:
+                examples = examples.shuffle(
+                    examples.cardinality(), seed=seed, reshuffle_each_iteration=True
+                )
+            return examples.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
         if self._pipelines is None:
             examples = self._digits(split)
             return make_batches(

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from mm_keras.training import Splits
+from tests.own_data import write_dataset
 
 
 def test_batches_augment_the_training_split_only():
@@ -42,3 +43,28 @@ def test_digits_in_three_channels_repeat_the_gray_everywhere():
 def test_digits_refuse_channels_other_than_one_or_three():
     with pytest.raises(ValueError, match="Received: num_channels=4"):
         Splits.digits(("image", "text"), num_channels=4)
+
+
+def test_a_teacher_cache_gives_the_same_batches_with_the_teachers_embeddings(tiny_model, tokenizer):
+    splits = Splits.digits(("image", "text"))
+    plain = splits.dataset("train", 64, tokenizer, training=True, seed=3)
+    cached = splits.dataset("train", 64, tokenizer, training=True, seed=3, teacher=tiny_model)
+    assert int(cached.cardinality()) == int(plain.cardinality()) > 0
+    first_labels = []
+    for _ in range(2):  # each epoch reshuffled, alike
+        for batch, expected in zip(cached.take(2), plain.take(2)):
+            for key in ("image", "text", "label"):
+                np.testing.assert_array_equal(batch[key], expected[key])
+            teacher = tiny_model({m: expected[m] for m in ("image", "text")})
+            for m in ("image", "text"):
+                np.testing.assert_allclose(batch["teacher"][m], teacher[m], atol=1e-5)
+        first_labels.append(batch["label"].numpy())
+    assert not np.array_equal(*first_labels)
+
+
+def test_a_teacher_cache_refuses_augmented_training_batches(tiny_model, tmp_path):
+    paths = write_dataset(tmp_path, sizes=(("train", 4), ("validation", 2), ("test", 2)))
+    splits = Splits.from_files(("image", "text"), *paths.values())
+    assert splits.augmented and not Splits.digits(("image", "text")).augmented
+    with pytest.raises(ValueError, match="Expected training batches that are not augmented"):
+        splits.dataset("train", 2, training=True, teacher=tiny_model)
