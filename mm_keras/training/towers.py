@@ -24,6 +24,7 @@ def tower_tokenizers(
     num_frames=8,
     spec_augment=False,
     seed=None,
+    text_pad_id=0,
 ):
     """A tokenizer layer per modality, shaped for the data a `Splits` decodes.
 
@@ -47,6 +48,8 @@ def tower_tokenizers(
         num_frames: int, frames per video (of `image_size` and `num_channels`).
         spec_augment: bool, SpecAugment time and frequency masks on audio when training.
         seed: optional int, the masks' seed.
+        text_pad_id: int, the id that pads text (0 for mm_keras tokenizers; a keras-hub
+            preset's own, such as SigLIP's `</s>`, for its ids).
 
     Returns:
         A dict `{modality: tokenizer layer}`, for `DualEncoder`.
@@ -67,7 +70,9 @@ def tower_tokenizers(
                 sample_rate, num_samples, hidden_dim, patch_size=(2, 32), **masks
             )
         elif modality == "text":
-            tokenizers[modality] = TextEmbedding(vocabulary_size, sequence_length, hidden_dim)
+            tokenizers[modality] = TextEmbedding(
+                vocabulary_size, sequence_length, hidden_dim, pad_id=text_pad_id
+            )
         elif modality == "video":
             tokenizers[modality] = VideoTubeletTokenizer(
                 num_frames,

@@ -19,6 +19,12 @@ def test_each_modality_gets_a_tokenizer_for_its_decoded_shape():
     assert text["tokens"].shape == (2, 6, 32)
 
 
+def test_text_masks_the_pad_id_it_is_given():
+    text = tower_tokenizers(("text",), 32, vocabulary_size=10, text_pad_id=3)["text"]
+    mask = text(np.array([[0, 5, 3, 3]], "int32"))["mask"]
+    np.testing.assert_array_equal(mask, [[True, True, False, False]])
+
+
 def test_spec_augment_masks_audio_only_when_asked():
     plain = tower_tokenizers(("audio",), 32)["audio"]
     masked = tower_tokenizers(("audio",), 32, spec_augment=True, seed=3)["audio"]
