@@ -5,6 +5,7 @@
     python recipes/distill.py --teacher=runs/distill/teacher.keras   # reuse a trained teacher
     python recipes/distill.py --train_data=train.jsonl --validation_data=validation.jsonl \
         --test_data=test.jsonl --modalities=audio,text --class_names=classes.txt
+    python recipes/distill.py --preset=runs/clip_preset/preset --output_dir=runs/distill_preset
 
 The teacher is a dual encoder like `recipes/clip.py`'s, wider here (width 128, 2 layers
 per tower, peak learning rate 1e-3; `--hidden_dim`, `--num_layers` and `--learning_rate`
@@ -15,6 +16,21 @@ first stage, `--depth_fraction` of its layers (evenly spaced), with the teacher'
 inherited (TinyCLIP). A stage starts from the previous stage's student and is trained for
 `--distill_epochs` with `DistillationTrainer`: its own contrastive loss plus TinyCLIP's
 affinity mimicking of the teacher.
+
+With `--preset` (a keras-hub CLIP or SigLIP preset directory or handle, such as the
+`preset/` that `recipes/clip.py --preset` writes), the preset is the teacher, frozen, with
+no training of its own, and the student is an mm_keras dual encoder built from scratch
+(`--hidden_dim`, `--num_layers`, `--num_heads`, `--projection_dim`, `--patch_size` then
+size it) that takes the teacher's inputs: the same 3-channel images (the digits' gray
+repeated; files decoded at the preset's image size unless `--image_size` says otherwise)
+and the preset's token ids, embedded over its vocabulary with its pad id masked. A student
+of more than half the teacher's parameters is refused before training; the table's rows
+are `teacher` and `student`.
+
+The teacher is frozen in every stage, so when training batches are not augmented (the
+digits; files' images and audio are augmented) its embeddings are computed once per
+example before the first stage and read from the batches after (`Splits.dataset` with a
+`teacher`), rather than computed again at every step.
 
 `--modalities` (default image and text) and the data flags are `recipes/clip.py`'s:
 with `--train_data`, `--validation_data` and `--test_data`, teacher and students train
@@ -63,6 +79,7 @@ from mm_keras.training import tower_tokenizers, warmup_cosine_adamw  # noqa: E40
 from mm_keras.training.data_flags import (  # noqa: E402
     decode_options,
     define_data_flags,
+    load_preset_preprocessing,
     load_splits,
 )
 
@@ -89,6 +106,9 @@ flags.DEFINE_integer("vocabulary_size", 200, "Largest WordPiece vocabulary to le
 flags.DEFINE_integer("sequence_length", 12, "Text ids per caption.")
 flags.DEFINE_integer("seed", 0, "Seed of weights and shuffling.")
 flags.DEFINE_string("teacher", "", "A trained DualEncoder .keras file (default: train one).")
+flags.DEFINE_string(
+    "preset", "", "A keras-hub CLIP or SigLIP preset as the teacher (then the student's flags)."
+)
 flags.DEFINE_list("width_stages", ["0.5"], "Width of each stage's student, of the teacher's.")
 flags.DEFINE_float("depth_fraction", 0.5, "Fraction of the teacher's layers the students keep.")
 flags.DEFINE_integer("distill_epochs", 20, "Training epochs of each stage.")
@@ -112,6 +132,46 @@ def build_teacher(modalities, vocabulary_size):
         for m in modalities
     }
     return DualEncoder(tokenizers, encoders, FLAGS.projection_dim, logit_scale_init=1.0 / 0.07)
+
+
+# Flags of a teacher trained or shrunk here, and of its tokenizer: a preset brings its own.
+PRESET_EXCLUDES = (
+    "teacher", "epochs", "width_stages", "depth_fraction", "vocabulary", "vocabulary_size",
+    "sequence_length",
+)  # fmt: skip
+
+
+def build_preset_student(teacher, image_shape):
+    """An mm_keras student of the flags' size taking a preset teacher's inputs.
+
+    Images of `image_shape` (as the splits give them, which the teacher resizes), and the
+    preset's token ids: a vocabulary of its size, its sequence length, its pad id masked.
+    """
+    *image_size, num_channels = image_shape
+    text = teacher.preprocessor.tokenizer
+    tokenizers = tower_tokenizers(
+        teacher.modalities,
+        FLAGS.hidden_dim,
+        text.vocabulary_size(),
+        teacher.preprocessor.sequence_length,
+        image_size=image_size,
+        num_channels=num_channels,
+        patch_size=FLAGS.patch_size,
+        text_pad_id=text.pad_token_id,
+    )
+    encoders = {
+        m: TransformerEncoder(FLAGS.num_layers, FLAGS.num_heads, 2 * FLAGS.hidden_dim)
+        for m in teacher.modalities
+    }
+    student = DualEncoder(tokenizers, encoders, FLAGS.projection_dim, logit_scale_init=1.0 / 0.07)
+    student.build()
+    if student.count_params() > teacher.count_params() / 2:
+        raise app.UsageError(
+            "--hidden_dim, --num_layers, --projection_dim: expected a student of at most half "
+            f"the teacher's {teacher.count_params()} parameters. Received: a student of "
+            f"{student.count_params()}"
+        )
+    return student
 
 
 def fit(trainer, batches, epochs, callbacks):
@@ -200,13 +260,18 @@ def figures(model, tokenizer, splits, test, label_aware):
     return {**row, recall: metrics[recall], **tflite_figures(model, inputs)}, metrics["recall_kind"]
 
 
-def run(splits):
-    """Trains or loads the teacher, distils every stage, writes the table; returns metrics."""
+def run(splits, preset_tokenizer=None):
+    """Trains or loads the teacher, distils every stage, writes the table; returns metrics.
+
+    With `--preset`, `preset_tokenizer` is its text tokenizer (`load_preset_preprocessing`).
+    """
     tf.get_logger().setLevel("ERROR")  # evaluation retraces `predict` per input structure
     keras.utils.set_random_seed(FLAGS.seed)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     widths = [float(w) for w in FLAGS.width_stages]
-    if not widths or any(not 0 < b < a <= 1 for a, b in zip([1.0, *widths], widths)):
+    if not FLAGS.preset and (
+        not widths or any(not 0 < b < a <= 1 for a, b in zip([1.0, *widths], widths))
+    ):
         raise app.UsageError(
             f"--width_stages must shrink stage by stage within (0, 1). Received: {widths}"
         )
@@ -226,17 +291,40 @@ def run(splits):
         train = splits.dataset("train", FLAGS.batch_size, tokenizer, training=True, seed=FLAGS.seed)
         return train, steps_per_epoch
 
-    teacher, tokenizer = teacher_and_tokenizer(splits, batches_for, label_aware)
-    train = batches_for(tokenizer)
+    if FLAGS.preset:
+        teacher, tokenizer = DualEncoder.from_preset(FLAGS.preset), preset_tokenizer
+        # Built (and refused when too large) before anything runs; from scratch: a
+        # preset's towers do not shrink into mm_keras's.
+        preset_student = build_preset_student(teacher, splits.image_shape)
+        stages = [("student", None)]
+    else:
+        teacher, tokenizer = teacher_and_tokenizer(splits, batches_for, label_aware)
+        stages = [
+            (
+                f"student_width_{width:g}",
+                dict(
+                    width_fraction=width / previous,
+                    depth_fraction=FLAGS.depth_fraction if stage == 0 else 1.0,
+                ),
+            )
+            for stage, (previous, width) in enumerate(zip([1.0, *widths], widths))
+        ]
+    # The teacher is frozen from here on: unless batches are augmented, its embeddings
+    # are computed once, here, and read from the batches at every step.
+    cached = None if splits.augmented else teacher
+    train = splits.dataset(
+        "train", FLAGS.batch_size, tokenizer, training=True, seed=FLAGS.seed, teacher=cached
+    )
     test = splits.arrays("test")
     row, recall_kind = figures(teacher, tokenizer, splits, test, recall_label_aware)
     table = {"teacher": row}
-    student, previous_width = teacher, 1.0
-    for stage, width in enumerate(widths, start=1):
-        depth = FLAGS.depth_fraction if stage == 1 else 1.0
-        student = shrink(student, width_fraction=width / previous_width, depth_fraction=depth)
-        previous_width = width
-        print(f"Stage {stage}: student at width {width:g}, {student.count_params()} parameters")
+    student = teacher
+    for stage, (name, shrinking) in enumerate(stages, start=1):
+        if shrinking is None:
+            student = preset_student
+        else:
+            student = shrink(student, **shrinking)
+        print(f"Stage {stage}: {name}, {student.count_params()} parameters")
         trainer = DistillationTrainer(
             student,
             teacher,
@@ -245,14 +333,12 @@ def run(splits):
             affinity_weight=FLAGS.affinity_weight,
             label_aware=label_aware,
         )
-        fit(trainer, train, FLAGS.distill_epochs, splits.callbacks())
-        table[f"student_width_{width:g}"] = figures(
-            student, tokenizer, splits, test, recall_label_aware
-        )[0]
+        fit(trainer, (train, steps_per_epoch), FLAGS.distill_epochs, splits.callbacks())
+        table[name] = figures(student, tokenizer, splits, test, recall_label_aware)[0]
     save_model_atomically(student, os.path.join(FLAGS.output_dir, "student.keras"))
 
     recall = f"recall_at_1_{modalities[0]}_to_{modalities[1]}"
-    final, base = table[f"student_width_{widths[-1]:g}"], table["teacher"]
+    final, base = table[stages[-1][0]], table["teacher"]
     metrics = {
         "param_fraction": final["num_params"] / base["num_params"],
         "recall_at_1_retention": final[recall] / base[recall] if base[recall] else 0.0,
@@ -286,7 +372,22 @@ def run(splits):
 
 def main(argv):
     del argv
-    run(load_splits(tuple(FLAGS.modalities), bool(FLAGS.label_aware), FLAGS.patch_size))
+    preset_tokenizer, decode_defaults = None, None
+    if FLAGS.preset:
+        given = [f"--{name}" for name in PRESET_EXCLUDES if FLAGS[name].present]
+        if given:
+            raise app.UsageError(
+                f"{', '.join(given)} describe a teacher trained or shrunk here; --preset is "
+                f"the teacher. Received: --preset={FLAGS.preset} with {', '.join(given)}"
+            )
+        preset_tokenizer, decode_defaults = load_preset_preprocessing(
+            FLAGS.preset, FLAGS.modalities
+        )
+    modalities, label_aware = tuple(FLAGS.modalities), bool(FLAGS.label_aware)
+    run(
+        load_splits(modalities, label_aware, FLAGS.patch_size, decode_defaults=decode_defaults),
+        preset_tokenizer,
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ import subprocess
 import sys
 
 import keras
+import pytest
 
+from mm_keras.models import DualEncoder
 from tests.scripts import ROOT, run_script
 
 TINY = (
@@ -78,3 +80,55 @@ def test_a_missing_data_file_is_named_before_the_teacher_is_built(tmp_path):
         result.stderr
     )
     assert not (tmp_path / "teacher.keras").exists()
+
+
+def test_a_preset_teacher_distils_into_a_student_of_at_most_half_its_size(siglip_path, tmp_path):
+    result = run_script(
+        "recipes/distill.py",
+        f"--preset={siglip_path}",
+        "--distill_epochs=1",
+        "--hidden_dim=16",
+        "--num_layers=1",
+        "--num_heads=2",
+        "--projection_dim=16",
+        "--latency_examples=3",
+        f"--output_dir={tmp_path}",
+    )
+    assert "Stage 1: student" in result.stdout and "param_fraction" in result.stdout
+    metrics = _metrics(tmp_path)
+    assert metrics["param_fraction"] <= 0.5
+    assert metrics["student_num_params"] <= 0.5 * metrics["teacher_num_params"]
+    for key in ("teacher_zero_shot_top1", "student_zero_shot_top1", "tflite_speedup"):
+        assert metrics[key] >= 0, key
+    student = keras.saving.load_model(tmp_path / "student.keras", safe_mode=True)
+    teacher = DualEncoder.from_preset(siglip_path)
+    # The student embeds the preset's ids, masking its pad id (SigLIP pads with </s>).
+    text = student.tokenizers["text"]
+    assert text.pad_id == teacher.preprocessor.tokenizer.pad_token_id != 0
+    assert text.vocabulary_size == teacher.preprocessor.tokenizer.vocabulary_size()
+    assert student.tokenizers["image"].num_channels == 3
+    assert not (tmp_path / "teacher.keras").exists()
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--hidden_dim=32", "expected a student of at most half the teacher's 42066 parameters"),
+        ("--teacher=runs/distill/teacher.keras", "--teacher describe a teacher trained or shrunk"),
+    ],
+)
+def test_a_preset_teacher_refuses_a_large_student_and_teacher_flags(
+    clip_path, tmp_path, flag, message
+):
+    argv = ["recipes/distill.py", f"--preset={clip_path}", flag, f"--output_dir={tmp_path}"]
+    result = subprocess.run(
+        [sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=120,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "student.keras").exists()
