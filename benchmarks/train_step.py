@@ -1,4 +1,4 @@
-"""Training steps/s of the mm_keras dual encoder against keras-hub's CLIPBackbone.
+"""Training steps/s of mm_keras against keras-hub: its CLIPBackbone, and a SigLIP preset.
 
     python benchmarks/train_step.py            # or: make benchmark
     python benchmarks/train_step.py --batch_size=128 --hidden_dim=128
@@ -9,13 +9,20 @@ length and projection size; only the towers differ. The baseline wraps keras-hub
 `CLIPBackbone` (`CLIPVisionEncoder` + `CLIPTextEncoder`) in an adapter that rescales the
 uint8 images as `ImagePatchTokenizer` does and L2-normalizes its embeddings.
 
+The second comparison, `ratio_vs_keras_hub_siglip`, trains one SigLIP preset (a
+`SigLIPBackbone` of the same width, depth and heads, with its preprocessor, saved with
+`save_to_preset` and loaded back) two ways: as `DualEncoder.from_preset` through
+`ContrastiveTrainer` (SigLIP loss), and as keras-hub trains it, `SigLIPBackbone.fit` with
+its `SigLIPLoss` on images its converter already rescaled; same batch, same AdamW, XLA
+on for both.
+
 Each configuration is timed with `jit_compile` on and off, in alternating rounds. Wall time
 on a shared machine is noisy (here a round of the same work takes either ~1.4 s or ~2.5 s,
 at equal CPU time, when the process is descheduled), so the best round is the figure, as
 `timeit` recommends, and the median is recorded beside it. Steps per CPU second (all cores,
 median), which descheduling does not touch, are recorded as a cross-check.
 
-Writes `benchmarks/results/train_step.json` and prints the ratio (mm_keras steps/s over
+Writes `benchmarks/results/train_step.json` and prints the ratios (mm_keras steps/s over
 keras-hub steps/s, XLA on, which is Keras' default on TF) last.
 """
 
@@ -23,6 +30,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -37,6 +45,7 @@ import tensorflow as tf  # noqa: E402
 from common import RESULTS_DIR, write_results  # noqa: E402
 from keras import ops  # noqa: E402
 
+from mm_keras.data import datasets  # noqa: E402
 from mm_keras.encoders import TransformerEncoder  # noqa: E402
 from mm_keras.models import DualEncoder  # noqa: E402
 from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding  # noqa: E402
@@ -115,23 +124,89 @@ def mm_keras_model():
     return DualEncoder(tokenizers, encoders, FLAGS.projection_dim)
 
 
-def batches():
+def random_batches(num_channels=1, vocabulary_size=None):
+    """Four in-memory batches of uint8 images and token ids, repeated."""
     rng = np.random.default_rng(0)
     n = 4 * FLAGS.batch_size
-    data = {
-        "image": rng.integers(0, 256, (n, FLAGS.image_size, FLAGS.image_size, 1), dtype=np.uint8),
-        "text": rng.integers(1, FLAGS.vocabulary_size, (n, FLAGS.sequence_length), dtype=np.int32),
+    shape = (n, FLAGS.image_size, FLAGS.image_size, num_channels)
+    vocabulary_size = vocabulary_size or FLAGS.vocabulary_size
+    return {
+        "image": rng.integers(0, 256, shape, dtype=np.uint8),
+        "text": rng.integers(1, vocabulary_size, (n, FLAGS.sequence_length), dtype=np.int32),
     }
+
+
+def batches(data=None):
+    data = random_batches() if data is None else data
     return tf.data.Dataset.from_tensor_slices(data).batch(FLAGS.batch_size).cache().repeat()
 
 
-def make_trainer(build_model, jit_compile):
+def make_trainer(build_model, jit_compile, loss="clip", data=None):
     keras.utils.set_random_seed(0)
     model = build_model()
-    trainer = ContrastiveTrainer(model, label_aware=False)
-    trainer.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=jit_compile)
-    trainer.fit(batches(), steps_per_epoch=5, epochs=1, verbose=0)  # trace, compile, warm up
+    trainer = ContrastiveTrainer(model, loss=loss, label_aware=False)
+    trainer.compile(optimizer=optimizer(), jit_compile=jit_compile)
+    trainer.fit(batches(data), steps_per_epoch=5, epochs=1, verbose=0)  # trace, compile, warm up
     return trainer
+
+
+def optimizer():
+    return keras.optimizers.AdamW(1e-3, weight_decay=1e-4)
+
+
+def save_siglip_preset(directory):
+    """A random-weight SigLIP preset at the benchmark's size; SentencePiece on the digits."""
+    width = FLAGS.hidden_dim
+    sizes = dict(
+        hidden_dim=width,
+        num_layers=FLAGS.num_layers,
+        num_heads=FLAGS.num_heads,
+        intermediate_dim=2 * width,
+    )
+    backbone = keras_hub.models.SigLIPBackbone(
+        keras_hub.models.SigLIPVisionEncoder(
+            patch_size=FLAGS.patch_size,
+            image_shape=(FLAGS.image_size, FLAGS.image_size, 3),
+            **sizes,
+        ),
+        keras_hub.models.SigLIPTextEncoder(
+            vocabulary_size=FLAGS.vocabulary_size,
+            embedding_dim=width,
+            max_sequence_length=FLAGS.sequence_length,
+            **sizes,
+        ),
+    )
+    captions = datasets.load_digits_arrays("train", ("text",))["text"].tolist()
+    proto = keras_hub.tokenizers.compute_sentence_piece_proto(
+        tf.data.Dataset.from_tensor_slices(captions), vocabulary_size=60
+    )
+    preprocessor = keras_hub.models.SigLIPPreprocessor(
+        keras_hub.models.SigLIPTokenizer(proto=proto),
+        keras_hub.layers.SigLIPImageConverter(
+            image_size=(FLAGS.image_size, FLAGS.image_size), scale=1 / 127.5, offset=-1.0
+        ),
+        sequence_length=FLAGS.sequence_length,
+    )
+    backbone.save_to_preset(directory)
+    preprocessor.save_to_preset(directory)
+
+
+def siglip_contenders(preset_dir):
+    """{name: (trainer, data)}: the preset through `ContrastiveTrainer`, and keras-hub's
+    own `SigLIPBackbone.fit` with `SigLIPLoss` on the same batches (its images rescaled by
+    the preset's converter beforehand, as its preprocessor would in `tf.data`)."""
+    data = random_batches(num_channels=3)
+    mm_keras = make_trainer(
+        lambda: DualEncoder.from_preset(preset_dir), True, loss="siglip", data=data
+    )
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.SigLIPBackbone.from_preset(preset_dir)
+    converter = keras_hub.models.SigLIPPreprocessor.from_preset(preset_dir).image_converter
+    keras_hub_data = batches({"images": converter(data["image"]), "token_ids": data["text"]})
+    # loss="auto": keras-hub's `SigLIPLoss` (not exported under `keras_hub.models`).
+    backbone.compile(optimizer=optimizer(), loss="auto", jit_compile=True)
+    backbone.fit(keras_hub_data, steps_per_epoch=5, epochs=1, verbose=0)
+    return {"mm_keras": (mm_keras, batches(data)), "keras_hub": (backbone, keras_hub_data)}
 
 
 def measure(trainer, data):
@@ -208,6 +283,26 @@ def main(argv):
         "cpu_time_ratio_vs_keras_hub": cpu_ratio[True],
         "cpu_time_ratio_vs_keras_hub_no_jit": cpu_ratio[False],
     }
+    with tempfile.TemporaryDirectory() as preset_dir:
+        save_siglip_preset(preset_dir)
+        siglip = siglip_contenders(preset_dir)
+        siglip_timings = {name: [] for name in siglip}
+        for round_index in range(FLAGS.rounds):
+            for name, (trainer, data) in siglip.items():
+                siglip_timings[name].append(measure(trainer, data)[0])
+            latest = ", ".join(f"{n} {v[-1]:.1f}" for n, v in siglip_timings.items())
+            print(f"SigLIP round {round_index + 1}/{FLAGS.rounds} steps/s: {latest}", flush=True)
+    siglip_best = {name: max(values) for name, values in siglip_timings.items()}
+    results["siglip"] = {
+        name: {
+            "steps_per_second_jit": siglip_best[name],
+            "median_steps_per_second_jit": statistics.median(siglip_timings[name]),
+            "num_params": siglip[name][0].count_params(),
+        }
+        for name in siglip
+    }
+    ratio_siglip = siglip_best["mm_keras"] / siglip_best["keras_hub"]
+    results["ratio_vs_keras_hub_siglip"] = ratio_siglip
     path = write_results("train_step", results, FLAGS.output_dir)
 
     header = ("steps/s (jit)", "steps/s (no jit)", "jit speedup", "params")
@@ -223,6 +318,10 @@ def main(argv):
         f"per CPU second (median): {cpu_ratio[True]:.3f} with jit, {cpu_ratio[False]:.3f} without"
     )
     print(f"ratio_vs_keras_hub_no_jit: {ratio_no_jit:.3f}")
+    print(
+        "ratio_vs_keras_hub_siglip (a SigLIP preset: ContrastiveTrainer / "
+        f"SigLIPBackbone.fit with SigLIPLoss, jit_compile=True): {ratio_siglip:.3f}"
+    )
     print(f"ratio_vs_keras_hub (mm_keras / keras-hub CLIPBackbone, jit_compile=True): {ratio:.3f}")
 
 
