@@ -33,9 +33,33 @@ from mm_keras.export.serving_tokenizer import _NOT_AN_EXCEPTION, fold_exceptions
 MAX_BYTES_PER_WORD = 256
 _END_OF_WORD = "</w>"
 _NO_MERGE = tf.int32.max  # the rank of a pair that no merge joins; reduce_min's identity
-# CLIP's split (`CLIPTokenizer`) once normalization has turned every Unicode whitespace
-# character into a space; RE2's `\s` is ASCII-only, hence the explicit space.
-_WORDS = r"'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^ \p{L}\p{N}]+"
+
+
+@functools.lru_cache(maxsize=1)
+def clip_word_pattern():
+    """CLIP's split (`CLIPTokenizer`) as an RE2 pattern, for normalized text.
+
+    Normalization has turned every Unicode whitespace character into a space, which stands
+    for `\\s` (ASCII-only in RE2). `\\p{L}` and `\\p{N}` are spelled out as the code point
+    ranges that Hugging Face's regex engine gives them: RE2's Unicode tables in TensorFlow
+    2.21 are older and lack ~5,000 letters and numbers that later Unicode versions added.
+    """
+    from tokenizers import Regex, pre_tokenizers
+
+    text = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+
+    def ranges(category):
+        split = pre_tokenizers.Split(Regex(category), behavior="removed", invert=True)
+        spans = []
+        for code in sorted(ord(char) for char, _ in split.pre_tokenize_str(text)):
+            if spans and spans[-1][1] == code - 1:
+                spans[-1][1] = code
+            else:
+                spans.append([code, code])
+        return "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in spans)
+
+    letters, numbers = ranges(r"\p{L}"), ranges(r"\p{N}")
+    return rf"'s|'t|'re|'ve|'m|'ll|'d|[{letters}]+|[{numbers}]|[^ {letters}{numbers}]+"
 
 
 @functools.lru_cache(maxsize=1)
@@ -166,7 +190,7 @@ class ServingBytePair(tf.Module):
         specials = "|".join(_re2_escape(token) for token in self.special_tokens)
         text = tf.strings.regex_replace(text, specials, r" \0 ")
         text = self._normalize(text)
-        text = tf.strings.regex_replace(text, f"{specials}|{_WORDS}", r" \0 ")
+        text = tf.strings.regex_replace(text, f"{specials}|{clip_word_pattern()}", r" \0 ")
         words = tf.strings.split(text, sep=" ")
         words = tf.ragged.boolean_mask(words, words != "")
         return words[:, : self.max_words]

@@ -94,6 +94,13 @@ def test_ids_equal_the_presets_on_captions_and_adversarial_strings(preprocessor,
     np.testing.assert_array_equal(ids.numpy(), _expected(preprocessor, texts))
 
 
+def test_letters_and_digits_newer_than_re2s_unicode_tables(preprocessor, tokenize):
+    # Unicode 16's Cyrillic TJE (a case pair) and Garay digits: letters and numbers to
+    # Hugging Face's regex engine, unassigned to the RE2 in TensorFlow 2.21.
+    texts = ["x\u1c89x\u1c8ax", "a\U00010d41\U00010d42b", "\u1c89'S"]
+    np.testing.assert_array_equal(tokenize(tf.constant(texts)), _expected(preprocessor, texts))
+
+
 def test_decomposed_accent_tokenizes_as_letter_then_mark(preprocessor, tokenize):
     # The documented limit: without NFC, "e" + U+0301 are two words, as the preset
     # tokenizes them with a space between; the precomposed letter is exact.
