@@ -12,14 +12,19 @@ it id-for-id against `PresetTextTokenizer`.
 The algorithm is the Python path of `CLIPPreprocessor(to_lower=True)`: ASCII lower-casing;
 `<|startoftext|>` and `<|endoftext|>` taken out whole; per character, NFC, Unicode
 whitespace to a space and Unicode lower-casing (`tf.strings.lower` plus a table of the
-~1,200 characters where that pipeline differs from it, built from the Hugging Face
+1,235 characters where that pipeline differs from it, built from the Hugging Face
 normalizer); CLIP's split into contractions, letter runs, single digits and runs of other
-symbols; each word's bytes as byte-level symbols with `</w>` on the last; BPE merges; the
-start token, truncation, the end token and padding. NFC runs character by character:
-precomposed text, and characters that NFC changes on their own (U+212B, CJK compatibility
-ideographs, Indic letters with a nukta), give the preset's ids, but a letter followed by a
-combining mark ("e\\u0301") is not composed, so it tokenizes as the letter then the mark
-where the preset sees one letter ("é"); Hangul jamo sequences are not composed either.
+symbols (with Hugging Face's Unicode letters and numbers, see `clip_word_pattern`); each
+word's bytes as byte-level symbols with `</w>` on the last; BPE merges; the start token,
+truncation, the end token and padding.
+
+NFC runs character by character: precomposed text, and characters that NFC changes on their
+own (U+212B, CJK compatibility ideographs, Indic letters with a nukta), give the preset's
+ids, but a letter followed by a combining mark ("e\\u0301") is not composed, so it
+tokenizes as the letter then the mark where the preset sees one letter ("é"); Hangul jamo
+sequences are not composed either. Every code point, each placed between letters, digits,
+spaces, a quote and a special token, gives the preset's ids but for combining marks after
+a letter. Invalid UTF-8, which the preset refuses, reads as U+FFFD.
 """
 
 import functools
@@ -89,13 +94,13 @@ class ServingBytePair(tf.Module):
     Python path), except for the NFC limit in the module docstring. BPE runs as one
     `tf.while_loop` over the distinct words of the batch: each step looks up the rank of
     every adjacent pair of every word and merges, in each word, its lowest-ranked pair
-    (the leftmost of equals), as Hugging Face's BPE does. The work is bounded: a string
-    keeps its first `sequence_length` minus the start and end tokens words (each gives at
-    least one id, so later ones would be truncated anyway), and a word keeps its first
-    `max_bytes_per_word` bytes, without `</w>` when cut, so the loop runs at most
-    `max_bytes_per_word` steps over at most `N * sequence_length` words. Only a word
-    longer than that (256 bytes: over 80 CJK characters with no space) may get other ids
-    than the preset's.
+    (the leftmost of equals), as Hugging Face's BPE does, for any merge list. The work is
+    bounded: a string keeps as many words as it has id slots between its start and end
+    tokens (each word gives at least one id, so later ones would be truncated anyway), and
+    a word keeps its first `max_bytes_per_word` bytes, without `</w>` when cut, so the loop
+    runs at most `max_bytes_per_word` steps over at most `N * sequence_length` words. Only
+    a word longer than that (256 bytes: over 85 CJK characters without a space) may get
+    other ids than the preset's.
 
     Args:
         preprocessor: a `keras_hub.models.CLIPPreprocessor` with `to_lower=True` (every

@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import unicodedata
 
 import keras_hub
 import numpy as np
@@ -99,6 +100,34 @@ def test_letters_and_digits_newer_than_re2s_unicode_tables(preprocessor, tokeniz
     # Hugging Face's regex engine, unassigned to the RE2 in TensorFlow 2.21.
     texts = ["x\u1c89x\u1c8ax", "a\U00010d41\U00010d42b", "\u1c89'S"]
     np.testing.assert_array_equal(tokenize(tf.constant(texts)), _expected(preprocessor, texts))
+
+
+def _composes_with_neighbours(char):
+    # NFC changes "A" + char + char beyond changing each character on its own: a combining
+    # mark that composes with a letter or is reordered against another (the documented
+    # limit).
+    nfc = unicodedata.normalize("NFC", char)
+    return unicodedata.normalize("NFC", f"A{char}{char}x") != f"A{nfc}{nfc}x"
+
+
+def test_every_kind_of_code_point_gives_the_presets_ids(preprocessor):
+    # Planes 0-2 and the tags plane: everything but letters of the big scripts (Han,
+    # Hangul, Yi...: one class), of which every fourth; with ASCII, a special token and a
+    # contraction next to each. The reference is the preset's tokenizer on its Python path.
+    codes = [*range(0xD800), *range(0xE000, 0x32000), *range(0xE0000, 0xE01F0)]
+    chars = [chr(c) for c in codes if c % 4 == 0 or unicodedata.category(chr(c)) != "Lo"]
+    chars = [c for c in chars if not _composes_with_neighbours(c)]
+    texts = [f"{c}A{c}x1{c} {c}{c}'S<|endoftext|>{c}" for c in chars]
+    tokenizer = preprocessor.tokenizer
+    ids = tokenizer([t.encode().lower().decode() for t in texts])  # no truncation
+    length = max(len(i) for i in ids) + 2
+    expected = np.full((len(texts), length), tokenizer.pad_token_id, "int32")
+    for row, i in zip(expected, ids):
+        row[: len(i) + 2] = [tokenizer.start_token_id, *i, tokenizer.end_token_id]
+    wide = keras_hub.models.CLIPPreprocessor(tokenizer, sequence_length=length)
+    actual = ServingBytePair(wide)(tf.constant(texts)).numpy()
+    differ = [hex(ord(c)) for c, row in zip(chars, (actual != expected).any(axis=1)) if row]
+    assert len(chars) > 100_000 and differ == []
 
 
 def test_decomposed_accent_tokenizes_as_letter_then_mark(preprocessor, tokenize):
