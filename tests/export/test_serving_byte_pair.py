@@ -178,6 +178,24 @@ def test_a_word_is_cut_at_max_bytes_per_word(preprocessor):
     ]
 
 
+def test_packing_follows_the_preprocessor(preprocessor):
+    tokenizer = keras_hub.models.CLIPTokenizer(
+        vocabulary=preprocessor.tokenizer.vocabulary,
+        merges=preprocessor.tokenizer.merges,
+        pad_with_end_token=True,
+    )
+    texts = ["digit " * 12, "the digit", ""]
+    for add_start_token, add_end_token in [(False, True), (True, False)]:
+        packer = keras_hub.models.CLIPPreprocessor(
+            tokenizer,
+            sequence_length=6,
+            add_start_token=add_start_token,
+            add_end_token=add_end_token,
+        )
+        ids = ServingBytePair(packer)(tf.constant(texts)).numpy()
+        np.testing.assert_array_equal(ids, _expected(packer, texts))
+
+
 def test_empty_batch_and_empty_strings(preprocessor, tokenize):
     assert tokenize(tf.constant([], tf.string)).shape == (0, preprocessor.sequence_length)
     np.testing.assert_array_equal(
