@@ -139,7 +139,8 @@ class ServingBytePair(tf.Module):
         self.max_bytes_per_word = max_bytes_per_word
         self.add_start_token = preprocessor.add_start_token
         self.add_end_token = preprocessor.add_end_token
-        self.max_words = self.sequence_length - int(self.add_start_token) - int(self.add_end_token)
+        num_special = int(self.add_start_token) + int(self.add_end_token)
+        self.max_words = max(self.sequence_length - num_special, 0)
         self.start_token_id = tokenizer.start_token_id
         self.end_token_id = tokenizer.end_token_id
         self.pad_token_id = tokenizer.pad_token_id
