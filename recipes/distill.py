@@ -5,7 +5,7 @@
     python recipes/distill.py --teacher=runs/distill/teacher.keras   # reuse a trained teacher
     python recipes/distill.py --train_data=train.jsonl --validation_data=validation.jsonl \
         --test_data=test.jsonl --modalities=audio,text --class_names=classes.txt
-    python recipes/distill.py --preset=runs/clip_preset/preset --output_dir=runs/distill_preset
+    python recipes/distill.py --preset=runs/siglip_preset/preset --output_dir=runs/distill_preset
 
 The teacher is a dual encoder like `recipes/clip.py`'s, wider here (width 128, 2 layers
 per tower, peak learning rate 1e-3; `--hidden_dim`, `--num_layers` and `--learning_rate`
