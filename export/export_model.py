@@ -40,6 +40,7 @@ from absl import app, flags, logging
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -51,6 +52,7 @@ from mm_keras.export.saved_model import (  # noqa: E402
     served_towers,
     text_modality,
 )
+from mm_keras.models import PresetTextTokenizer  # noqa: E402
 from mm_keras.serving import warmup, write_batching_parameters, write_model_config  # noqa: E402
 from mm_keras.tokenizers import TextTokenizer  # noqa: E402
 from mm_keras.training import read_class_names  # noqa: E402
@@ -58,6 +60,12 @@ from mm_keras.training import read_class_names  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "runs/clip/model.keras", "The trained DualEncoder (.keras).")
 flags.DEFINE_string("vocabulary", None, "Tokenizer vocabulary; default: beside --model.")
+flags.DEFINE_string(
+    "text_preset",
+    "",
+    "A keras-hub preset whose tokenizer the text tower takes (a student that "
+    "recipes/distill.py --preset distilled); a model from a preset carries its own.",
+)
 flags.DEFINE_string("output_dir", None, "Where artifacts go; default: export/ beside --model.")
 flags.DEFINE_list("modalities", [], "The two towers to export; default: the model's two.")
 flags.DEFINE_string("name", "clip", "Model name for TF Serving.")
@@ -264,6 +272,12 @@ def main(argv):
     # A model over a keras-hub preset carries its own tokenizer; mm_keras's own models
     # keep their vocabulary beside model.keras.
     tokenizer = getattr(model, "text_tokenizer", None) if text is not None else None
+    if text is not None and FLAGS.text_preset:
+        try:
+            preprocessor = keras_hub.models.CausalLMPreprocessor.from_preset(FLAGS.text_preset)
+            tokenizer = PresetTextTokenizer(preprocessor)
+        except (ValueError, FileNotFoundError) as error:
+            raise app.UsageError(f"--text_preset: {error}") from None
     if text is not None and tokenizer is None:
         vocabulary = FLAGS.vocabulary or os.path.join(model_dir, "vocabulary.txt")
         if not os.path.isfile(vocabulary):

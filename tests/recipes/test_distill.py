@@ -109,6 +109,16 @@ def test_a_preset_teacher_distils_into_a_student_of_at_most_half_its_size(siglip
     assert student.tokenizers["image"].num_channels == 3
     assert not (tmp_path / "teacher.keras").exists()
 
+    # The student ships with the preset's tokenizer: strings in, the preset's ids served.
+    run_script(
+        "export/export_model.py", f"--model={tmp_path / 'student.keras'}",
+        f"--text_preset={siglip_path}", "--modes=float32", "--latency_examples=3",
+    )  # fmt: skip
+    report = json.loads((tmp_path / "export" / "report.json").read_text())
+    assert report["saved_model"]["non_core_ops"] == []
+    assert report["saved_model"]["max_abs_error"] < 1e-5
+    assert report["tflite_float32"]["max_abs_error"] < 1e-4
+
 
 @pytest.mark.parametrize(
     "flag, message",
