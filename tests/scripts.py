@@ -25,3 +25,23 @@ def run_script(path, *flags, timeout=300):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def script_usage_error(path, *flags, timeout=120):
+    """Runs a script that must refuse its flags or files; returns its stderr.
+
+    Fails the test unless the script exits non-zero with a usage message, not a traceback.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, path), *flags],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return result.stderr

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -22,7 +20,7 @@ from mm_keras.tokenizers import (
     TextTokenizer,
 )
 from tests.own_data import SAMPLE_RATE, write_dataset
-from tests.scripts import ROOT, run_script
+from tests.scripts import run_script, script_usage_error
 
 NUM_SAMPLES = 2000  # a quarter second: shorter and longer than the written clips
 
@@ -329,26 +327,13 @@ def test_image_audio_model_exports_and_verifies_on_own_files(own_data, tmp_path)
     )
     np.testing.assert_allclose(both["logits"], logits, atol=1e-4)
 
-    stderr = _export_error(
+    stderr = script_usage_error(
+        "export/export_model.py",
         f"--model={model_path}", f"--output_dir={tmp_path / 'refused'}",
         f"--test_data={paths['test']}", "--modes=float32",
         f"--class_names={directory / 'classes.txt'}",
     )  # fmt: skip
     assert "--class_names: zero-shot accuracy needs a text tower" in stderr, stderr[-2000:]
-
-
-def _export_error(*flags):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "export", "export_model.py"), *flags],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=env,
-    )
-    assert result.returncode != 0
-    return result.stderr
 
 
 def test_bad_data_flags_are_named_before_any_export_work(own_data, tmp_path):
@@ -378,6 +363,6 @@ def test_bad_data_flags_are_named_before_any_export_work(own_data, tmp_path):
             f"num_classes). Record: {records}-00000-of-00001.tfrecord # 0",
         ),
     ):  # fmt: skip
-        stderr = _export_error(*common, *flags)
+        stderr = script_usage_error("export/export_model.py", *common, *flags)
         assert expected in stderr, (flags, stderr[-2000:])
     assert not output_dir.exists()

@@ -1,15 +1,12 @@
 """The distillation recipe: a progressive run end to end, and a reused teacher."""
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import pytest
 
 from mm_keras.models import DualEncoder
-from tests.scripts import ROOT, run_script
+from tests.scripts import run_script, script_usage_error
 
 TINY = (
     "--epochs=1",
@@ -67,18 +64,8 @@ def test_progressive_stages_shrink_the_student_and_write_the_table(tmp_path):
 def test_a_missing_data_file_is_named_before_the_teacher_is_built(tmp_path):
     missing = str(tmp_path / "nowhere.jsonl")
     splits = [f"--{split}_data={missing}" for split in ("train", "validation", "test")]
-    result = subprocess.run(
-        [sys.executable, "recipes/distill.py", *splits, f"--output_dir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-        timeout=120,
-    )
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert f"--train_data: expected a JSONL or CSV manifest file. Received: {missing!r}" in (
-        result.stderr
-    )
+    stderr = script_usage_error("recipes/distill.py", *splits, f"--output_dir={tmp_path}")
+    assert f"--train_data: expected a JSONL or CSV manifest file. Received: {missing!r}" in stderr
     assert not (tmp_path / "teacher.keras").exists()
 
 
@@ -130,15 +117,8 @@ def test_a_preset_teacher_distils_into_a_student_of_at_most_half_its_size(siglip
 def test_a_preset_teacher_refuses_a_large_student_and_teacher_flags(
     clip_path, tmp_path, flag, message
 ):
-    argv = ["recipes/distill.py", f"--preset={clip_path}", flag, f"--output_dir={tmp_path}"]
-    result = subprocess.run(
-        [sys.executable, *argv],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-        timeout=120,
+    stderr = script_usage_error(
+        "recipes/distill.py", f"--preset={clip_path}", flag, f"--output_dir={tmp_path}"
     )
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert message in result.stderr
+    assert message in stderr
     assert not (tmp_path / "student.keras").exists()
