@@ -31,9 +31,11 @@ import functools
 
 import keras_hub
 import tensorflow as tf
+import tokenizers
 from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+from tokenizers import normalizers
 
-from mm_keras.export.serving_tokenizer import _NOT_AN_EXCEPTION, fold_exceptions
+from mm_keras.export.serving_tokenizer import CharacterFold
 
 MAX_BYTES_PER_WORD = 256
 _END_OF_WORD = "</w>"
@@ -70,9 +72,6 @@ def clip_word_pattern():
 @functools.lru_cache(maxsize=1)
 def _clip_normalizer():
     # As `CLIPTokenizer._set_vocabulary_and_merges_tokenizers` builds it.
-    import tokenizers
-    from tokenizers import normalizers
-
     return normalizers.Sequence(
         [
             normalizers.NFC(),
@@ -170,20 +169,7 @@ class ServingBytePair(tf.Module):
             tf.lookup.KeyValueTensorInitializer(tf.constant(byte_values), tf.constant(symbols)),
             default_value="",
         )
-        keys, values = fold_exceptions(clip_normalize)
-        self.normalize_table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(keys, values), default_value=_NOT_AN_EXCEPTION
-        )
-
-    def _normalize(self, text):
-        chars = tf.strings.unicode_split(text, "UTF-8")  # ragged [N, (chars)]
-        exceptions = self.normalize_table.lookup(chars.flat_values)
-        normalized = tf.where(
-            exceptions == _NOT_AN_EXCEPTION,
-            tf.strings.lower(chars.flat_values, encoding="utf-8"),
-            exceptions,
-        )
-        return tf.strings.reduce_join(chars.with_flat_values(normalized), axis=1)
+        self.normalize = CharacterFold(clip_normalize)
 
     def split_words(self, strings):
         """Normalized words, special tokens whole: ragged `[N, (words)]` of UTF-8 strings.
@@ -195,7 +181,7 @@ class ServingBytePair(tf.Module):
         # Face's added tokens are: the spaces end the words on either side of them.
         specials = "|".join(_re2_escape(token) for token in self.special_tokens)
         text = tf.strings.regex_replace(text, specials, r" \0 ")
-        text = self._normalize(text)
+        text = self.normalize(text)
         text = tf.strings.regex_replace(text, f"{specials}|{clip_word_pattern()}", r" \0 ")
         words = tf.strings.split(text, sep=" ")
         words = tf.ragged.boolean_mask(words, words != "")

@@ -53,6 +53,38 @@ def fold_exceptions(fold=casefold):
     return keys, values
 
 
+class CharacterFold(tf.Module):
+    """Maps each character of UTF-8 strings through `fold`, in core TF ops.
+
+    `tf.strings.lower` per character, except where a lookup table (from `fold_exceptions`)
+    says `fold` gives something else; character by character, so nothing is recomposed.
+
+    Args:
+        fold: a function of one character to a string; by default NFKC case folding.
+
+    Example:
+    >>> CharacterFold()(tf.constant(["ＦＵＬＬ ﬁ"])).numpy()
+    array([b'full fi'], dtype=object)
+    """
+
+    def __init__(self, fold=casefold, name=None):
+        super().__init__(name=name)
+        keys, values = fold_exceptions(fold)
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, values), default_value=_NOT_AN_EXCEPTION
+        )
+
+    def __call__(self, strings):
+        chars = tf.strings.unicode_split(strings, "UTF-8")  # ragged [N, (chars)]
+        exceptions = self.table.lookup(chars.flat_values)
+        folded = tf.where(
+            exceptions == _NOT_AN_EXCEPTION,
+            tf.strings.lower(chars.flat_values, encoding="utf-8"),
+            exceptions,
+        )
+        return tf.strings.reduce_join(chars.with_flat_values(folded), axis=1)
+
+
 class ServingWordPiece(tf.Module):
     """Strings `[N]` → WordPiece ids `int32 [N, sequence_length]`, core TF ops only.
 
@@ -81,20 +113,7 @@ class ServingWordPiece(tf.Module):
             default_value=-1,
         )
         self.unk_id = 1
-        keys, values = fold_exceptions()
-        self.fold_table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(keys, values), default_value=_NOT_AN_EXCEPTION
-        )
-
-    def _casefold(self, words):
-        chars = tf.strings.unicode_split(words, "UTF-8")  # ragged [W, (chars)]
-        exceptions = self.fold_table.lookup(chars.flat_values)
-        folded = tf.where(
-            exceptions == _NOT_AN_EXCEPTION,
-            tf.strings.lower(chars.flat_values, encoding="utf-8"),
-            exceptions,
-        )
-        return tf.strings.reduce_join(chars.with_flat_values(folded), axis=1)
+        self.casefold = CharacterFold()
 
     def split_words(self, strings):
         """Case-folded words, punctuation and CJK split off: ragged `[N, (words)]`.
@@ -106,7 +125,7 @@ class ServingWordPiece(tf.Module):
         text = tf.strings.regex_replace(text, _KEPT, r" \1 ")
         words = tf.strings.split(text, sep=" ")
         words = tf.ragged.boolean_mask(words, words != "")
-        words = words.with_flat_values(self._casefold(words.flat_values))
+        words = words.with_flat_values(self.casefold(words.flat_values))
         words = tf.ragged.boolean_mask(words, words != "")  # words of ignorables only
         return words[:, : self.sequence_length]
 
