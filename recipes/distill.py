@@ -219,15 +219,28 @@ def teacher_and_tokenizer(splits, batches_for, label_aware):
     return teacher, tokenizer
 
 
-def tflite_figures(model, inputs):
-    """Size and single-thread latency of both towers as TFLite `dynamic` files."""
+def tflite_figures(model, inputs, num_examples):
+    """Size and single-thread latency of both towers as TFLite `dynamic` files.
+
+    Args:
+        model: a model reporting its towers' inputs (`tower_input`), e.g. a `DualEncoder`.
+        inputs: `{modality: array}` of raw inputs, images at any size.
+        num_examples: how many of each modality's inputs to time, one at a time.
+    """
     size, latency = 0, 0.0
     for m in model.modalities:
         flatbuffer = convert_tower(model, m, mode="dynamic")
         interpreter = Interpreter(model_content=flatbuffer, num_threads=1)
         interpreter.allocate_tensors()
         (input_detail,) = interpreter.get_input_details()
-        examples = np.asarray(inputs[m][: FLAGS.latency_examples], input_detail["dtype"])
+        examples = np.asarray(inputs[m][:num_examples])
+        tower = model.tower_input(m)
+        if tower.kind == "image" and examples.shape[1:] != tower.shape:
+            # A preset resizes inside Keras (its image converter) but its TFLite tower
+            # takes pixels at the preset's size, as a served client would send them.
+            resized = tf.image.resize(examples, tower.image_size)
+            examples = np.clip(np.round(resized.numpy()), 0, 255)
+        examples = examples.astype(input_detail["dtype"])
         times = []
         for example in examples:
             interpreter.set_tensor(input_detail["index"], example[None])
@@ -257,7 +270,8 @@ def figures(model, tokenizer, splits, test, label_aware):
     if "zero_shot_top1" in metrics:
         row["zero_shot_top1"] = metrics["zero_shot_top1"]
     recall = f"recall_at_1_{query}_to_{key}"
-    return {**row, recall: metrics[recall], **tflite_figures(model, inputs)}, metrics["recall_kind"]
+    row = {**row, recall: metrics[recall]}
+    return {**row, **tflite_figures(model, inputs, FLAGS.latency_examples)}, metrics["recall_kind"]
 
 
 def run(splits, preset_tokenizer=None):

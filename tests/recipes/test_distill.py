@@ -3,6 +3,7 @@
 import json
 
 import keras
+import numpy as np
 import pytest
 
 from mm_keras.models import DualEncoder
@@ -59,6 +60,22 @@ def test_progressive_stages_shrink_the_student_and_write_the_table(tmp_path):
     again = _metrics(reuse)
     assert again["teacher_zero_shot_top1"] == metrics["teacher_zero_shot_top1"]
     assert not (reuse / "teacher.keras").exists()
+
+
+def test_tflite_figures_times_a_preset_tower_given_images_at_another_size(clip_path):
+    from recipes.distill import tflite_figures
+
+    teacher = DualEncoder.from_preset(clip_path)
+    assert teacher.tower_input("image").shape != (16, 16, 3)
+    rng = np.random.default_rng(0)
+    text_shape = teacher.tower_input("text").shape
+    inputs = {
+        "image": rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8),
+        "text": rng.integers(1, 10, (2, *text_shape), dtype=np.int32),
+    }
+    figures = tflite_figures(teacher, inputs, num_examples=2)
+    assert figures["tflite_dynamic_bytes"] > 0
+    assert figures["tflite_latency_ms"] > 0
 
 
 def test_a_missing_data_file_is_named_before_the_teacher_is_built(tmp_path):
