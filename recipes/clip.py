@@ -34,7 +34,8 @@ the CLIP loss for CLIP and, by default, the SigLIP loss for SigLIP (which keeps 
 learned bias), at a peak learning rate of 1e-5. Text goes through the preset's own
 tokenizer, images in 3 channels (the digits' gray repeated; files decoded at the preset's
 image size unless `--image_size` says otherwise), resized by the preset's image converter
-inside the model. The flags that shape mm_keras's own towers are refused with it. The run
+inside the model. The flags that shape mm_keras's own towers are refused with it, and so is
+`--data_service` (the preset's tokenizer runs in Python, which a service worker cannot). The run
 writes what it writes otherwise, without `vocabulary.txt` (the tokenizer is saved in
 `model.keras`), and the fine-tuned model as a keras-hub preset in `output_dir/preset/`,
 which `from_preset` here or in keras-hub loads (and `recipes/distill.py --preset` distils).
@@ -173,6 +174,13 @@ def load_preset_tokenizer():
     Only the preset's preprocessor is loaded here: the model is loaded in the strategy's
     scope.
     """
+    if FLAGS.data_service:
+        # The tokenizer runs through tf.py_function, which a tf.data service worker,
+        # holding only the serialized graph, cannot call back into.
+        raise app.UsageError(
+            "--data_service: expected none with a --preset, whose tokenizer runs in Python. "
+            f"Received: --preset={FLAGS.preset} with --data_service={FLAGS.data_service}"
+        )
     given = [f"--{name}" for name in TOWER_FLAGS if FLAGS[name].present]
     if given:
         raise app.UsageError(

@@ -159,6 +159,7 @@ def test_recipe_fine_tunes_a_preset_on_own_files_decoded_at_its_image_size(sigli
     [
         ("--hidden_dim=32", "--hidden_dim shape mm_keras's own towers; a --preset brings"),
         ("--loss=siglip", "--loss=siglip needs a logit bias, which a CLIP preset has not"),
+        ("--data_service=grpc://localhost:5050", "--data_service: expected none with a"),
     ],
 )
 def test_recipe_refuses_flags_a_preset_cannot_take(clip_path, tmp_path, flag, message):
