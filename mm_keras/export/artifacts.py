@@ -4,6 +4,8 @@ import json
 import os
 import shutil
 
+import keras
+
 from mm_keras.export import staging, tflite, verify, wordpiece
 from mm_keras.export.saved_model import (
     DEFAULT_MAX_AUDIO_BYTES,
@@ -43,7 +45,7 @@ def export_artifacts(
         output_dir/tflite/<modality>_<mode>.tflite  one file per tower and mode
         output_dir/tflite/vocabulary.txt            WordPiece: the text tokenizer's vocabulary
         output_dir/tflite/text_tokenizer.py         and a pure-Python tokenizer for it
-        output_dir/tflite/text_tokenizer/           a keras-hub preset's: its tokenizer assets
+        output_dir/tflite/text_tokenizer/           a keras-hub preset's: its preprocessor
         output_dir/tflite/manifest.json             the SavedModel version they came from,
                                                     the towers and the files
 
@@ -159,14 +161,22 @@ def ship_text_tokenizer(tokenizer, directory):
     """Writes what an app needs to tokenize for the TFLite text tower; returns the names.
 
     WordPiece: `vocabulary.txt` and `text_tokenizer.py`, a pure-Python tokenizer. A
-    keras-hub preset's tokenizer: `text_tokenizer/`, its assets as keras-hub saves them
-    (CLIP: `vocabulary.json` and `merges.txt`, which Hugging Face `tokenizers` reads;
-    SigLIP: the SentencePiece model, which `sentencepiece` reads).
+    keras-hub preset's tokenizer: `text_tokenizer/`, its preprocessor as keras-hub saves
+    it: `preprocessor.json` and `tokenizer.json` (sequence length, start, end and pad
+    tokens, SigLIP's text canonicalization) and `assets/tokenizer/` (CLIP's
+    `vocabulary.json` and `merges.txt`, which Hugging Face `tokenizers` reads; SigLIP's
+    SentencePiece model, which `sentencepiece` reads).
+
+    Args:
+        tokenizer: a `TextTokenizer` or a `PresetTextTokenizer`.
+        directory: str, the TFLite files' directory.
+
+    Example:
+    >>> ship_text_tokenizer(model.text_tokenizer, "export/tflite")
+    ['text_tokenizer']
     """
     if isinstance(tokenizer, PresetTextTokenizer):
-        target = os.path.join(directory, PRESET_TOKENIZER_DIR)
-        os.makedirs(target)
-        tokenizer.preprocessor.tokenizer.save_assets(target)
+        tokenizer.preprocessor.save_to_preset(os.path.join(directory, PRESET_TOKENIZER_DIR))
         return [PRESET_TOKENIZER_DIR]
     tokenizer.save_vocabulary(os.path.join(directory, "vocabulary.txt"))
     shutil.copyfile(wordpiece.__file__, os.path.join(directory, "text_tokenizer.py"))
@@ -174,11 +184,19 @@ def ship_text_tokenizer(tokenizer, directory):
 
 
 def shipped_text_tokenizer(tokenizer, directory):
-    """Strings → ids `[N, L]` as the app tokenizes for the TFLite text tower: WordPiece by
-    the shipped `text_tokenizer.py`; a preset's tokenizer by keras-hub's Python path, which
-    reads the same assets (`PresetTextTokenizer`)."""
+    """The tokenizer `ship_text_tokenizer` wrote to `directory`, read back from its files,
+    as strings → ids `[N, L]`: what the report's TFLite figures are measured with.
+
+    Args:
+        tokenizer: the tokenizer that was shipped (its type says which files to read).
+        directory: str, the TFLite files' directory.
+    """
     if isinstance(tokenizer, PresetTextTokenizer):
-        return lambda texts: tokenizer(texts)["token_ids"]
+        shipped = os.path.join(directory, PRESET_TOKENIZER_DIR)
+        with open(os.path.join(shipped, "preprocessor.json")) as f:
+            preprocessor = keras.saving.deserialize_keras_object(json.load(f))
+        preprocessor.load_preset_assets(shipped)
+        return lambda texts: PresetTextTokenizer(preprocessor)(texts)["token_ids"]
     return wordpiece.WordPieceTokenizer(
         os.path.join(directory, "vocabulary.txt"), tokenizer.sequence_length
     )

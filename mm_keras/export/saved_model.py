@@ -326,12 +326,20 @@ def check_tokenizer_fits(model, text, tokenizer):
             )
         return
     check_exportable_tokenizer(tokenizer)
-    tower_length = model.tower_input(text).sequence_length
-    if tokenizer.sequence_length > tower_length:
+    tower = model.tower_input(text)
+    if tokenizer.sequence_length > tower.sequence_length:
         raise ValueError(
             "The tokenizer's sequence_length must fit the text tower. Received: "
             f"tokenizer sequence_length={tokenizer.sequence_length}, tower "
-            f"sequence_length={tower_length}"
+            f"sequence_length={tower.sequence_length}"
+        )
+    # A served string must not give ids the tower cannot embed, or padding it does not mask.
+    if tokenizer.vocabulary_size > tower.vocabulary_size or tokenizer.pad_id != tower.pad_id:
+        raise ValueError(
+            "Expected the tokenizer the text tower was trained with: ids below its "
+            f"vocabulary_size={tower.vocabulary_size}, padded with its pad_id={tower.pad_id}. "
+            f"Received: tokenizer vocabulary_size={tokenizer.vocabulary_size}, "
+            f"pad_id={tokenizer.pad_id}"
         )
 
 
@@ -359,6 +367,14 @@ def serving_text_tokenizer(tokenizer, scratch_dir):
     an asset of the SavedModel); for a keras-hub preset's `PresetTextTokenizer`,
     `ServingBytePair` (CLIP) or `ServingSentencePiece` (SigLIP), which carry their
     vocabulary in lookup tables.
+
+    Args:
+        tokenizer: a `TextTokenizer` (WordPiece, `lowercase=True`) or `PresetTextTokenizer`.
+        scratch_dir: str, a directory that lives until the SavedModel is written.
+
+    Example:
+    >>> serving_text_tokenizer(model.text_tokenizer, scratch)(tf.constant(["a cat"])).shape
+    TensorShape([1, 64])
     """
     check_exportable_tokenizer(tokenizer)
     if isinstance(tokenizer, PresetTextTokenizer):
@@ -381,9 +397,9 @@ def build_archive(
 
     The model serves two towers of different kinds, text, image or audio (see
     `served_towers`). `text_tokenizer`, for a text tower only, maps `tf.string [N]` to
-    token ids inside the graph: a `ServingWordPiece`, whose lookup table (and vocabulary
-    asset) the archive tracks. Endpoints, each a TF Serving signature with named inputs
-    and outputs, per tower served:
+    token ids inside the graph: a module from `serving_text_tokenizer`, whose lookup
+    tables (and vocabulary asset) the archive tracks. Endpoints, each a TF Serving
+    signature with named inputs and outputs, per tower served:
 
     * text towers: `embed_text`: `text` `tf.string [N]` → `text_embedding` `float32 [N, P]`;
     * image towers: `embed_image`: `image` `tf.string [N]` of encoded PNG or JPEG →
@@ -539,18 +555,18 @@ def export_saved_model(
     server polling `base_dir` never sees half a version, and an existing version is never
     overwritten. A staging directory that a killed export left in `base_dir` is removed
     first (see `mm_keras.export.staging`). Text, when a text tower is served, is tokenized
-    in the graph by `ServingWordPiece` (core TensorFlow ops, the same ids as `tokenizer`),
-    with the vocabulary as the asset `assets/vocabulary.txt`, so the SavedModel loads in any
-    TensorFlow or TF Serving build. Every op of the graph that is not core TensorFlow is
-    still listed, and one the stock `tensorflow/serving` image lacks is refused unless named
-    in `allow_ops` (see `mm_keras.export.ops`). The signatures and the input checks inside
-    them are described in `build_archive`.
+    in the graph by the module `serving_text_tokenizer` gives (core TensorFlow ops, the same
+    ids as `tokenizer`; WordPiece's vocabulary as the asset `assets/vocabulary.txt`), so the
+    SavedModel loads in any TensorFlow or TF Serving build. Every op of the graph that is
+    not core TensorFlow is still listed, and one the stock `tensorflow/serving` image lacks
+    is refused unless named in `allow_ops` (see `mm_keras.export.ops`). The signatures and
+    the input checks inside them are described in `build_archive`.
 
     Args:
-        model: a `DualEncoder` with two towers of different kinds among `TextEmbedding`,
-            `ImagePatchTokenizer` and `AudioSpectrogramTokenizer` (see `served_towers`).
-        tokenizer: the `TextTokenizer` the model was trained with; None without a text
-            tower.
+        model: a `DualEncoder` or `KerasHubDualEncoder` with two towers of different kinds
+            among text, image and audio (see `served_towers`).
+        tokenizer: the `TextTokenizer` the model was trained with, or a preset's
+            `PresetTextTokenizer`; None without a text tower.
         base_dir: str, the model's directory (TF Serving's `base_path`).
         version: int >= 1, the version number.
         allow_ops: op names to accept although the stock server lacks them.

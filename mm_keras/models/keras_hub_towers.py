@@ -78,6 +78,16 @@ class PresetTextTokenizer(keras.layers.Layer):
         self._build_lock = threading.Lock()
         self.built = True
 
+    @property
+    def vocabulary_size(self):
+        """Number of ids the preset's tokenizer gives."""
+        return self.preprocessor.tokenizer.vocabulary_size()
+
+    @property
+    def pad_id(self):
+        """The id the preset pads with (CLIP: its end token; SigLIP: `</s>`)."""
+        return self.preprocessor.tokenizer.pad_token_id
+
     def _pack(self, inputs):
         if not self._text_preprocessor.built:
             with self._build_lock:
@@ -208,7 +218,12 @@ class KerasHubDualEncoder(TowersMixin, keras.Model):
             *image_size, num_channels = self.backbone.vision_encoder.image_shape
             return TowerInput("image", image_size=tuple(image_size), num_channels=num_channels)
         if modality == "text":
-            return TowerInput("text", sequence_length=self.preprocessor.sequence_length)
+            return TowerInput(
+                "text",
+                sequence_length=self.preprocessor.sequence_length,
+                vocabulary_size=self.backbone.text_encoder.vocabulary_size,
+                pad_id=self.preprocessor.tokenizer.pad_token_id,
+            )
         raise ValueError(
             f"Expected a modality in {self.modalities}. Received: modality={modality!r}"
         )

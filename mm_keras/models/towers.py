@@ -85,8 +85,14 @@ class TowerInput:
     Attributes:
         kind: `"image"` (uint8 pixels `[H, W, C]`), `"audio"` (float32 waveforms in [-1, 1]
             `[num_samples]` at `sample_rate`) or `"text"` (int32 token ids
-            `[sequence_length]`).
+            `[sequence_length]`, below `vocabulary_size`, padded with `pad_id`).
         shape: one example's shape, from the fields below.
+
+    Example:
+    >>> model.tower_input("image")  # a DualEncoder on 32x32 grayscale images
+    TowerInput(kind='image', image_size=(32, 32), num_channels=1, ...)
+    >>> model.tower_input("image").shape
+    (32, 32, 1)
     """
 
     kind: str
@@ -95,6 +101,8 @@ class TowerInput:
     sample_rate: int = None
     num_samples: int = None
     sequence_length: int = None
+    vocabulary_size: int = None
+    pad_id: int = None
 
     @property
     def shape(self):
@@ -116,7 +124,12 @@ def tokenizer_tower_input(layer):
     if isinstance(layer, AudioSpectrogramTokenizer):
         return TowerInput("audio", sample_rate=layer.sample_rate, num_samples=layer.num_samples)
     if isinstance(layer, TextEmbedding):
-        return TowerInput("text", sequence_length=layer.sequence_length)
+        return TowerInput(
+            "text",
+            sequence_length=layer.sequence_length,
+            vocabulary_size=layer.vocabulary_size,
+            pad_id=layer.pad_id,
+        )
     return None
 
 
@@ -125,6 +138,10 @@ class TowersMixin:
 
     def tower_input(self, modality):
         """The `TowerInput` of a modality's tower; None for one no export serves (video)."""
+        if modality not in self.tokenizers:
+            raise ValueError(
+                f"Expected a modality in {tuple(self.tokenizers)}. Received: modality={modality!r}"
+            )
         return tokenizer_tower_input(self.tokenizers[modality])
 
     @property

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from mm_keras.data import datasets
+from mm_keras.export import export_saved_model
 from mm_keras.models import DualEncoder
 from mm_keras.trainers import ContrastiveTrainer
 from tests.scripts import ROOT, run_script
@@ -76,7 +77,9 @@ def test_fine_tuned_preset_exports_verified(name, request, tmp_path):
     for mode in MODES:
         ops = report[f"tflite_{mode}"]["ops"]
         assert ops and not [op for op in ops if op.startswith("Flex")], (mode, ops)
-    assert "text_tokenizer" in os.listdir(output_dir / "tflite")
+    # The preset's preprocessor ships for the app; the TFLite figures were measured with it.
+    shipped = set(os.listdir(output_dir / "tflite" / "text_tokenizer"))
+    assert {"preprocessor.json", "tokenizer.json", "assets"} <= shipped
 
     # Raw strings and image bytes through `saved_model_cli`, as a shell user drives it.
     version_dir = output_dir / "saved_model" / "clip" / "1"
@@ -91,3 +94,11 @@ def test_fine_tuned_preset_exports_verified(name, request, tmp_path):
     loaded = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     expected = loaded(image=tf.constant(list(png)), text=tf.constant(texts))["logits"].numpy()
     np.testing.assert_allclose(received, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_text_tower_trained_on_other_ids_is_refused(tiny_model, siglip_path, tmp_path):
+    # The demo's WordPiece tower pads with 0 over its own vocabulary; SigLIP pads with </s>.
+    tokenizer = DualEncoder.from_preset(siglip_path).text_tokenizer
+    with pytest.raises(ValueError, match="Expected the tokenizer the text tower was trained"):
+        export_saved_model(tiny_model, tokenizer, str(tmp_path))
+    assert not os.listdir(tmp_path)
