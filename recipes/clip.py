@@ -184,14 +184,14 @@ def load_preset_tokenizer():
     given = [f"--{name}" for name in TOWER_FLAGS if FLAGS[name].present]
     if given:
         raise app.UsageError(
-            f"{', '.join(given)} shape mm_keras's own towers; a --preset brings its towers "
+            f"{', '.join(given)}: expected none with a --preset, which brings its own towers "
             f"and tokenizer. Received: --preset={FLAGS.preset} with {', '.join(given)}"
         )
     tokenizer, decode_defaults = load_preset_preprocessing(FLAGS.preset, FLAGS.modalities)
     is_clip = isinstance(tokenizer.preprocessor, keras_hub.models.CLIPPreprocessor)
     if is_clip and FLAGS.loss == "siglip":
         raise app.UsageError(
-            "--loss=siglip needs a logit bias, which a CLIP preset has not. "
+            "--loss: expected clip with a CLIP preset, which has no logit bias for siglip. "
             f"Received: --preset={FLAGS.preset} (CLIP) with --loss=siglip"
         )
     return tokenizer, FLAGS.loss or ("clip" if is_clip else "siglip"), decode_defaults

@@ -391,8 +391,9 @@ def main(argv):
         given = [f"--{name}" for name in PRESET_EXCLUDES if FLAGS[name].present]
         if given:
             raise app.UsageError(
-                f"{', '.join(given)} describe a teacher trained or shrunk here; --preset is "
-                f"the teacher. Received: --preset={FLAGS.preset} with {', '.join(given)}"
+                f"{', '.join(given)}: expected none with --preset, the teacher (they describe "
+                "a teacher trained or shrunk here). "
+                f"Received: --preset={FLAGS.preset} with {', '.join(given)}"
             )
         preset_tokenizer, decode_defaults = load_preset_preprocessing(
             FLAGS.preset, FLAGS.modalities

@@ -157,8 +157,8 @@ def test_recipe_fine_tunes_a_preset_on_own_files_decoded_at_its_image_size(sigli
 @pytest.mark.parametrize(
     "flag, message",
     [
-        ("--hidden_dim=32", "--hidden_dim shape mm_keras's own towers; a --preset brings"),
-        ("--loss=siglip", "--loss=siglip needs a logit bias, which a CLIP preset has not"),
+        ("--hidden_dim=32", "--hidden_dim: expected none with a --preset, which brings its own"),
+        ("--loss=siglip", "--loss: expected clip with a CLIP preset, which has no logit bias"),
         ("--data_service=grpc://localhost:5050", "--data_service: expected none with a"),
     ],
 )

@@ -128,7 +128,7 @@ def test_a_preset_teacher_distils_into_a_student_of_at_most_half_its_size(siglip
     "flag, message",
     [
         ("--hidden_dim=32", "expected a student of at most half the teacher's 42066 parameters"),
-        ("--teacher=runs/distill/teacher.keras", "--teacher describe a teacher trained or shrunk"),
+        ("--teacher=runs/distill/teacher.keras", "--teacher: expected none with --preset"),
     ],
 )
 def test_a_preset_teacher_refuses_a_large_student_and_teacher_flags(
