@@ -192,6 +192,8 @@ class ServingSentencePiece(tf.Module):
         scores = np.array([p.score for _, p in pieces], np.float32)
         self.unk_score = scores.min() - _UNK_PENALTY
         self.max_piece_chars = max(len(p.piece) for _, p in pieces)
+        if max_chars is not None and (not isinstance(max_chars, int) or max_chars < 1):
+            raise ValueError(f"`max_chars` must be an int >= 1. Received: max_chars={max_chars!r}")
         self.max_chars = max_chars or self.sequence_length * self.max_piece_chars
         self.pieces = _table(
             [p.piece for _, p in pieces], np.arange(len(pieces), dtype=np.int64), -1
@@ -340,8 +342,11 @@ class ServingSentencePiece(tf.Module):
 
     @tf.function
     def __call__(self, strings):
-        if strings.shape.rank != 1:
-            raise ValueError(f"Expected strings of shape [N]. Received: shape={strings.shape}")
+        if strings.dtype != tf.string or strings.shape.rank != 1:
+            raise ValueError(
+                "Expected strings of dtype string and shape [N]. "
+                f"Received: dtype={strings.dtype.name}, shape={strings.shape}"
+            )
         if self.canonicalize_text:
             strings = self._canonicalize(strings)
         chars = tf.strings.unicode_split(self.normalize(strings), "UTF-8")

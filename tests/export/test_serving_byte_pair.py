@@ -167,12 +167,13 @@ def test_merge_rank_wins_over_position_and_leftmost_wins_ties():
 
 def test_a_word_is_cut_at_max_bytes_per_word(preprocessor):
     tokenize = ServingBytePair(preprocessor, max_bytes_per_word=4)
-    ids = tokenize(tf.constant(["digitdigit digit"])).numpy()[0]
+    ids = tokenize(tf.constant(["digitdigit the digit"])).numpy()[0]
     vocabulary = preprocessor.tokenizer.vocabulary
-    # The cut word keeps its first 4 bytes, without `</w>`; a whole word is unchanged.
-    assert list(ids[:4]) == [
+    # A cut word keeps its first 4 bytes, without `</w>`; a word within them is unchanged.
+    assert list(ids[:5]) == [
         preprocessor.tokenizer.start_token_id,
         vocabulary["digi"],
+        vocabulary["the</w>"],
         vocabulary["digi"],
         preprocessor.tokenizer.end_token_id,
     ]

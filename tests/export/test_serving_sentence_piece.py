@@ -147,12 +147,15 @@ def test_empty_batches_and_batches_shorter_than_a_piece(siglip_path):
         )
 
 
-def test_rank_2_input_is_refused(siglip_path):
+def test_bad_inputs_and_limits_are_refused(siglip_path):
     tokenize = ServingSentencePiece(keras_hub.models.SigLIPPreprocessor.from_preset(siglip_path))
-    with pytest.raises(
-        ValueError, match=r"Expected strings of shape \[N\]. Received: shape=\(1, 2\)"
-    ):
+    with pytest.raises(ValueError, match=r"shape \[N\]. Received: dtype=string, shape=\(1, 2\)"):
         tokenize(tf.constant([["a", "b"]]))
+    with pytest.raises(ValueError, match=r"dtype string .* Received: dtype=int32"):
+        tokenize(tf.constant([1, 2]))
+    preprocessor = keras_hub.models.SigLIPPreprocessor.from_preset(siglip_path)
+    with pytest.raises(ValueError, match="`max_chars` must be an int >= 1. Received: max_chars=0"):
+        ServingSentencePiece(preprocessor, max_chars=0)
 
 
 def _trained(**options):
