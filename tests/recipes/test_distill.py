@@ -102,8 +102,9 @@ def test_a_preset_teacher_distils_into_a_student_of_at_most_half_its_size(siglip
     metrics = _metrics(tmp_path)
     assert metrics["param_fraction"] <= 0.5
     assert metrics["student_num_params"] <= 0.5 * metrics["teacher_num_params"]
-    for key in ("teacher_zero_shot_top1", "student_zero_shot_top1", "tflite_speedup"):
-        assert metrics[key] >= 0, key
+    for key in ("teacher_zero_shot_top1", "student_zero_shot_top1"):
+        assert 0 <= metrics[key] <= 1, key
+    assert metrics["tflite_speedup"] > 0
     student = keras.saving.load_model(tmp_path / "student.keras", safe_mode=True)
     teacher = DualEncoder.from_preset(siglip_path)
     # The student embeds the preset's ids, masking its pad id (SigLIP pads with </s>).
@@ -127,7 +128,7 @@ def test_a_preset_teacher_distils_into_a_student_of_at_most_half_its_size(siglip
 @pytest.mark.parametrize(
     "flag, message",
     [
-        ("--hidden_dim=32", "expected a student of at most half the teacher's 42066 parameters"),
+        ("--hidden_dim=32", "expected a student of at most half the teacher's {} parameters"),
         ("--teacher=runs/distill/teacher.keras", "--teacher: expected none with --preset"),
     ],
 )
@@ -137,5 +138,5 @@ def test_a_preset_teacher_refuses_a_large_student_and_teacher_flags(
     stderr = script_usage_error(
         "recipes/distill.py", f"--preset={clip_path}", flag, f"--output_dir={tmp_path}"
     )
-    assert message in stderr
+    assert message.format(DualEncoder.from_preset(clip_path).count_params()) in stderr
     assert not (tmp_path / "student.keras").exists()
