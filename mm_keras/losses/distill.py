@@ -21,6 +21,8 @@ import numbers
 
 from keras import ops
 
+from mm_keras.losses.contrastive import _local_only
+
 
 def _static_shape(tensor):
     return tuple(getattr(tensor, "shape", ()))
@@ -44,10 +46,6 @@ def _check_same_batch(name_a, a, name_b, b):
             f"Expected `{name_a}` and `{name_b}` to hold the same batch. "
             f"Received: {name_a}.shape={_static_shape(a)}, {name_b}.shape={_static_shape(b)}"
         )
-
-
-def _local_only(tensor):
-    return tensor, 0
 
 
 def _l2_normalize(x):

@@ -135,10 +135,14 @@ class ContrastiveTrainer(keras.Model):
         embeddings = self.model(inputs, training=training)
         return self._embedding_loss(inputs, embeddings, labels, training)
 
+    def _gather_fn(self):
+        """The losses' `gather_fn`: `all_gather` across replicas, or None for the local batch."""
+        return all_gather if self.gather == "global" and num_replicas() > 1 else None
+
     def _embedding_loss(self, inputs, embeddings, labels, training):
         """The loss of the model's `embeddings` of `inputs`, and in-batch accuracy."""
         x, y = (embeddings[m] for m in self.modalities)
-        gather_fn = all_gather if self.gather == "global" and num_replicas() > 1 else None
+        gather_fn = self._gather_fn()
         if self.loss_name == "clip":
             loss = clip_loss(x, y, self.model.logit_scale, labels=labels, gather_fn=gather_fn)
         else:

@@ -5,7 +5,6 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from mm_keras.distribute import all_gather, num_replicas
 from mm_keras.losses.distill import (
     affinity_mimicking_loss,
     feature_kd_loss,
@@ -233,7 +232,7 @@ class DistillationTrainer(ContrastiveTrainer):
             teacher = self.teacher(inputs, training=False)
         first, second = self.modalities
         x_s, y_s, x_t, y_t = embeddings[first], embeddings[second], teacher[first], teacher[second]
-        gather_fn = all_gather if self.gather == "global" and num_replicas() > 1 else None
+        gather_fn = self._gather_fn()
         distillation = ops.zeros((), "float32")
         if self.affinity_weight:
             distillation += self.affinity_weight * affinity_mimicking_loss(
