@@ -31,6 +31,11 @@ def cache_teacher_embeddings(teacher, examples, modalities=("image", "text"), ba
     teacher embedding would differ from the cached one). The teacher runs outside any
     replica context, so the result works under every strategy as plain examples do.
 
+    Every embedding is held in host memory, as one constant of the returned dataset:
+    N x D_t float32 per modality (1M examples x 768 x 2 modalities = 6 GB, and more for a
+    moment while it is built). Cache datasets that fit; for larger ones, distil without
+    the cache (`DistillationTrainer` then runs the teacher at each step).
+
     Args:
         teacher: the frozen teacher, a `DualEncoder` or `KerasHubDualEncoder`.
         examples: a `tf.data.Dataset` of unbatched example dicts holding `modalities` as
