@@ -28,9 +28,10 @@ of more than half the teacher's parameters is refused before training; the table
 are `teacher` and `student`.
 
 The teacher is frozen in every stage, so when training batches are not augmented (the
-digits; files' images and audio are augmented) its embeddings are computed once per
-example before the first stage and read from the batches after (`Splits.dataset` with a
-`teacher`), rather than computed again at every step.
+digits, or files with `--noaugment`; files' images and audio are otherwise shifted and
+cropped at random) its embeddings are computed once per example before the first stage
+and read from the batches after (`Splits.dataset` with a `teacher`), rather than computed
+again at every step; the run prints which.
 
 `--modalities` (default image and text) and the data flags are `recipes/clip.py`'s:
 with `--train_data`, `--validation_data` and `--test_data`, teacher and students train
@@ -326,6 +327,10 @@ def run(splits, preset_tokenizer=None):
     # The teacher is frozen from here on: unless batches are augmented, its embeddings
     # are computed once, here, and read from the batches at every step.
     cached = None if splits.augmented else teacher
+    if cached is None:
+        print("Teacher embeddings: at every step (augmented batches; --noaugment caches them)")
+    else:
+        print("Teacher embeddings: computed once per example, cached")
     train = splits.dataset(
         "train", FLAGS.batch_size, tokenizer, training=True, seed=FLAGS.seed, teacher=cached
     )

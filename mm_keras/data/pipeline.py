@@ -282,6 +282,9 @@ class Pipeline:
         num_samples: int, audio is cropped or padded to this many samples.
         num_frames: int, frames sampled evenly from each video.
         num_classes: optional int; labels must then lie in `[0, num_classes)`.
+        augment: bool, shift images and crop audio at random in training batches; False
+            decodes them as evaluation does (still shuffled), so that what a frozen model
+            computes from an example is the same every epoch and can be cached.
 
     Example:
     >>> pipeline = Pipeline.from_manifest("data/train.jsonl", ("image", "audio", "text"))
@@ -299,6 +302,7 @@ class Pipeline:
         num_samples=4000,
         num_frames=8,
         num_classes=None,
+        augment=True,
     ):
         self.modalities = tuple(modalities)
         if not self.modalities or any(m not in records.MODALITIES for m in self.modalities):
@@ -318,6 +322,7 @@ class Pipeline:
         self.num_samples = num_samples
         self.num_frames = num_frames
         self.num_classes = num_classes
+        self.augment = bool(augment)
         self._manifest = None
         self._files = None
         self._cached = False
@@ -556,6 +561,7 @@ class Pipeline:
 
     def _decode(self, batch, seed, training):
         """Decodes (and when training, augments) every record of a checked batch."""
+        training = training and self.augment
         decoded = {"label": tf.cast(batch["label"], tf.int32)}
         if "image" in batch:
             decoded["image"] = decode.decode_images(
@@ -608,7 +614,8 @@ class Pipeline:
         Args:
             batch_size: int, the global batch size (divided among input pipelines when
                 `input_context` is given).
-            training: bool, shuffle, augment (image shifts, random audio crops) and read
+            training: bool, shuffle, augment (image shifts, random audio crops, unless the
+                pipeline was made with `augment=False`) and read
                 shards interleaved; otherwise the order is the source's.
             tokenizer: optional text tokenizer returning ids of one fixed length (as every
                 mm_keras text tokenizer does); `"text"` then holds token ids.

@@ -35,7 +35,7 @@ def define_data_flags(flag_values=flags.FLAGS):
     `--train_data`, `--validation_data`, `--test_data` (a JSONL or CSV manifest, or a
     TFRecord pattern as `manifest_to_tfrecords` writes; all three or none, for the
     embedded digits), `--image_size`, `--num_channels`, `--sample_rate`, `--num_samples`,
-    `--num_frames`, `--on_error`, `--vocabulary`, `--class_names` and
+    `--num_frames`, `--on_error`, `--augment`, `--vocabulary`, `--class_names` and
     `--prompt_templates`. `--modalities` is left to the script: its default differs.
 
     Args:
@@ -58,6 +58,13 @@ def define_data_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer("num_frames", 8, "Frames sampled from each video.", **define)
     flags.DEFINE_enum(
         "on_error", "raise", ["raise", "skip"], "Stop at a bad record, or skip it.", **define
+    )
+    flags.DEFINE_bool(
+        "augment",
+        True,
+        "Shift images and crop audio at random in training batches of files; --noaugment "
+        "decodes them as evaluation does, so a frozen teacher's embeddings are computed once.",
+        **define,
     )
     flags.DEFINE_string(
         "vocabulary", "", "A WordPiece vocabulary file (default: learn one).", **define
@@ -230,6 +237,7 @@ def load_splits(
             modalities,
             *data_flags,
             on_error=values.on_error,
+            augment=values.augment,
             class_names=values.class_names or None,
             prompt_templates=values.prompt_templates,
             label_aware=label_aware,

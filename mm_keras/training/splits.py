@@ -231,7 +231,7 @@ class Splits:
             prompt_templates: templates with `{}` where a class name goes.
             label_aware: bool, whether training will need labels.
             **pipeline_options: `image_size`, `num_channels`, `sample_rate`,
-                `num_samples`, `num_frames` of `Pipeline`.
+                `num_samples`, `num_frames`, `augment` of `Pipeline`.
         """
         modalities = tuple(modalities)
         paths = dict(zip(SPLITS, (train, validation, test)))
@@ -387,8 +387,10 @@ class Splits:
     @property
     def augmented(self):
         """Whether training batches are augmented: files' images (shifts) and audio (random
-        crops) are; the digits never are."""
-        return self._pipelines is not None and bool({"image", "audio"} & set(self.modalities))
+        crops) are, unless read with `augment=False`; the digits never are."""
+        if self._pipelines is None or not self._pipelines["train"].augment:
+            return False
+        return bool({"image", "audio"} & set(self.modalities))
 
     def examples(self, split, tokenizer=None):
         """The split's examples, unbatched, in their order, not augmented, one epoch long.

@@ -68,3 +68,27 @@ def test_a_teacher_cache_refuses_augmented_training_batches(tiny_model, tmp_path
     assert splits.augmented and not Splits.digits(("image", "text")).augmented
     with pytest.raises(ValueError, match="Expected training batches that are not augmented"):
         splits.dataset("train", 2, training=True, teacher=tiny_model)
+
+
+def test_files_read_without_augmentation_decode_as_evaluation_and_take_a_teacher_cache(
+    tiny_model, tokenizer, tmp_path
+):
+    paths = write_dataset(tmp_path, sizes=(("train", 8), ("validation", 2), ("test", 2)))
+    options = dict(sample_rate=8000, num_samples=400)  # 50 ms crops of longer clips
+
+    def training_and_evaluation_clips(splits):
+        batches = [
+            next(iter(splits.dataset("train", 8, training=training, seed=1)))
+            for training in (True, False)
+        ]
+        # As multisets of clips: training batches come shuffled.
+        return [np.unique(b["audio"].numpy(), axis=0) for b in batches]
+
+    augmented = Splits.from_files(("audio", "text"), *paths.values(), **options)
+    assert not np.array_equal(*training_and_evaluation_clips(augmented))  # random crops
+    plain = Splits.from_files(("audio", "text"), *paths.values(), augment=False, **options)
+    assert augmented.augmented and not plain.augmented
+    np.testing.assert_array_equal(*training_and_evaluation_clips(plain))
+    images = Splits.from_files(("image", "text"), *paths.values(), augment=False)
+    cached = images.dataset("train", 4, tokenizer, training=True, seed=1, teacher=tiny_model)
+    assert "teacher" in next(iter(cached))
