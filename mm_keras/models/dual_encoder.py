@@ -8,7 +8,6 @@ from keras import ops
 from mm_keras.models.towers import (
     TowersMixin,
     build_tower,
-    check_modality_inputs,
     l2_normalize,
     masked_mean,
 )
@@ -178,10 +177,6 @@ class DualEncoder(TowersMixin, keras.Model):
         sequence = self._encoder(modality)(sequence, training=training)
         pooled = masked_mean(sequence["tokens"], sequence["mask"])
         return l2_normalize(self.projections[modality](pooled))
-
-    def call(self, inputs, training=None):
-        given = check_modality_inputs(inputs, self.modalities)
-        return {m: self.embed(m, inputs[m], training=training) for m in given}
 
     def get_config(self):
         config = super().get_config()

@@ -9,7 +9,8 @@ import tensorflow as tf
 from keras import ops
 
 from mm_keras.models.dual_encoder import MAX_LOGIT_SCALE
-from mm_keras.models.towers import TowerInput, TowersMixin, check_modality_inputs, l2_normalize
+from mm_keras.models.towers import TowerInput, TowersMixin, l2_normalize
+from mm_keras.tokenizers.text import token_ids_spec
 
 # Backbone class → the preprocessor class whose preset files (tokenizer, image converter)
 # come with it; `keras_hub.models.Preprocessor.from_preset` refuses to pick one itself.
@@ -114,11 +115,7 @@ class PresetTextTokenizer(keras.layers.Layer):
         return {"token_ids": token_ids, "mask": mask}
 
     def compute_output_spec(self, inputs):
-        shape = (*inputs.shape, self.sequence_length)
-        return {
-            "token_ids": keras.KerasTensor(shape, dtype="int32"),
-            "mask": keras.KerasTensor(shape, dtype="bool"),
-        }
+        return token_ids_spec(inputs, self.sequence_length)
 
     def get_config(self):
         config = super().get_config()
@@ -281,10 +278,6 @@ class KerasHubDualEncoder(TowersMixin, keras.Model):
                 f"Expected a modality in {self.modalities}. Received: modality={modality!r}"
             )
         return l2_normalize(embeddings)
-
-    def call(self, inputs, training=None):
-        given = check_modality_inputs(inputs, self.modalities)
-        return {m: self.embed(m, inputs[m], training=training) for m in given}
 
     def get_config(self):
         config = super().get_config()

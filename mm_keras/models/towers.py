@@ -134,7 +134,13 @@ def tokenizer_tower_input(layer):
 
 
 class TowersMixin:
-    """Input shapes and build config of a model with a `tokenizers` dict over `modalities`."""
+    """What dual encoders share: `call` over their `embed`, tower inputs, input shapes and
+    build config (a model with a `tokenizers` dict over `modalities`, unless it overrides
+    `tower_input` and `input_shapes`)."""
+
+    def call(self, inputs, training=None):
+        given = check_modality_inputs(inputs, self.modalities)
+        return {m: self.embed(m, inputs[m], training=training) for m in given}
 
     def tower_input(self, modality):
         """The `TowerInput` of a modality's tower; None for one no export serves (video)."""

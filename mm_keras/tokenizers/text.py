@@ -23,6 +23,15 @@ def corpus_dataset(corpus):
     return tf.data.Dataset.from_tensor_slices(corpus)
 
 
+def token_ids_spec(inputs, sequence_length):
+    """The output spec of a text tokenizer: int32 ids and a bool mask, `[..., L]`."""
+    shape = (*inputs.shape, sequence_length)
+    return {
+        "token_ids": keras.KerasTensor(shape, dtype="int32"),
+        "mask": keras.KerasTensor(shape, dtype="bool"),
+    }
+
+
 class BaseTextTokenizer(keras.layers.Layer):
     """What every mm_keras text tokenizer shares: strings in, padded ids and a mask out.
 
@@ -134,11 +143,7 @@ class BaseTextTokenizer(keras.layers.Layer):
         return {"token_ids": token_ids, "mask": mask}
 
     def compute_output_spec(self, inputs):
-        shape = (*inputs.shape, self.sequence_length)
-        return {
-            "token_ids": keras.KerasTensor(shape, dtype="int32"),
-            "mask": keras.KerasTensor(shape, dtype="bool"),
-        }
+        return token_ids_spec(inputs, self.sequence_length)
 
     def get_config(self):
         config = super().get_config()
