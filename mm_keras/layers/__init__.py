@@ -9,6 +9,7 @@ from mm_keras.layers.fusion import (
     MultiHeadCrossAttention,
     Resampler,
 )
+from mm_keras.layers.masked_decoder import MaskedTokenDecoder
 from mm_keras.layers.modality_block import ModalityAwareBlock
 from mm_keras.layers.moe import MoEFeedForward
 from mm_keras.layers.transformer import TransformerBlock

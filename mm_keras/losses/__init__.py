@@ -7,3 +7,4 @@ from mm_keras.losses.distill import (
     logit_kd_loss,
     relation_kd_loss,
 )
+from mm_keras.losses.masked_modeling import masked_modeling_loss, normalize_patches

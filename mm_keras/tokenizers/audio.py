@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from mm_keras.tokenizers.patches import PatchTokenizer, ensure_shape
+from mm_keras.tokenizers.patches import PatchTokenizer, ensure_shape, to_patches
 
 # RMS below which a waveform counts as silence (-100 dBFS): a 16-bit file's smallest step
 # is 3e-5, so every recording with sound in it sits above it and keeps exact invariance,
@@ -241,14 +241,28 @@ class AudioSpectrogramTokenizer(PatchTokenizer):
         mean = tf.reduce_mean(spectrogram, axis=(1, 2), keepdims=True)
         return tf.where(masked, mean, spectrogram)
 
-    def call(self, waveforms, training=None):
+    def _spectrogram(self, waveforms, training=None):
+        """`[B, frames, num_mel_bins, 1]`: the log-mel spectrogram the patches cover."""
         self._check_shape(waveforms.shape)
         waveforms = ensure_shape(waveforms, (None, self.num_samples))
         spectrogram = self.log_mel(waveforms)
         if training and self.seed_generator is not None:
             spectrogram = self.spec_augment(spectrogram)
         spectrogram = spectrogram[:, : self.grid[0] * self.patch_size[0]]
-        spectrogram = ops.cast(spectrogram[..., None], self.compute_dtype)
+        return ops.cast(spectrogram[..., None], self.compute_dtype)
+
+    @property
+    def patch_dim(self):
+        """Values per patch, frames x mel bands."""
+        return self.patch_size[0] * self.patch_size[1]
+
+    def patches(self, waveforms):
+        """The log-mel values each token projects, `[B, num_patches, patch_dim]` (no
+        SpecAugment)."""
+        return to_patches(self._spectrogram(waveforms), self.patch_size)
+
+    def call(self, waveforms, training=None):
+        spectrogram = self._spectrogram(waveforms, training)
         patches = self.patch_projection(spectrogram)  # [B, time patches, mel patches, D]
         return self.token_sequence(patches)
 

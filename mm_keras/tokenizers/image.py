@@ -4,7 +4,12 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from mm_keras.tokenizers.patches import PatchTokenizer, assert_finite, ensure_shape
+from mm_keras.tokenizers.patches import (
+    PatchTokenizer,
+    assert_finite,
+    ensure_shape,
+    to_patches,
+)
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
@@ -81,7 +86,8 @@ class ImagePatchTokenizer(PatchTokenizer):
         self.patch_projection.build((None, *self.image_size, self.num_channels))
         self.build_positions()
 
-    def call(self, images):
+    def _rescaled(self, images):
+        """Checked images at `image_size`, pixels rescaled to [-1, 1]."""
         self._check_shape(images.shape)
         images = ensure_shape(images, (None, None, None, self.num_channels))
         if images.dtype.is_floating:
@@ -89,7 +95,20 @@ class ImagePatchTokenizer(PatchTokenizer):
         images = ops.cast(images, self.compute_dtype)
         if tuple(images.shape[1:3]) != self.image_size:
             images = ops.image.resize(images, self.image_size, interpolation="bilinear")
-        patches = self.patch_projection(images / 127.5 - 1.0)  # [B, H/p, W/p, D]
+        return images / 127.5 - 1.0
+
+    @property
+    def patch_dim(self):
+        """Values per patch, `patch_size**2 * num_channels`."""
+        return self.patch_size**2 * self.num_channels
+
+    def patches(self, images):
+        """The rescaled pixels each token projects, `[B, num_patches, patch_dim]`."""
+        images = ops.convert_to_tensor(images)
+        return to_patches(self._rescaled(images), (self.patch_size, self.patch_size))
+
+    def call(self, images):
+        patches = self.patch_projection(self._rescaled(images))  # [B, H/p, W/p, D]
         return self.token_sequence(patches)
 
     def get_config(self):

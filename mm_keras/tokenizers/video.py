@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from mm_keras.tokenizers.patches import PatchTokenizer, ensure_shape
+from mm_keras.tokenizers.patches import PatchTokenizer, ensure_shape, to_patches
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
@@ -95,11 +95,23 @@ class VideoTubeletTokenizer(PatchTokenizer):
         self.tubelet_projection.build(self.default_input_shape)
         self.build_positions()
 
-    def call(self, videos):
+    def _rescaled(self, videos):
         self._check_shape(videos.shape)
         videos = ensure_shape(videos, self.default_input_shape)
-        videos = ops.cast(videos, self.compute_dtype) / 127.5 - 1.0
-        tubelets = self.tubelet_projection(videos)  # [B, T', H', W', D]
+        return ops.cast(videos, self.compute_dtype) / 127.5 - 1.0
+
+    @property
+    def patch_dim(self):
+        """Values per tubelet, `tubelet_size * patch_size**2 * num_channels`."""
+        return self.tubelet_size * self.patch_size**2 * self.num_channels
+
+    def patches(self, videos):
+        """The rescaled pixels each token projects, `[B, num_patches, patch_dim]`."""
+        size = (self.tubelet_size, self.patch_size, self.patch_size)
+        return to_patches(self._rescaled(videos), size)
+
+    def call(self, videos):
+        tubelets = self.tubelet_projection(self._rescaled(videos))  # [B, T', H', W', D]
         return self.token_sequence(tubelets)
 
     def get_config(self):

@@ -1,0 +1,112 @@
+"""Which tokens a masked-modeling step shows its encoder: MultiMAE's multimodal sampling.
+
+Per example, a Dirichlet draw splits a fixed budget of visible tokens between the present
+modalities (Bachmann et al., 2022, "MultiMAE", Section 3.3); within a modality the visible
+tokens are a uniformly random subset. Everything is stateless and of static shape, so a
+step runs under `jit_compile` and draws the same tokens for an example on any number of
+replicas.
+"""
+
+import tensorflow as tf
+
+# Candidates per Marsaglia-Tsang draw: each is accepted with probability >= 0.95 for any
+# shape >= 1, so all 8 fail with probability below 4e-11 (the draw then falls back to the
+# mode, d, rather than looping: loops of unknown length do not compile with XLA).
+GAMMA_TRIES = 8
+# Priority of a token that may not be shown (absent, padding): above any real one.
+NEVER = 3.4e38
+
+
+def gamma_draws(shape, concentration, seed):
+    """float32 Gamma(`concentration`, 1) draws of `shape`, stateless and XLA-compatible.
+
+    Marsaglia and Tsang (2000), "A Simple Method for Generating Gamma Variables": for shape
+    a >= 1, with d = a - 1/3 and c = 1 / sqrt(9 d), x ~ N(0, 1) and v = (1 + c x)^3, accept
+    d v when v > 0 and log u < x^2 / 2 + d - d v + d log v (u ~ U(0, 1)). For a < 1, a draw
+    of shape a + 1 times u^(1/a) has shape a. (`tf.random.stateless_gamma` has no XLA
+    kernel.)
+
+    Args:
+        shape: the output shape.
+        concentration: float > 0, the shape parameter a.
+        seed: int `[2]`, the stateless seed.
+    """
+    boost = concentration < 1.0
+    a = concentration + 1.0 if boost else concentration
+    d = a - 1.0 / 3.0
+    c = 1.0 / (9.0 * d) ** 0.5
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    shape = tf.convert_to_tensor(shape, tf.int32)
+    tries = tf.concat([[GAMMA_TRIES], shape], axis=0)
+    x = tf.random.stateless_normal(tries, seeds[0])
+    u = tf.random.stateless_uniform(tries, seeds[1], minval=1e-12)
+    v = (1.0 + c * x) ** 3
+    log_v = tf.math.log(tf.maximum(v, 1e-30))
+    accepted = (v > 0) & (tf.math.log(u) < 0.5 * x**2 + d - d * v + d * log_v)
+    first = tf.argmax(tf.cast(accepted, tf.int32), axis=0)  # the first accepted try
+    draws = tf.experimental.numpy.take_along_axis(d * v, first[None], axis=0)[0]
+    draws = tf.where(tf.reduce_any(accepted, axis=0), draws, d)
+    if boost:
+        u_boost = tf.random.stateless_uniform(shape, seeds[2], minval=1e-12)
+        draws = draws * u_boost ** (1.0 / concentration)
+    return draws
+
+
+def dirichlet_shares(present, concentration, seed):
+    """Each example's split of the visible budget between its present modalities.
+
+    A Dirichlet(`concentration`) draw over the modalities present in the example (the
+    normalised Gamma draws of those), 0 for the absent ones; an example with none present
+    gets zeros.
+
+    Args:
+        present: bool `[B, M]`, whether each example holds each modality.
+        concentration: float > 0 (MultiMAE: 1.0, every split equally likely).
+        seed: int `[2]`.
+
+    Returns:
+        float32 `[B, M]`, rows summing to 1 (or 0).
+    """
+    draws = gamma_draws(tf.shape(present), concentration, seed) * tf.cast(present, tf.float32)
+    total = tf.reduce_sum(draws, axis=1, keepdims=True)
+    return tf.math.divide_no_nan(draws, total)
+
+
+def sample_visible_tokens(available, shares, num_visible, noise):
+    """Picks `num_visible` tokens per example, split between modalities by `shares`.
+
+    Within modality m the tokens are ranked in the random order of `noise`; its k-th
+    token (k = 0, 1, ...) gets the priority (k + 1/2) / share_m and the `num_visible`
+    tokens of lowest priority over all modalities are shown. This is the Sainte-Laguë
+    (Webster) apportionment of the budget in the proportions `shares`: each modality gets
+    share_m x num_visible tokens rounded, the counts sum to exactly `num_visible`, and a
+    modality with fewer available tokens than its part gives the rest to the others. A
+    token that is not available (its modality absent, or padding) is never shown.
+
+    Args:
+        available: list of bool `[B, N_m]`, one per modality, the tokens that may be shown.
+        shares: float `[B, M]`, each example's split (`dirichlet_shares`).
+        num_visible: int, the budget K; at most the tokens an example has available
+            (fewer are shown where an example has fewer).
+        noise: list of float `[B, N_m]` in [0, 1), the random order within each modality.
+
+    Returns:
+        `(indices, valid, visible)`: int32 `[B, K]` positions in the modalities'
+        concatenated tokens, bool `[B, K]` whether each is a real (available) token, and
+        a list of bool `[B, N_m]`, the tokens shown.
+    """
+    priorities = []
+    for m, (mask, order) in enumerate(zip(available, noise)):
+        order = tf.where(mask, order, 2.0)  # unavailable tokens rank last
+        rank = tf.argsort(tf.argsort(order, axis=1), axis=1)
+        share = shares[:, m : m + 1]
+        priority = tf.math.divide_no_nan(tf.cast(rank, tf.float32) + 0.5, share)
+        priorities.append(tf.where(mask & (share > 0), priority, NEVER))
+    priority = tf.concat(priorities, axis=1)
+    lowest, indices = tf.math.top_k(-priority, k=num_visible)
+    valid = -lowest < NEVER
+    total = priority.shape[1]
+    picked = tf.one_hot(indices, total) * tf.cast(valid, tf.float32)[..., None]  # [B, K, N]
+    shown = tf.reduce_max(picked, axis=1) > 0
+    sizes = [mask.shape[1] for mask in available]
+    return indices, valid, tf.split(shown, sizes, axis=1)
