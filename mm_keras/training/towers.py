@@ -25,15 +25,16 @@ def tower_tokenizers(
     spec_augment=False,
     seed=None,
     text_pad_id=0,
+    audio_patch_size=(2, 32),
 ):
     """A tokenizer layer per modality, shaped for the data a `Splits` decodes.
 
     Images become `patch_size`-pixel patches of `image_size` images of `num_channels`;
     audio becomes log-mel patches of 2 frames by all 32 mel bands (a tone is a few bands
-    at once, so a patch holds the whole spectrum); text ids from a tokenizer of
-    `vocabulary_size` ids become embeddings of `sequence_length` tokens; videos of
-    `num_frames` frames become tubelets of 2 frames (1 for an odd count) by `patch_size`
-    pixels.
+    at once, so a patch holds the whole spectrum; `audio_patch_size` chooses others);
+    text ids from a tokenizer of `vocabulary_size` ids become embeddings of
+    `sequence_length` tokens; videos of `num_frames` frames become tubelets of 2 frames (1
+    for an odd count) by `patch_size` pixels.
 
     Args:
         modalities: the modalities, among `"image"`, `"audio"`, `"text"` and `"video"`.
@@ -50,6 +51,7 @@ def tower_tokenizers(
         seed: optional int, the masks' seed.
         text_pad_id: int, the id that pads text (0 for mm_keras tokenizers; a keras-hub
             preset's own, such as SigLIP's `</s>`, for its ids).
+        audio_patch_size: (frames, mel bands) of an audio patch.
 
     Returns:
         A dict `{modality: tokenizer layer}`, for `DualEncoder`.
@@ -67,7 +69,7 @@ def tower_tokenizers(
         elif modality == "audio":
             masks = dict(SPEC_AUGMENT, seed=seed) if spec_augment else {}
             tokenizers[modality] = AudioSpectrogramTokenizer(
-                sample_rate, num_samples, hidden_dim, patch_size=(2, 32), **masks
+                sample_rate, num_samples, hidden_dim, patch_size=audio_patch_size, **masks
             )
         elif modality == "text":
             tokenizers[modality] = TextEmbedding(
