@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mm_keras.eval.linear_probe import label_subset, linear_probe
+from mm_keras.eval import label_subset, linear_probe
 
 RNG = np.random.default_rng(0)
 
