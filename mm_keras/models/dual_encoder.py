@@ -8,6 +8,7 @@ from keras import ops
 from mm_keras.models.towers import (
     TowersMixin,
     build_tower,
+    deserialize_layers,
     l2_normalize,
     masked_mean,
 )
@@ -199,16 +200,12 @@ class DualEncoder(TowersMixin, keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        deserialize = keras.saving.deserialize_keras_object
-        config["tokenizers"] = {
-            m: deserialize(t, custom_objects=custom_objects)
-            for m, t in config["tokenizers"].items()
-        }
+        config["tokenizers"] = deserialize_layers(config["tokenizers"], custom_objects)
         encoders = config["encoders"]
         if isinstance(encoders, dict) and "class_name" not in encoders:
-            config["encoders"] = {
-                m: deserialize(e, custom_objects=custom_objects) for m, e in encoders.items()
-            }
+            config["encoders"] = deserialize_layers(encoders, custom_objects)
         else:
-            config["encoders"] = deserialize(encoders, custom_objects=custom_objects)
+            config["encoders"] = keras.saving.deserialize_keras_object(
+                encoders, custom_objects=custom_objects
+            )
         return cls(**config)

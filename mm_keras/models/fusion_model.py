@@ -11,7 +11,13 @@ from mm_keras.layers.fusion import (
     GatedCrossAttention,
     Resampler,
 )
-from mm_keras.models.towers import TowersMixin, build_tower, check_modality_inputs, masked_mean
+from mm_keras.models.towers import (
+    TowersMixin,
+    build_tower,
+    check_modality_inputs,
+    deserialize_layers,
+    masked_mean,
+)
 
 FUSIONS = ("co_attention", "gated_cross_attention", "resampler")
 
@@ -309,8 +315,5 @@ class FusionModel(TowersMixin, keras.Model):
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         for key in ("tokenizers", "encoders"):
-            config[key] = {
-                m: keras.saving.deserialize_keras_object(layer, custom_objects=custom_objects)
-                for m, layer in config[key].items()
-            }
+            config[key] = deserialize_layers(config[key], custom_objects)
         return cls(**config)

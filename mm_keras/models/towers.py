@@ -63,6 +63,15 @@ def l2_normalize(x, epsilon=1e-7):
     return x * ops.rsqrt(ops.maximum(square_sum, epsilon**2))
 
 
+def deserialize_layers(configs, custom_objects=None):
+    """`{modality: layer config}` → `{modality: layer}`: a tower dict as `get_config`
+    serialised it."""
+    return {
+        m: keras.saving.deserialize_keras_object(config, custom_objects=custom_objects)
+        for m, config in configs.items()
+    }
+
+
 def build_tower(tokenizer, encoder, shape):
     """Builds a tokenizer for raw inputs of `shape`, then its encoder; returns the token shape."""
     if not tokenizer.built:

@@ -4,15 +4,16 @@ import keras
 import tensorflow as tf
 
 from mm_keras.data.mixing import present_key
-from mm_keras.distribute import all_gather, num_replicas, num_workers
+from mm_keras.distribute import all_gather, num_replicas
 from mm_keras.losses.contrastive import clip_loss, in_batch_accuracy, siglip_loss
+from mm_keras.trainers.trainer import Trainer
 
 LOSSES = ("clip", "siglip")
 GATHER = ("global", "local")
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
-class ContrastiveTrainer(keras.Model):
+class ContrastiveTrainer(Trainer):
     """Aligns two modalities of a dual encoder with a contrastive loss, through `fit`.
 
     Wraps a model that maps a batch dict to unit-norm embeddings per modality and owns
@@ -80,29 +81,10 @@ class ContrastiveTrainer(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.accuracy_tracker]
 
-    def fit(self, x=None, y=None, *args, **kwargs):
-        # A tf.data dataset shuffles itself (`Pipeline`, `make_batches`): Keras ignores its
-        # default `shuffle=True` for one and warns on every `fit`.
-        if isinstance(x, tf.data.Dataset):
-            kwargs.setdefault("shuffle", False)
-        return super().fit(x, y, *args, **kwargs)
-
     def build(self, input_shape=None):
         if not self.model.built:
             # With explicit shapes, which Keras records for the default SavedModel signature.
             self.model.build(input_shape or getattr(self.model, "input_shapes", None))
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under a strategy, Keras's TF trainer builds the model by reducing a first batch
-        # across replicas, which fails for a dict of integer tensors under
-        # MultiWorkerMirroredStrategy. The dual encoder builds from its tokenizers' input
-        # shapes instead, and the optimizer over every trainable variable, as in
-        # `train_step`.
-        with self.distribute_strategy.scope():
-            if not self.built:
-                self.build()
-            if self.optimizer is not None and not self.optimizer.built:
-                self.optimizer.build(self.trainable_variables)
 
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
@@ -187,12 +169,7 @@ class ContrastiveTrainer(keras.Model):
     def _update_metrics(self, loss, accuracy):
         self.loss_tracker.update_state(loss)
         self.accuracy_tracker.update_state(accuracy)
-        results = {m.name: m.result() for m in self.metrics}
-        if num_workers(tf.distribute.get_strategy()) > 1:
-            # Keras averages a multi-worker step's logs with `reduce("MEAN", axis=0)`,
-            # which fails on scalars (tensorflow/tensorflow#72388): give them that axis.
-            results = {name: value[None] for name, value in results.items()}
-        return results
+        return self.metric_results()
 
     def get_config(self):
         config = super().get_config()

@@ -5,13 +5,22 @@ import tensorflow as tf
 from keras import ops
 
 from mm_keras.data.mixing import present_key
-from mm_keras.distribute import num_workers
 from mm_keras.layers.masked_decoder import MaskedTokenDecoder
 from mm_keras.losses.masked_modeling import masked_modeling_loss, normalize_patches
-from mm_keras.models.towers import build_tower, check_modality_inputs, masked_mean
+from mm_keras.models.towers import (
+    build_tower,
+    check_modality_inputs,
+    deserialize_layers,
+    masked_mean,
+)
 from mm_keras.tokenizers import TextEmbedding
 from mm_keras.tokenizers.patches import PatchTokenizer
-from mm_keras.trainers.visible_tokens import dirichlet_shares, sample_visible_tokens
+from mm_keras.trainers.trainer import Trainer
+from mm_keras.trainers.visible_tokens import (
+    dirichlet_shares,
+    gamma_draws,
+    sample_visible_tokens,
+)
 
 # The stateless seed of evaluation steps: every evaluation shows the same positions, so
 # validation losses of different epochs compare.
@@ -31,7 +40,7 @@ def _positions_and_output(modality, tokenizer):
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
-class MaskedModelingTrainer(keras.Model):
+class MaskedModelingTrainer(Trainer):
     """Pretrains tokenizers and a shared encoder by predicting masked tokens, through `fit`.
 
     MultiMAE (Bachmann et al., 2022) and 4M (Mizrahi et al., 2023): for each example, a
@@ -152,11 +161,6 @@ class MaskedModelingTrainer(keras.Model):
     def metrics(self):
         return [self.loss_tracker, *self.modality_trackers.values()]
 
-    def fit(self, x=None, y=None, *args, **kwargs):
-        if isinstance(x, tf.data.Dataset):
-            kwargs.setdefault("shuffle", False)  # a dataset shuffles itself
-        return super().fit(x, y, *args, **kwargs)
-
     def build(self, input_shape=None):
         input_shape = input_shape or {}
         for m in self.modalities:
@@ -164,14 +168,6 @@ class MaskedModelingTrainer(keras.Model):
             shape = input_shape.get(m, tokenizer.default_input_shape)
             width = build_tower(tokenizer, self.encoder, shape)[-1]
             self.decoders[m].build((None, self.num_visible, width))
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # As `ContrastiveTrainer`: build from the tokenizers' shapes, not a first batch.
-        with self.distribute_strategy.scope():
-            if not self.built:
-                self.build()
-            if self.optimizer is not None and not self.optimizer.built:
-                self.optimizer.build(self.trainable_variables)
 
     def _sequences(self, inputs, modalities, training):
         """Each modality's tokens and the mask of those that exist (present, not padding)."""
@@ -194,18 +190,17 @@ class MaskedModelingTrainer(keras.Model):
         return masked_mean(encoded["tokens"], mask)
 
     def _draws(self, batch_size, step):
-        """This replica's rows of the global batch's shares and token order."""
+        """This replica's rows of the global batch's Gamma draws and token order."""
         context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync
+        rows = batch_size * context.num_replicas_in_sync
         first = context.replica_id_in_sync_group * batch_size
         seed = tf.stack([tf.cast(self.seed, tf.int64), tf.cast(step, tf.int64)])
-        share_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        gamma_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         counts = [self.decoders[m].num_positions for m in self.modalities]
-        present = tf.ones([batch_size * replicas, len(self.modalities)], tf.bool)
-        shares = dirichlet_shares(present, self.concentration, share_seed)
-        order = tf.random.stateless_uniform([batch_size * replicas, sum(counts)], order_seed)
-        rows = slice(first, first + batch_size)
-        return shares[rows], tf.split(order[rows], counts, axis=1)
+        gamma = gamma_draws([rows, len(self.modalities)], self.concentration, gamma_seed)
+        order = tf.random.stateless_uniform([rows, sum(counts)], order_seed)
+        mine = slice(first, first + batch_size)
+        return gamma[mine], tf.split(order[mine], counts, axis=1)
 
     def _targets(self, inputs, modality):
         tokenizer = self.tokenizers[modality]
@@ -238,11 +233,9 @@ class MaskedModelingTrainer(keras.Model):
             )
         sequences = self._sequences(inputs, self.modalities, training)
         available = [sequences[m]["mask"] for m in self.modalities]
-        batch_size = ops.shape(available[0])[0]
-        shares, order = self._draws(batch_size, step)
+        gamma, order = self._draws(ops.shape(available[0])[0], step)
         present = ops.stack([ops.any(mask, axis=1) for mask in available], axis=1)
-        shares = shares * ops.cast(present, shares.dtype)
-        shares = tf.math.divide_no_nan(shares, ops.sum(shares, axis=1, keepdims=True))
+        shares = dirichlet_shares(present, gamma)
         indices, valid, visible = sample_visible_tokens(available, shares, self.num_visible, order)
         tokens = ops.concatenate([sequences[m]["tokens"] for m in self.modalities], axis=1)
         shown = ops.take_along_axis(tokens, indices[..., None], axis=1)
@@ -286,11 +279,7 @@ class MaskedModelingTrainer(keras.Model):
         self.loss_tracker.update_state(loss)
         for m, value in losses.items():
             self.modality_trackers[m].update_state(value)
-        results = {metric.name: metric.result() for metric in self.metrics}
-        if num_workers(tf.distribute.get_strategy()) > 1:
-            # As `ContrastiveTrainer`: Keras reduces multi-worker logs along axis 0.
-            results = {name: value[None] for name, value in results.items()}
-        return results
+        return self.metric_results()
 
     def dual_encoder(self, projection_dim, modalities=None, **kwargs):
         """A `DualEncoder` over the pretrained tokenizers and encoder (the same layers,
@@ -354,10 +343,8 @@ class MaskedModelingTrainer(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        deserialize = keras.saving.deserialize_keras_object
-        config["tokenizers"] = {
-            m: deserialize(t, custom_objects=custom_objects)
-            for m, t in config["tokenizers"].items()
-        }
-        config["encoder"] = deserialize(config["encoder"], custom_objects=custom_objects)
+        config["tokenizers"] = deserialize_layers(config["tokenizers"], custom_objects)
+        config["encoder"] = keras.saving.deserialize_keras_object(
+            config["encoder"], custom_objects=custom_objects
+        )
         return cls(**config)

@@ -52,24 +52,22 @@ def gamma_draws(shape, concentration, seed):
     return draws
 
 
-def dirichlet_shares(present, concentration, seed):
+def dirichlet_shares(present, gamma):
     """Each example's split of the visible budget between its present modalities.
 
-    A Dirichlet(`concentration`) draw over the modalities present in the example (the
-    normalised Gamma draws of those), 0 for the absent ones; an example with none present
-    gets zeros.
+    Gamma(a, 1) draws normalised over the modalities present in an example are a
+    Dirichlet(a, ..., a) draw over those (MultiMAE: a = 1, every split equally likely);
+    absent modalities get 0, and an example with none present gets zeros.
 
     Args:
         present: bool `[B, M]`, whether each example holds each modality.
-        concentration: float > 0 (MultiMAE: 1.0, every split equally likely).
-        seed: int `[2]`.
+        gamma: float `[B, M]`, Gamma(a, 1) draws (`gamma_draws`).
 
     Returns:
         float32 `[B, M]`, rows summing to 1 (or 0).
     """
-    draws = gamma_draws(tf.shape(present), concentration, seed) * tf.cast(present, tf.float32)
-    total = tf.reduce_sum(draws, axis=1, keepdims=True)
-    return tf.math.divide_no_nan(draws, total)
+    draws = gamma * tf.cast(present, gamma.dtype)
+    return tf.math.divide_no_nan(draws, tf.reduce_sum(draws, axis=1, keepdims=True))
 
 
 def sample_visible_tokens(available, shares, num_visible, noise):

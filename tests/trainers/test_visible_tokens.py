@@ -33,7 +33,7 @@ def test_exact_budget_split_by_the_shares_and_never_an_absent_modality():
         np.tile(present[:, 1:2], (1, 15)),
         present[:, 2:] & (np.arange(6) < lengths[:, None]),
     ]
-    shares = dirichlet_shares(present, 1.0, SEED).numpy()
+    shares = dirichlet_shares(present, gamma_draws(present.shape, 1.0, SEED)).numpy()
     noise = [RNG.random((batch, n)).astype("float32") for n in sizes]
     indices, valid, visible = sample_visible_tokens(
         [tf.constant(a) for a in available], tf.constant(shares), budget, noise
@@ -62,7 +62,7 @@ def test_exact_budget_split_by_the_shares_and_never_an_absent_modality():
 def test_shares_are_dirichlet_over_the_present_modalities(concentration):
     present = np.ones((40000, 3), bool)
     present[20000:, 2] = False
-    shares = dirichlet_shares(present, concentration, SEED).numpy()
+    shares = dirichlet_shares(present, gamma_draws(present.shape, concentration, SEED)).numpy()
     assert np.all(shares[20000:, 2] == 0)
     np.testing.assert_allclose(shares.sum(axis=1), 1.0, atol=1e-5)
     for rows, k in ((slice(0, 20000), 3), (slice(20000, None), 2)):
@@ -71,7 +71,7 @@ def test_shares_are_dirichlet_over_the_present_modalities(concentration):
         assert abs(part.mean() - 1 / k) < 0.01
         variance = (k - 1) / (k**2 * (k * concentration + 1))
         assert abs(part.var() - variance) < 0.06 * variance
-    assert np.all(dirichlet_shares(np.zeros((2, 3), bool), 1.0, SEED).numpy() == 0)
+    assert np.all(dirichlet_shares(np.zeros((2, 3), bool), tf.ones((2, 3))).numpy() == 0)
 
 
 def test_gamma_draws_compile_with_xla_and_are_stateless():
