@@ -70,8 +70,9 @@ class MaskedModelingTrainer(Trainer):
     Args:
         tokenizers: dict, modality → `ImagePatchTokenizer`, `AudioSpectrogramTokenizer`,
             `VideoTubeletTokenizer` or `TextEmbedding`, all of one width D.
-        encoder: the shared encoder over `{"tokens", "mask"}` (`TransformerEncoder`,
-            `SharedEncoder`).
+        encoder: the shared encoder over `{"tokens", "mask"}` (`TransformerEncoder`, or a
+            `SharedEncoder` without per-modality norms or routing, which need one modality
+            per sequence).
         num_visible: int, tokens shown per example; below every modality's token count
             (an example with fewer available tokens, such as text alone with a short
             caption, shows what it has).
@@ -124,6 +125,13 @@ class MaskedModelingTrainer(Trainer):
                 f"modality, so that an example of one modality keeps targets. Received: "
                 f"num_visible={num_visible}, tokens per modality "
                 f"{ {m: positions for m, (positions, _) in shapes.items()} }"
+            )
+        router = (getattr(encoder, "moe", None) or {}).get("router")
+        if getattr(encoder, "modality_norms", False) or router == "modality":
+            raise ValueError(
+                "Expected an encoder that needs no modality id: the visible tokens of "
+                "several modalities form one sequence. Received: an encoder with "
+                f"modality_norms={getattr(encoder, 'modality_norms', False)}, router={router!r}"
             )
         widths = {t.hidden_dim for t in tokenizers.values()}
         if len(widths) != 1:

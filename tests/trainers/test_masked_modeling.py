@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mm_keras.data import datasets, make_batches
-from mm_keras.encoders import TransformerEncoder
+from mm_keras.encoders import SharedEncoder, TransformerEncoder
 from mm_keras.models import DualEncoder, FusionModel
 from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding
 from mm_keras.trainers import MaskedModelingTrainer
@@ -110,6 +110,8 @@ def test_bad_arguments_raise():
         MaskedModelingTrainer({"image": image}, encoder, num_visible=2, concentration=0.0)
     with pytest.raises(ValueError, match="Received: Dense"):
         MaskedModelingTrainer({"image": keras.layers.Dense(3)}, encoder, num_visible=2)
+    with pytest.raises(ValueError, match="modality_norms=True"):
+        MaskedModelingTrainer({"image": image}, SharedEncoder(1, 2, 64, 1, modality_norms=True), 2)
     narrow = TextEmbedding(vocabulary_size=10, sequence_length=6, hidden_dim=16)
     with pytest.raises(ValueError, match="one width"):
         MaskedModelingTrainer({"image": image, "text": narrow}, encoder, num_visible=2)
