@@ -32,8 +32,8 @@ single-modality MAE on its own modality (`probe_100pct_<modality>_image_mae`).
 `metrics.json` holds the means over the seeds, their standard deviation under `std` and
 each seed's figure under `per_seed`.
 
-`reconstructions.png` shows test digits from the first seed's model: each modality as it
-is, as the encoder saw it (hidden patches blue) and reconstructed (shown patches kept,
+`reconstructions.png` (written when images or audio are among the modalities) shows test
+digits from the first seed's model: each image or audio modality as it is, as the encoder saw it (hidden patches blue) and reconstructed (shown patches kept,
 hidden ones predicted), and, with images and audio, the image predicted from the tone's
 tokens alone (the image flagged absent: nothing of it is shown).
 
@@ -242,7 +242,8 @@ def on_scale(patches, mean, variance):
 
 
 def plot_reconstructions(trainer, inputs, train_inputs, path, count=6):
-    """The PNG of the module docstring, from `count` examples of `inputs`.
+    """The PNG of the module docstring, from `count` examples of `inputs` (none without
+    images or audio).
 
     With normalised targets, a reconstructed patch is drawn on its original patch's mean
     and deviation, as MAE's visualisation does; the image predicted from audio alone gets
@@ -271,6 +272,8 @@ def plot_reconstructions(trainer, inputs, train_inputs, path, count=6):
         mixed = np.where(visible, original, predicted)
         for title, patches in (("", original), (" shown", hidden), (" reconstructed", mixed)):
             rows.append((f"{m}{title}", np.asarray(from_patches(patches, grid, size, 1))))
+    if not shown:
+        return  # no image or audio to draw
     if len(shown) == 2:
         absent = {**batch, present_key("image"): np.zeros(count, bool)}
         predicted = np.asarray(trainer.reconstruct(absent)["image"]["predictions"])
@@ -364,11 +367,14 @@ def run():
     )
     with usage_errors():
         build_trainer(modalities, tokenizer.vocabulary_size if tokenizer else 1, 0)
-    if splits.num_examples("train") < FLAGS.batch_size:
-        raise app.UsageError(
-            f"--batch_size must be at most the {splits.num_examples('train')} training "
-            f"examples. Received: --batch_size={FLAGS.batch_size}"
-        )
+    for split in ("train", "validation"):
+        if splits.num_examples(split) < FLAGS.batch_size:
+            raise app.UsageError(
+                f"--batch_size must be at most the {splits.num_examples(split)} examples of "
+                f"the {split} split. Received: --batch_size={FLAGS.batch_size}"
+            )
+    if FLAGS.label_draws < 1:
+        raise app.UsageError(f"--label_draws must be >= 1. Received: {FLAGS.label_draws}")
     tf.get_logger().setLevel("ERROR")
     data = load_data(splits, tokenizer)
     os.makedirs(FLAGS.output_dir, exist_ok=True)

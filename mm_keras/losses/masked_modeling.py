@@ -35,13 +35,16 @@ def masked_modeling_loss(predictions, targets, target_mask):
         A scalar.
     """
     predictions = ops.cast(predictions, "float32")
+    # Positions that do not count are selected away, not multiplied by 0: a placeholder's
+    # NaN there must not reach the loss or its gradients.
     if "int" in keras.backend.standardize_dtype(targets.dtype):
         per_token = keras.losses.sparse_categorical_crossentropy(
-            targets, predictions, from_logits=True
+            ops.where(target_mask, targets, 0), predictions, from_logits=True
         )
     else:
-        per_token = ops.mean(ops.square(predictions - ops.cast(targets, "float32")), axis=-1)
-    weights = ops.cast(target_mask, "float32")
-    count = ops.sum(weights, axis=1)
-    per_example = ops.sum(per_token * weights, axis=1) / ops.maximum(count, 1.0)
+        targets = ops.where(target_mask[..., None], ops.cast(targets, "float32"), predictions)
+        per_token = ops.mean(ops.square(predictions - targets), axis=-1)
+    per_token = ops.where(target_mask, per_token, 0.0)
+    count = ops.sum(ops.cast(target_mask, "float32"), axis=1)
+    per_example = ops.sum(per_token, axis=1) / ops.maximum(count, 1.0)
     return ops.mean(per_example)

@@ -17,8 +17,8 @@ from mm_keras.tokenizers import TextEmbedding
 from mm_keras.tokenizers.patches import PatchTokenizer
 from mm_keras.trainers.trainer import Trainer
 from mm_keras.trainers.visible_tokens import (
-    dirichlet_shares,
-    gamma_draws,
+    dirichlet_log_shares,
+    log_gamma_draws,
     sample_visible_tokens,
 )
 
@@ -59,8 +59,9 @@ class MaskedModelingTrainer(Trainer):
     `"<modality>_present"` flags `[B]` (`mm_keras.data.align_modalities`,
     `modality_dropout`): an absent modality is never shown and never a target. Labels are
     ignored. Shapes are static and the sampling stateless, seeded by `seed` and the step,
-    so a step runs under `jit_compile`, and under a distribution strategy each replica
-    draws its rows of the global batch's draw: the loss is one device's on that batch.
+    so a step runs under `jit_compile`, and under a distribution strategy (full batches,
+    as `distribute_batches` gives) each replica draws its rows of the global batch's
+    draw: the loss is one device's on that batch.
 
     After pretraining, `call` (and so `predict`) returns the encoder's mean-pooled
     features of whichever modalities a batch holds (for `linear_probe`), and
@@ -75,7 +76,7 @@ class MaskedModelingTrainer(Trainer):
             per sequence).
         num_visible: int, tokens shown per example; below every modality's token count
             (an example with fewer available tokens, such as text alone with a short
-            caption, shows what it has).
+            caption, shows what it has and has nothing left to predict).
         concentration: float > 0, the Dirichlet concentration (MultiMAE: 1.0).
         decoder_dim: int, decoders' width (default D / 2).
         decoder_heads: int, decoders' attention heads.
@@ -119,11 +120,11 @@ class MaskedModelingTrainer(Trainer):
             )
         shapes = {m: _positions_and_output(m, t) for m, t in tokenizers.items()}
         fewest = min(positions for positions, _ in shapes.values())
-        if not 1 <= num_visible < fewest:
+        if not isinstance(num_visible, int) or not 1 <= num_visible < fewest:
             raise ValueError(
-                f"`num_visible` must be in [1, {fewest}): below the fewest tokens of any "
-                f"modality, so that an example of one modality keeps targets. Received: "
-                f"num_visible={num_visible}, tokens per modality "
+                f"`num_visible` must be an int in [1, {fewest}): below the fewest tokens of "
+                "any modality, so that an example of one patch modality keeps tokens to "
+                f"predict. Received: num_visible={num_visible!r}, tokens per modality "
                 f"{ {m: positions for m, (positions, _) in shapes.items()} }"
             )
         router = (getattr(encoder, "moe", None) or {}).get("router")
@@ -198,23 +199,29 @@ class MaskedModelingTrainer(Trainer):
         return masked_mean(encoded["tokens"], mask)
 
     def _draws(self, batch_size, step):
-        """This replica's rows of the global batch's Gamma draws and token order."""
+        """This replica's rows of the global batch's log-Gamma draws and token order (all
+        replicas hold `batch_size` examples: `distribute_batches` drops partial batches)."""
         context = tf.distribute.get_replica_context()
-        rows = batch_size * context.num_replicas_in_sync
-        first = context.replica_id_in_sync_group * batch_size
+        replicas, replica = (
+            (1, 0)
+            if context is None
+            else (context.num_replicas_in_sync, context.replica_id_in_sync_group)
+        )
+        rows = batch_size * replicas
+        first = replica * batch_size
         seed = tf.stack([tf.cast(self.seed, tf.int64), tf.cast(step, tf.int64)])
         gamma_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         counts = [self.decoders[m].num_positions for m in self.modalities]
-        gamma = gamma_draws([rows, len(self.modalities)], self.concentration, gamma_seed)
+        log_gamma = log_gamma_draws([rows, len(self.modalities)], self.concentration, gamma_seed)
         order = tf.random.stateless_uniform([rows, sum(counts)], order_seed)
         mine = slice(first, first + batch_size)
-        return gamma[mine], tf.split(order[mine], counts, axis=1)
+        return log_gamma[mine], tf.split(order[mine], counts, axis=1)
 
     def _targets(self, inputs, modality):
         tokenizer = self.tokenizers[modality]
         if isinstance(tokenizer, TextEmbedding):
             return ops.cast(inputs[modality], "int32")
-        patches = tokenizer.patches(inputs[modality])
+        patches = ops.cast(tokenizer.patches(inputs[modality]), "float32")  # also under bf16
         return normalize_patches(patches) if self.normalize_targets else patches
 
     def reconstruct(self, inputs, step=EVALUATION_STEP, training=False):
@@ -241,10 +248,19 @@ class MaskedModelingTrainer(Trainer):
             )
         sequences = self._sequences(inputs, self.modalities, training)
         available = [sequences[m]["mask"] for m in self.modalities]
-        gamma, order = self._draws(ops.shape(available[0])[0], step)
+        for m, mask in zip(self.modalities, available):
+            if mask.shape[1] not in (None, self.decoders[m].num_positions):
+                raise ValueError(
+                    f"Expected {self.decoders[m].num_positions} {m} tokens per example (text "
+                    f"padded to its sequence_length). Received: {mask.shape[1]} tokens, from "
+                    f"inputs of shape {tuple(inputs[m].shape)}"
+                )
+        log_gamma, order = self._draws(ops.shape(available[0])[0], step)
         present = ops.stack([ops.any(mask, axis=1) for mask in available], axis=1)
-        shares = dirichlet_shares(present, gamma)
-        indices, valid, visible = sample_visible_tokens(available, shares, self.num_visible, order)
+        log_shares = dirichlet_log_shares(present, log_gamma)
+        indices, valid, visible = sample_visible_tokens(
+            available, log_shares, self.num_visible, order
+        )
         tokens = ops.concatenate([sequences[m]["tokens"] for m in self.modalities], axis=1)
         shown = ops.take_along_axis(tokens, indices[..., None], axis=1)
         encoded = self.encoder({"tokens": shown, "mask": valid}, training=training)["tokens"]
@@ -289,6 +305,15 @@ class MaskedModelingTrainer(Trainer):
             self.modality_trackers[m].update_state(value)
         return self.metric_results()
 
+    def _subset(self, modalities):
+        modalities = self.modalities if modalities is None else modalities
+        if isinstance(modalities, str) or not set(modalities) <= set(self.modalities):
+            raise ValueError(
+                f"Expected a list of modalities among {self.modalities}. "
+                f"Received: modalities={modalities!r}"
+            )
+        return tuple(modalities)
+
     def dual_encoder(self, projection_dim, modalities=None, **kwargs):
         """A `DualEncoder` over the pretrained tokenizers and encoder (the same layers,
         shared across its towers), with new projections to fine-tune contrastively.
@@ -302,7 +327,7 @@ class MaskedModelingTrainer(Trainer):
         """
         from mm_keras.models.dual_encoder import DualEncoder
 
-        modalities = tuple(modalities or self.modalities)
+        modalities = self._subset(modalities)
         tokenizers = {m: self.tokenizers[m] for m in modalities}
         model = DualEncoder(tokenizers, self.encoder, projection_dim, **kwargs)
         model.build()
@@ -320,7 +345,7 @@ class MaskedModelingTrainer(Trainer):
         """
         from mm_keras.models.fusion_model import FusionModel
 
-        modalities = tuple(modalities or self.modalities)
+        modalities = self._subset(modalities)
         tokenizers = {m: self.tokenizers[m] for m in modalities}
         encoders = {}
         for m in modalities:

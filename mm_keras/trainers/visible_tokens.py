@@ -7,24 +7,28 @@ step runs under `jit_compile` and draws the same tokens for an example on any nu
 replicas.
 """
 
+import math
+
 import tensorflow as tf
 
 # Candidates per Marsaglia-Tsang draw: each is accepted with probability >= 0.95 for any
 # shape >= 1, so all 8 fail with probability below 4e-11 (the draw then falls back to the
 # mode, d, rather than looping: loops of unknown length do not compile with XLA).
 GAMMA_TRIES = 8
-# Priority of a token that may not be shown (absent, padding): above any real one.
-NEVER = 3.4e38
+# Log priority of a token that may not be shown (absent, padding): above any real one.
+NEVER = 3.0e38
 
 
-def gamma_draws(shape, concentration, seed):
-    """float32 Gamma(`concentration`, 1) draws of `shape`, stateless and XLA-compatible.
+def log_gamma_draws(shape, concentration, seed):
+    """float32 logarithms of Gamma(`concentration`, 1) draws of `shape`, stateless and
+    XLA-compatible.
 
     Marsaglia and Tsang (2000), "A Simple Method for Generating Gamma Variables": for shape
     a >= 1, with d = a - 1/3 and c = 1 / sqrt(9 d), x ~ N(0, 1) and v = (1 + c x)^3, accept
     d v when v > 0 and log u < x^2 / 2 + d - d v + d log v (u ~ U(0, 1)). For a < 1, a draw
-    of shape a + 1 times u^(1/a) has shape a. (`tf.random.stateless_gamma` has no XLA
-    kernel.)
+    of shape a + 1 times u^(1/a) has shape a. Logarithms, because for a small a that
+    product underflows float32 to 0 (a share of 0 would hide a present modality).
+    (`tf.random.stateless_gamma` has no XLA kernel.)
 
     Args:
         shape: the output shape.
@@ -44,46 +48,50 @@ def gamma_draws(shape, concentration, seed):
     log_v = tf.math.log(tf.maximum(v, 1e-30))
     accepted = (v > 0) & (tf.math.log(u) < 0.5 * x**2 + d - d * v + d * log_v)
     first = tf.argmax(tf.cast(accepted, tf.int32), axis=0)  # the first accepted try
-    draws = tf.experimental.numpy.take_along_axis(d * v, first[None], axis=0)[0]
-    draws = tf.where(tf.reduce_any(accepted, axis=0), draws, d)
+    log_draws = tf.experimental.numpy.take_along_axis(log_v, first[None], axis=0)[0]
+    log_draws = tf.where(tf.reduce_any(accepted, axis=0), log_draws, 0.0) + math.log(d)
     if boost:
         u_boost = tf.random.stateless_uniform(shape, seeds[2], minval=1e-12)
-        draws = draws * u_boost ** (1.0 / concentration)
-    return draws
+        log_draws = log_draws + tf.math.log(u_boost) / concentration
+    return log_draws
 
 
-def dirichlet_shares(present, gamma):
-    """Each example's split of the visible budget between its present modalities.
+def dirichlet_log_shares(present, log_gamma):
+    """Each example's split of the visible budget between its present modalities, as logs.
 
     Gamma(a, 1) draws normalised over the modalities present in an example are a
-    Dirichlet(a, ..., a) draw over those (MultiMAE: a = 1, every split equally likely);
-    absent modalities get 0, and an example with none present gets zeros.
+    Dirichlet(a, ..., a) draw over those (MultiMAE: a = 1, every split equally likely):
+    here a softmax of their logarithms over the present ones.
 
     Args:
         present: bool `[B, M]`, whether each example holds each modality.
-        gamma: float `[B, M]`, Gamma(a, 1) draws (`gamma_draws`).
+        log_gamma: float `[B, M]`, logarithms of Gamma(a, 1) draws (`log_gamma_draws`).
 
     Returns:
-        float32 `[B, M]`, rows summing to 1 (or 0).
+        float32 `[B, M]`: log shares, -inf for an absent modality (every one, for an
+        example with none present).
     """
-    draws = gamma * tf.cast(present, gamma.dtype)
-    return tf.math.divide_no_nan(draws, tf.reduce_sum(draws, axis=1, keepdims=True))
+    logits = tf.where(present, log_gamma, -math.inf)
+    total = tf.reduce_logsumexp(logits, axis=1, keepdims=True)
+    return tf.where(present, logits - total, -math.inf)
 
 
-def sample_visible_tokens(available, shares, num_visible, noise):
-    """Picks `num_visible` tokens per example, split between modalities by `shares`.
+def sample_visible_tokens(available, log_shares, num_visible, noise):
+    """Picks `num_visible` tokens per example, split between modalities by the shares.
 
     Within modality m the tokens are ranked in the random order of `noise`; its k-th
     token (k = 0, 1, ...) gets the priority (k + 1/2) / share_m and the `num_visible`
     tokens of lowest priority over all modalities are shown. This is the Sainte-Laguë
-    (Webster) apportionment of the budget in the proportions `shares`: each modality gets
-    share_m x num_visible tokens rounded, the counts sum to exactly `num_visible`, and a
-    modality with fewer available tokens than its part gives the rest to the others. A
-    token that is not available (its modality absent, or padding) is never shown.
+    (Webster) apportionment of the budget in the proportions of the shares (share_m x
+    num_visible rounded, after a common scaling that makes the counts sum to exactly
+    `num_visible`); a modality with fewer available tokens than its part gives the rest to
+    the others. A token that is not available (its modality absent, or padding) is never
+    shown. Priorities are compared as logarithms, so a tiny share cannot overflow them.
 
     Args:
         available: list of bool `[B, N_m]`, one per modality, the tokens that may be shown.
-        shares: float `[B, M]`, each example's split (`dirichlet_shares`).
+        log_shares: float `[B, M]`, each example's log split (`dirichlet_log_shares`),
+            -inf for a modality that gets nothing.
         num_visible: int, the budget K; at most the tokens an example has available
             (fewer are shown where an example has fewer).
         noise: list of float `[B, N_m]` in [0, 1), the random order within each modality.
@@ -93,18 +101,20 @@ def sample_visible_tokens(available, shares, num_visible, noise):
         concatenated tokens, bool `[B, K]` whether each is a real (available) token, and
         a list of bool `[B, N_m]`, the tokens shown.
     """
-    priorities = []
+    log_priorities = []
     for m, (mask, order) in enumerate(zip(available, noise)):
         order = tf.where(mask, order, 2.0)  # unavailable tokens rank last
         rank = tf.argsort(tf.argsort(order, axis=1), axis=1)
-        share = shares[:, m : m + 1]
-        priority = tf.math.divide_no_nan(tf.cast(rank, tf.float32) + 0.5, share)
-        priorities.append(tf.where(mask & (share > 0), priority, NEVER))
-    priority = tf.concat(priorities, axis=1)
-    lowest, indices = tf.math.top_k(-priority, k=num_visible)
+        log_share = log_shares[:, m : m + 1]
+        log_priority = tf.math.log(tf.cast(rank, tf.float32) + 0.5) - log_share
+        shown_ever = mask & tf.math.is_finite(log_share)
+        log_priorities.append(tf.where(shown_ever, log_priority, NEVER))
+    log_priority = tf.concat(log_priorities, axis=1)
+    lowest, indices = tf.math.top_k(-log_priority, k=num_visible)
     valid = -lowest < NEVER
-    total = priority.shape[1]
-    picked = tf.one_hot(indices, total) * tf.cast(valid, tf.float32)[..., None]  # [B, K, N]
-    shown = tf.reduce_max(picked, axis=1) > 0
+    rows = tf.broadcast_to(tf.range(tf.shape(indices)[0])[:, None], tf.shape(indices))
+    shown = tf.scatter_nd(
+        tf.stack([rows, indices], axis=-1), tf.cast(valid, tf.int32), tf.shape(log_priority)
+    )
     sizes = [mask.shape[1] for mask in available]
-    return indices, valid, tf.split(shown, sizes, axis=1)
+    return indices, valid, tf.split(shown > 0, sizes, axis=1)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from mm_keras.losses import masked_modeling_loss, normalize_patches
@@ -41,6 +42,16 @@ def test_token_loss_is_the_cross_entropy_of_targeted_ids_only():
     cross_entropy = -np.take_along_axis(log_softmax, ids[..., None], axis=-1)[..., 0]
     np.testing.assert_allclose(loss, reference(cross_entropy, TARGETED), rtol=1e-5)
     assert np.all(gradient[~TARGETED] == 0)
+
+
+def test_what_does_not_count_cannot_poison_the_loss():
+    predictions = RNG.normal(size=(5, 7, 4)).astype("float32")
+    targets = RNG.normal(size=(5, 7, 4)).astype("float32")
+    poisoned = np.where(TARGETED[..., None], targets, np.nan).astype("float32")
+    loss, gradient = loss_and_gradient(predictions, targets)
+    poisoned_loss, poisoned_gradient = loss_and_gradient(predictions, poisoned)
+    assert poisoned_loss == pytest.approx(loss) and np.all(np.isfinite(poisoned_gradient))
+    np.testing.assert_allclose(poisoned_gradient, gradient, atol=1e-7)
 
 
 def test_normalized_patches_have_zero_mean_and_unit_variance():

@@ -118,6 +118,11 @@ def test_bad_arguments_raise():
     trainer = MaskedModelingTrainer({"image": image, "text": text}, encoder, num_visible=2)
     with pytest.raises(ValueError, match="every modality"):
         trainer.reconstruct({"image": np.zeros((2, 16, 16, 1), "uint8")})
+    short = {"image": np.zeros((2, 16, 16, 1), "uint8"), "text": np.ones((2, 4), "int32")}
+    with pytest.raises(ValueError, match=r"Expected 6 text tokens.*Received: 4 tokens"):
+        trainer.reconstruct(short)
+    with pytest.raises(ValueError, match="modalities='image'"):
+        trainer.dual_encoder(8, modalities="image")
 
 
 def test_mirrored_step_equals_one_device_step():

@@ -3,8 +3,8 @@ import pytest
 import tensorflow as tf
 
 from mm_keras.trainers.visible_tokens import (
-    dirichlet_shares,
-    gamma_draws,
+    dirichlet_log_shares,
+    log_gamma_draws,
     sample_visible_tokens,
 )
 
@@ -33,10 +33,11 @@ def test_exact_budget_split_by_the_shares_and_never_an_absent_modality():
         np.tile(present[:, 1:2], (1, 15)),
         present[:, 2:] & (np.arange(6) < lengths[:, None]),
     ]
-    shares = dirichlet_shares(present, gamma_draws(present.shape, 1.0, SEED)).numpy()
+    log_shares = dirichlet_log_shares(present, log_gamma_draws(present.shape, 1.0, SEED))
+    shares = np.exp(log_shares.numpy())
     noise = [RNG.random((batch, n)).astype("float32") for n in sizes]
     indices, valid, visible = sample_visible_tokens(
-        [tf.constant(a) for a in available], tf.constant(shares), budget, noise
+        [tf.constant(a) for a in available], log_shares, budget, noise
     )
     visible = [v.numpy() for v in visible]
     for b in range(batch):
@@ -62,7 +63,8 @@ def test_exact_budget_split_by_the_shares_and_never_an_absent_modality():
 def test_shares_are_dirichlet_over_the_present_modalities(concentration):
     present = np.ones((40000, 3), bool)
     present[20000:, 2] = False
-    shares = dirichlet_shares(present, gamma_draws(present.shape, concentration, SEED)).numpy()
+    log_gamma = log_gamma_draws(present.shape, concentration, SEED)
+    shares = np.exp(dirichlet_log_shares(present, log_gamma).numpy())
     assert np.all(shares[20000:, 2] == 0)
     np.testing.assert_allclose(shares.sum(axis=1), 1.0, atol=1e-5)
     for rows, k in ((slice(0, 20000), 3), (slice(20000, None), 2)):
@@ -71,10 +73,24 @@ def test_shares_are_dirichlet_over_the_present_modalities(concentration):
         assert abs(part.mean() - 1 / k) < 0.01
         variance = (k - 1) / (k**2 * (k * concentration + 1))
         assert abs(part.var() - variance) < 0.06 * variance
-    assert np.all(dirichlet_shares(np.zeros((2, 3), bool), tf.ones((2, 3))).numpy() == 0)
+    none = dirichlet_log_shares(np.zeros((2, 3), bool), tf.ones((2, 3))).numpy()
+    assert np.all(none == -np.inf)
 
 
 def test_gamma_draws_compile_with_xla_and_are_stateless():
-    draw = tf.function(lambda seed: gamma_draws([1000], 0.7, seed), jit_compile=True)
+    draw = tf.function(lambda seed: log_gamma_draws([1000], 0.7, seed), jit_compile=True)
     np.testing.assert_array_equal(draw(SEED).numpy(), draw(SEED).numpy())
-    assert np.all(draw(SEED).numpy() > 0)
+    assert np.all(np.isfinite(draw(SEED).numpy()))
+
+
+def test_a_tiny_concentration_still_shows_the_whole_budget():
+    # Gamma(0.02) draws underflow float32 to 0 most of the time; their logs do not.
+    present = np.ones((500, 2), bool)
+    log_shares = dirichlet_log_shares(present, log_gamma_draws(present.shape, 0.02, SEED))
+    available = [tf.ones((500, 3), bool), tf.ones((500, 8), bool)]
+    noise = [RNG.random((500, n)).astype("float32") for n in (3, 8)]
+    _, valid, visible = sample_visible_tokens(available, log_shares, 6, noise)
+    assert np.all(valid.numpy())
+    # The extreme splits: the short modality shows all it has, the other the rest.
+    counts = visible[0].numpy().sum(axis=1)
+    assert set(counts) <= {0, 1, 2, 3} and {0, 3} <= set(counts)
