@@ -33,9 +33,10 @@ single-modality MAE on its own modality (`probe_100pct_<modality>_image_mae`).
 each seed's figure under `per_seed`.
 
 `reconstructions.png` (written when images or audio are among the modalities) shows test
-digits from the first seed's model: each image or audio modality as it is, as the encoder saw it (hidden patches blue) and reconstructed (shown patches kept,
-hidden ones predicted), and, with images and audio, the image predicted from the tone's
-tokens alone (the image flagged absent: nothing of it is shown).
+digits from the first seed's model: each image or audio modality as it is, as the encoder
+saw it (hidden patches blue) and reconstructed (shown patches kept, hidden ones
+predicted), and, with both, the image predicted from the tone's tokens alone (the image
+flagged absent: nothing of it is shown).
 
 Targets are MAE's per-patch normalised pixels and log-mel values (`--nonormalize_targets`
 for pixels in [-1, 1] and centred log-mel values): with them, and 40 epochs, the 1%-label
