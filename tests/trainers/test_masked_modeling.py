@@ -8,7 +8,7 @@ import pytest
 from mm_keras.data import datasets, make_batches
 from mm_keras.encoders import SharedEncoder, TransformerEncoder
 from mm_keras.models import DualEncoder, FusionModel
-from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding
+from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding, VideoTubeletTokenizer
 from mm_keras.trainers import MaskedModelingTrainer
 from tests.scripts import run_script
 from tests.trainers.masked_toy import NUM_VISIBLE, masked_toy_batch, masked_toy_trainer
@@ -98,6 +98,16 @@ def test_pretrained_parts_drop_into_models_and_probes(pretrained, tokenizer, tmp
     reloaded = keras.saving.load_model(path, safe_mode=True)
     inputs = {m: batch[m] for m in MODALITIES}
     np.testing.assert_allclose(reloaded(inputs), trainer(inputs), atol=1e-5)
+
+
+def test_video_tubelets_are_predicted_too():
+    tokenizer = VideoTubeletTokenizer(4, 16, 8, tubelet_size=2, hidden_dim=32)  # 8 tubelets
+    trainer = MaskedModelingTrainer({"video": tokenizer}, TransformerEncoder(1, 2, 64), 3)
+    videos = np.random.default_rng(0).integers(0, 256, (2, 4, 16, 16, 1)).astype("uint8")
+    out = trainer.reconstruct({"video": videos})["video"]
+    assert out["predictions"].shape == out["targets"].shape == (2, 8, 2 * 8 * 8)
+    np.testing.assert_array_equal(out["targeted"].numpy().sum(axis=1), [5, 5])
+    assert np.isfinite(float(trainer._step_losses({"video": videos}, 0, training=False)[0]))
 
 
 def test_bad_arguments_raise():
