@@ -6,7 +6,7 @@ import json
 from tests.own_data import data_flags, write_dataset
 from tests.scripts import run_script, script_usage_error
 
-TINY = ["--seeds=0", "--epochs=2", "--num_layers=1", "--hidden_dim=32", "--num_heads=2",
+TINY = ["--seeds=0", "--epochs=1", "--num_layers=1", "--hidden_dim=32", "--num_heads=2",
         "--label_draws=1"]  # fmt: skip
 
 
@@ -16,17 +16,20 @@ def _metrics(path):
 
 
 def test_digits_run_writes_every_probe_and_the_reconstructions(tmp_path):
-    result = run_script("recipes/masked.py", *TINY, f"--output_dir={tmp_path}", timeout=600)
+    result = run_script(
+        "recipes/masked.py", *TINY, "--label_fractions=0.01", f"--output_dir={tmp_path}",
+        timeout=600,
+    )  # fmt: skip
     metrics = _metrics(tmp_path)
     for encoder in ("pretrained", "random", "image_mae"):
-        for percent in (1, 10, 100):
+        for percent in (1, 100):  # 100% is always probed
             key = f"probe_{percent}pct_{encoder}"
             assert 0.0 <= metrics[key] <= 1.0 and metrics["per_seed"][key] == [metrics[key]]
             assert metrics["std"][key] == 0.0  # one seed
     for key in ("probe_both_pretrained", "probe_both_image_mae", "probe_100pct_image_pretrained",
                 "probe_100pct_audio_pretrained", "single_modality_gap_image"):  # fmt: skip
         assert key in metrics
-    assert metrics["labelled_examples"] == {"1pct": 10, "10pct": 126, "100pct": 1258}
+    assert metrics["labelled_examples"] == {"1pct": 10, "100pct": 1258}
     assert (tmp_path / "reconstructions.png").stat().st_size > 10_000
     assert "| pretrained |" in result.stdout and "| image_mae |" in result.stdout
 
