@@ -48,7 +48,7 @@ position's average over the training images.
 On your own files (the data flags of `mm_keras.training.data_flags`), every record needs
 a label for the probes (the labels never reach pretraining).
 
-On 2 CPU cores with the defaults, 6.5 minutes: at 1% of the labels (one per class) the
+On 2 CPU cores with the defaults, about 7 minutes: at 1% of the labels (one per class) the
 probe reads 0.790 from the pretrained encoder, 0.455 from the random one and 0.638 from
 the single-modality MAE; the table is in the README.
 """
