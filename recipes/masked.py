@@ -227,7 +227,7 @@ def token_ids(tokenizer, text):
 
 
 def load_data(splits, tokenizer):
-    """The train and test splits as arrays, text as token ids; labels checked."""
+    """The train and test splits as arrays, text as token ids."""
     data = {}
     for split in ("train", "test"):
         arrays = splits.arrays(split)
