@@ -7,6 +7,8 @@ from keras import ops
 from mm_keras.data.mixing import present_key
 from mm_keras.layers.masked_decoder import MaskedTokenDecoder
 from mm_keras.losses.masked_modeling import masked_modeling_loss, normalize_patches
+from mm_keras.models.dual_encoder import DualEncoder
+from mm_keras.models.fusion_model import FusionModel
 from mm_keras.models.towers import (
     build_tower,
     check_modality_inputs,
@@ -325,8 +327,6 @@ class MaskedModelingTrainer(Trainer):
             modalities: the towers, two or more of the trainer's (default: all).
             **kwargs: further `DualEncoder` arguments.
         """
-        from mm_keras.models.dual_encoder import DualEncoder
-
         modalities = self._subset(modalities)
         tokenizers = {m: self.tokenizers[m] for m in modalities}
         model = DualEncoder(tokenizers, self.encoder, projection_dim, **kwargs)
@@ -343,8 +343,6 @@ class MaskedModelingTrainer(Trainer):
             modalities: the towers, two or more of the trainer's (default: all).
             **kwargs: further `FusionModel` arguments (`fusion`, `num_fusion_layers`, ...).
         """
-        from mm_keras.models.fusion_model import FusionModel
-
         modalities = self._subset(modalities)
         tokenizers = {m: self.tokenizers[m] for m in modalities}
         encoders = {}
