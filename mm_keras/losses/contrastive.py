@@ -14,12 +14,12 @@ pushes apart items that should meet, and the label-aware form avoids that. A neg
 with its own partner only, as without labels, rather than with every other unlabelled one.
 """
 
+import itertools
+
 import tensorflow as tf
 from keras import ops
 
-
-def _local_only(tensor):
-    return tensor, 0
+from mm_keras.losses.modality_subsets import MASKED_LOGIT, local_only, weighted_row_mean
 
 
 def _is_positive(row_ids, column_ids, labels, column_labels):
@@ -48,7 +48,7 @@ def _gather_columns(y, labels, gather_fn):
     return y_all, labels_all, offset
 
 
-def clip_loss(x, y, logit_scale, labels=None, gather_fn=None):
+def clip_loss(x, y, logit_scale, labels=None, gather_fn=None, present=None):
     """Symmetric InfoNCE loss of CLIP (Radford et al., 2021).
 
     With unit-norm embeddings x_i, y_j and temperature scale t, s_ij = t <x_i, y_j>:
@@ -68,23 +68,80 @@ def clip_loss(x, y, logit_scale, labels=None, gather_fn=None):
             (a negative label is no class).
         gather_fn: optional callable, tensor `[b, ...]` → (`[B, ...]` gathered over
             replicas, offset of this replica's rows). Default: the local batch, offset 0.
+        present: optional float `[b]`, 1 where the example has both modalities. The others
+            are left out as rows and as columns; each adds 0 to the sum over the b rows.
 
     Returns:
         Scalar float32: the mean loss over this replica's rows.
     """
     x, y = ops.cast(x, "float32"), ops.cast(y, "float32")
     logit_scale = ops.cast(logit_scale, "float32")
-    gather_fn = gather_fn or _local_only
+    gather_fn = gather_fn or local_only
     y_all, labels_all, offset = _gather_columns(y, labels, gather_fn)
     x_all, _ = gather_fn(x)
     positives = _positives(ops.shape(x)[0], ops.shape(x_all)[0], offset, labels, labels_all)
+    column_valid = None
+    if present is not None:
+        present = ops.cast(present, "float32")
+        column_valid = gather_fn(present)[0][None, :] > 0.5
+        # A row without the pair keeps its own column so that Q stays defined; weight 0.
+        own = ops.equal(
+            ops.arange(ops.shape(x_all)[0])[None, :], offset + ops.arange(ops.shape(x)[0])[:, None]
+        )
+        column_valid = ops.logical_or(column_valid, own)
+        positives = ops.where(column_valid, positives, 0.0)
     targets = positives / ops.sum(positives, axis=1, keepdims=True)  # Q: rows sum to 1
 
     def cross_entropy(rows, columns):
         logits = logit_scale * ops.matmul(rows, ops.transpose(columns))  # [b, B]
-        return -ops.mean(ops.sum(targets * ops.log_softmax(logits, axis=1), axis=1))
+        if column_valid is not None:
+            logits = ops.where(column_valid, logits, MASKED_LOGIT)
+        row_losses = -ops.sum(targets * ops.log_softmax(logits, axis=1), axis=1)
+        return weighted_row_mean(row_losses, present)
 
     return 0.5 * (cross_entropy(x, y_all) + cross_entropy(y, x_all))
+
+
+def pairwise_clip_loss(
+    embeddings, logit_scale, anchor=None, labels=None, present=None, gather_fn=None
+):
+    """CLIP summed over pairs of M >= 2 modalities, or over the pairs with one anchor.
+
+        loss = Σ_(m, n) clip_loss(x^m, x^n)
+
+    over all pairs m < n, or, with an `anchor` a, over the pairs (a, n) only, as ImageBind
+    (Girdhar et al., 2023) binds every modality to images. Each pair's term counts the
+    examples that have both of its modalities (`present`).
+
+    Args:
+        embeddings: list of M float `[b, D]`, this replica's unit-norm embeddings.
+        logit_scale: scalar, the temperature scale t.
+        anchor: optional int, index of the modality every pair includes.
+        labels: optional int `[b]`, see `clip_loss`.
+        present: optional list of M float `[b]`, 1 where the example has the modality.
+        gather_fn: see `clip_loss`.
+
+    Returns:
+        Scalar float32: the sum of the pairs' losses, each averaged over this replica's rows.
+    """
+    count = len(embeddings)
+    if count < 2:
+        raise ValueError(f"Expected embeddings of at least two modalities. Received: {count}")
+    if anchor is None:
+        pairs = list(itertools.combinations(range(count), 2))
+    elif 0 <= anchor < count:
+        pairs = [(anchor, k) for k in range(count) if k != anchor]
+    else:
+        raise ValueError(
+            f"`anchor` must index one of the {count} modalities. Received: anchor={anchor}"
+        )
+    total = 0.0
+    for m, n in pairs:
+        both = None if present is None else ops.cast(present[m], "float32") * present[n]
+        total = total + clip_loss(
+            embeddings[m], embeddings[n], logit_scale, labels, gather_fn, present=both
+        )
+    return total
 
 
 def siglip_loss(x, y, logit_scale, logit_bias, labels=None, gather_fn=None, chunk_size=None):
@@ -115,7 +172,7 @@ def siglip_loss(x, y, logit_scale, logit_bias, labels=None, gather_fn=None, chun
     """
     x, y = ops.cast(x, "float32"), ops.cast(y, "float32")
     logit_scale, logit_bias = ops.cast(logit_scale, "float32"), ops.cast(logit_bias, "float32")
-    y_all, labels_all, offset = _gather_columns(y, labels, gather_fn or _local_only)
+    y_all, labels_all, offset = _gather_columns(y, labels, gather_fn or local_only)
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"`chunk_size` must be >= 1. Received: chunk_size={chunk_size}")

@@ -21,7 +21,7 @@ import numbers
 
 from keras import ops
 
-from mm_keras.losses.contrastive import _local_only
+from mm_keras.losses.modality_subsets import local_only
 
 
 def _static_shape(tensor):
@@ -187,7 +187,7 @@ def affinity_mimicking_loss(
     student_scale = ops.cast(student_logit_scale, "float32")
     teacher_scale = ops.stop_gradient(ops.cast(teacher_logit_scale, "float32"))
 
-    gather_fn = gather_fn or _local_only
+    gather_fn = gather_fn or local_only
 
     def cross_entropy(student_rows, student_columns, teacher_rows, teacher_columns):
         student_logits = student_scale * ops.matmul(
@@ -235,7 +235,7 @@ def relation_kd_loss(student_features, teacher_features, gather_fn=None):
     _check_same_batch("student_features", student_features, "teacher_features", teacher_features)
     student = _l2_normalize(ops.cast(student_features, "float32"))  # [b, D_s]
     teacher = _l2_normalize(ops.stop_gradient(ops.cast(teacher_features, "float32")))  # [b, D_t]
-    gather_fn = gather_fn or _local_only
+    gather_fn = gather_fn or local_only
     student_sim = ops.matmul(student, ops.transpose(gather_fn(student)[0]))  # S_s, [b, B]
     teacher_sim = ops.matmul(teacher, ops.transpose(gather_fn(teacher)[0]))  # S_t, [b, B]
     return ops.mean(ops.square(student_sim - teacher_sim))

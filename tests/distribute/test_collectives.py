@@ -11,19 +11,39 @@ from mm_keras.losses import siglip_loss
 from tests.scripts import run_script
 
 
+def _replicated_losses(replicas, group):
+    result = run_script("tests/distribute/replicated_losses.py", replicas, group, timeout=240)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def four_replicas():
-    result = run_script("tests/distribute/four_replicas.py", timeout=240)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return _replicated_losses("4", "pair")
+
+
+@pytest.fixture(scope="module")
+def two_replicas():
+    return _replicated_losses("2", "n_modal")
+
+
+def _check_global_equals_one_device(figures, case):
+    global_, local = figures[f"{case}_global"], figures[f"{case}_local"]
+    assert global_["loss"] <= 1 and global_["gradients"] <= 1  # allclose at rtol 1e-5
+    assert local["loss"] > 1 and local["gradients"] > 1  # so the comparison can fail
 
 
 @pytest.mark.parametrize("loss", ["clip", "siglip", "siglip_chunked"])
 @pytest.mark.parametrize("labels", ["", "_labels"])
 def test_gathered_loss_on_four_replicas_equals_one_device(four_replicas, loss, labels):
-    figures = four_replicas[f"{loss}{labels}_global"]
-    assert figures["loss"] <= 1 and figures["gradients"] <= 1  # allclose at rtol 1e-5
-    local = four_replicas[f"{loss}{labels}_local"]
-    assert local["loss"] > 1 and local["gradients"] > 1  # so the comparison can fail
+    _check_global_equals_one_device(four_replicas, f"{loss}{labels}")
+
+
+@pytest.mark.parametrize(
+    "loss", ["symile_n", "symile_n_squared", "gram", "pairwise", "pairwise_anchored"]
+)
+@pytest.mark.parametrize("present", ["", "_present"])
+def test_three_modality_losses_on_two_replicas_equal_one_device(two_replicas, loss, present):
+    _check_global_equals_one_device(two_replicas, f"{loss}{present}")
 
 
 def test_all_gather_is_the_identity_on_one_replica():

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mm_keras.losses import clip_loss, in_batch_accuracy, siglip_loss
+from mm_keras.losses import clip_loss, in_batch_accuracy, pairwise_clip_loss, siglip_loss
+from tests.losses.n_modal_reference import (
+    numeric_gradients,
+    pairwise_reference,
+    presence,
+    tf_value_and_gradients,
+    unit,
+)
 
 
 def _unit(rng, shape):
@@ -140,3 +147,26 @@ def test_in_batch_accuracy():
     assert float(in_batch_accuracy(x, y, labels=np.array([0, 1, 2, 2]))) == 1.0
     # Without a label, an example is right only on its own partner.
     assert float(in_batch_accuracy(x, y, labels=np.array([0, 1, -1, -1]))) == 0.5
+
+
+@pytest.mark.parametrize("num_modalities", [2, 3, 4])
+@pytest.mark.parametrize("anchor", [None, 1])
+@pytest.mark.parametrize("missing", [False, True])
+def test_pairwise_clip_matches_reference(num_modalities, anchor, missing):
+    rng = np.random.default_rng(num_modalities)
+    embeddings = [unit(rng, (6, 5)) for _ in range(num_modalities)]
+    present = presence(rng, num_modalities, 6) if missing else None
+    labels = rng.integers(-1, 3, 6)
+
+    def reference(t, *embeddings):
+        return pairwise_reference(list(embeddings), t, anchor, labels, present)
+
+    def loss(t, *embeddings):
+        flags = None if present is None else [tf.constant(p, tf.float32) for p in present]
+        return pairwise_clip_loss(list(embeddings), t, anchor, labels, present=flags)
+
+    value, gradients = tf_value_and_gradients(loss, [8.0, *embeddings])
+    np.testing.assert_allclose(value, reference(8.0, *embeddings), rtol=1e-5)
+    expected = numeric_gradients(reference, [8.0, *embeddings])
+    for gradient, reference_gradient in zip(gradients, expected):
+        np.testing.assert_allclose(gradient, reference_gradient, rtol=1e-5, atol=2e-6)
