@@ -1,33 +1,59 @@
-"""`fit`-based contrastive training of two modalities of a dual encoder."""
+"""`fit`-based contrastive training of two or more modalities of a dual encoder."""
 
 import keras
 import tensorflow as tf
+from keras import ops
 
 from mm_keras.data.mixing import present_key
 from mm_keras.distribute import all_gather, num_replicas
-from mm_keras.losses.contrastive import clip_loss, in_batch_accuracy, siglip_loss
+from mm_keras.losses.contrastive import (
+    clip_loss,
+    in_batch_accuracy,
+    pairwise_clip_loss,
+    siglip_loss,
+)
+from mm_keras.losses.gram import gram_loss
+from mm_keras.losses.symile import NEGATIVES, symile_loss
+from mm_keras.losses.tuple_similarity import tuple_similarity
 from mm_keras.trainers.trainer import Trainer
 
-LOSSES = ("clip", "siglip")
+PAIR_LOSSES = ("clip", "siglip")
+N_MODAL_LOSSES = ("symile", "gram", "pairwise")
+LOSSES = PAIR_LOSSES + N_MODAL_LOSSES
 GATHER = ("global", "local")
+# The stateless seed of Symile's "n" negatives in evaluation steps: the same draw every time.
+EVALUATION_STEP = -1
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
 class ContrastiveTrainer(Trainer):
-    """Aligns two modalities of a dual encoder with a contrastive loss, through `fit`.
+    """Aligns two or more modalities of a dual encoder with a contrastive loss, through `fit`.
 
     Wraps a model that maps a batch dict to unit-norm embeddings per modality and owns
     `logit_scale` (and `logit_bias` for SigLIP), such as `mm_keras.models.DualEncoder`. A
-    model's `logit_bias_variable`, if any, is not updated by the CLIP loss, which has no bias.
-    `train_step` computes the CLIP InfoNCE (Radford et al., 2021) or SigLIP (Zhai et al.,
-    2023) loss over the batch, plus any loss the model adds with `add_loss`; `test_step`
-    computes the same without updating weights. Logs `loss` and `accuracy` (in-batch
-    retrieval accuracy, both directions averaged), and works with every Keras callback.
+    model's `logit_bias_variable`, if any, is updated by SigLIP only, the one loss with a
+    bias. `train_step` computes the loss over the batch, plus any loss the model adds with
+    `add_loss`; `test_step` computes the same without updating weights:
+
+    * two modalities: CLIP InfoNCE (Radford et al., 2021) or SigLIP (Zhai et al., 2023);
+    * two or more: Symile (Saporta et al., 2024; the multilinear inner product of all of
+      them, which also learns what only the modalities together carry), GRAM (Cicchetti et
+      al., 2025; the volume their embeddings span) or CLIP summed over pairs (ImageBind's
+      when anchored). These honour `"<modality>_present"` flags (`modality_dropout`,
+      `align_modalities`): an example missing a modality trains the terms over the
+      modalities it has (`mm_keras.losses.modality_subsets`).
+
+    Logs `loss` and `accuracy`: in-batch retrieval accuracy, both directions averaged for a
+    pair; for more modalities, of each modality given the others' tuple, scored as the loss
+    scores a tuple (`tuple_similarity`), over the examples that have every modality. Works
+    with every Keras callback.
 
     Args:
         model: the dual encoder to train.
-        modalities: pair of modality names to align, e.g. `("image", "text")`.
-        loss: `"clip"` or `"siglip"`.
+        modalities: names of the modalities to align, e.g. `("image", "text")` or
+            `("image", "audio", "text")`.
+        loss: `"clip"` or `"siglip"` (two modalities), or `"symile"`, `"gram"` or
+            `"pairwise"` (two or more).
         label_aware: bool. Treat every same-label pair in the batch as a positive, not
             only the paired items; batches must then carry a `"label"`. An example labelled
             -1 (`NO_LABEL`, a record without a label) pairs with its own partner only. Use
@@ -41,11 +67,19 @@ class ContrastiveTrainer(Trainer):
             fewer negatives; a different objective).
         siglip_chunk_size: optional int, compute SigLIP over column chunks of this size
             (see `siglip_loss`), bounding the similarity matrix's memory.
+        anchor: optional modality name. `"pairwise"`: contrast only the pairs with it, as
+            ImageBind binds every modality to images; `"gram"`: the anchor of the volume
+            (default: the first modality).
+        negatives: Symile's candidate tuples, `"n_squared"` (default) or `"n"` (see
+            `mm_keras.losses.symile.negative_indices`).
+        seed: int, seed of Symile's `"n"` draws, folded with the step.
 
     Example:
     >>> trainer = ContrastiveTrainer(dual_encoder, modalities=("image", "text"))
     >>> trainer.compile(optimizer=keras.optimizers.AdamW(1e-3))
     >>> history = trainer.fit(train_ds, validation_data=val_ds, epochs=10)
+    >>> three = ContrastiveTrainer(
+    ...     model, modalities=("image", "audio", "text"), loss="symile")
     """
 
     def __init__(
@@ -56,16 +90,38 @@ class ContrastiveTrainer(Trainer):
         label_aware=False,
         gather="global",
         siglip_chunk_size=None,
+        anchor=None,
+        negatives="n_squared",
+        seed=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         modalities = tuple(modalities)
-        if len(modalities) != 2 or modalities[0] == modalities[1]:
+        if len(modalities) < 2 or len(set(modalities)) != len(modalities):
             raise ValueError(
-                f"`modalities` must name two different modalities. Received: {modalities}"
+                f"`modalities` must name two or more different modalities. Received: {modalities}"
             )
         if loss not in LOSSES:
             raise ValueError(f"`loss` must be one of {LOSSES}. Received: loss={loss!r}")
+        if loss in PAIR_LOSSES and len(modalities) != 2:
+            raise ValueError(
+                f"`loss={loss!r}` aligns a pair; for {len(modalities)} modalities use one "
+                f"of {N_MODAL_LOSSES}. Received: modalities={modalities}"
+            )
+        if anchor is not None and (anchor not in modalities or loss not in ("pairwise", "gram")):
+            raise ValueError(
+                "`anchor` must be one of `modalities`, for the 'pairwise' or 'gram' loss. "
+                f"Received: anchor={anchor!r}, loss={loss!r}, modalities={modalities}"
+            )
+        if label_aware and loss in ("symile", "gram"):
+            raise ValueError(
+                "`label_aware=True` marks same-label pairs as positives, which the "
+                f"{loss!r} loss, over whole tuples, has no place for. Received: loss={loss!r}"
+            )
+        if negatives not in NEGATIVES:
+            raise ValueError(
+                f"`negatives` must be one of {NEGATIVES}. Received: negatives={negatives!r}"
+            )
         if gather not in GATHER:
             raise ValueError(f"`gather` must be one of {GATHER}. Received: gather={gather!r}")
         self.model = model
@@ -74,6 +130,9 @@ class ContrastiveTrainer(Trainer):
         self.label_aware = label_aware
         self.gather = gather
         self.siglip_chunk_size = siglip_chunk_size
+        self.anchor = anchor
+        self.negatives = negatives
+        self.seed = seed
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
 
@@ -97,13 +156,13 @@ class ContrastiveTrainer(Trainer):
                 f"Received keys: {sorted(data)}"
             )
         flags = [present_key(m) for m in self.modalities if present_key(m) in data]
-        if flags:
+        if flags and self.loss_name in PAIR_LOSSES:
             # A flagged example may hold a placeholder for an absent modality: contrasted
             # as a real pair, it would teach the model to match the placeholder.
             raise ValueError(
-                "Expected batches of complete pairs, without presence flags (from "
-                "`modality_dropout` or `align_modalities`). Received keys: "
-                f"{sorted(data)}"
+                f"Expected batches of complete pairs for loss={self.loss_name!r}, without "
+                "presence flags (from `modality_dropout` or `align_modalities`); "
+                f"loss='pairwise' honours them. Received keys: {sorted(data)}"
             )
         if self.label_aware and "label" not in data:
             raise ValueError(
@@ -111,10 +170,11 @@ class ContrastiveTrainer(Trainer):
                 f"examples. Received keys: {sorted(data)}"
             )
         labels = data["label"] if self.label_aware else None
-        return {m: data[m] for m in self.modalities}, labels
+        # The flags travel with the inputs, for `_embedding_loss`.
+        return {key: data[key] for key in (*self.modalities, *flags)}, labels
 
     def _loss_and_accuracy(self, inputs, labels, training):
-        embeddings = self.model(inputs, training=training)
+        embeddings = self.model({m: inputs[m] for m in self.modalities}, training=training)
         return self._embedding_loss(inputs, embeddings, labels, training)
 
     def _gather_fn(self):
@@ -123,6 +183,15 @@ class ContrastiveTrainer(Trainer):
 
     def _embedding_loss(self, inputs, embeddings, labels, training):
         """The loss of the model's `embeddings` of `inputs`, and in-batch accuracy."""
+        if self.loss_name in N_MODAL_LOSSES:
+            loss, accuracy = self._n_modal_loss(inputs, embeddings, labels, training)
+        else:
+            loss, accuracy = self._pair_loss(embeddings, labels)
+        if self.model.losses:
+            loss = loss + tf.add_n(self.model.losses)
+        return loss, accuracy
+
+    def _pair_loss(self, embeddings, labels):
         x, y = (embeddings[m] for m in self.modalities)
         gather_fn = self._gather_fn()
         if self.loss_name == "clip":
@@ -137,10 +206,49 @@ class ContrastiveTrainer(Trainer):
                 gather_fn=gather_fn,
                 chunk_size=self.siglip_chunk_size,
             )
-        if self.model.losses:
-            loss = loss + tf.add_n(self.model.losses)
         accuracy = 0.5 * (in_batch_accuracy(x, y, labels) + in_batch_accuracy(y, x, labels))
         return loss, accuracy
+
+    def _n_modal_loss(self, inputs, embeddings, labels, training):
+        vectors = [embeddings[m] for m in self.modalities]
+        present = None
+        if any(present_key(m) in inputs for m in self.modalities):
+            ones = ops.ones_like(vectors[0][:, 0])
+            present = [
+                ops.cast(inputs[present_key(m)], "float32") if present_key(m) in inputs else ones
+                for m in self.modalities
+            ]
+        scale, gather_fn = self.model.logit_scale, self._gather_fn()
+        anchor = None if self.anchor is None else self.modalities.index(self.anchor)
+        if self.loss_name == "symile":
+            step = self.optimizer.iterations if training else EVALUATION_STEP
+            seed = tf.stack([tf.cast(self.seed, tf.int64), tf.cast(step, tf.int64)])
+            loss = symile_loss(vectors, scale, self.negatives, seed, present, gather_fn)
+        elif self.loss_name == "gram":
+            loss = gram_loss(vectors, scale, anchor or 0, present, gather_fn)
+        else:
+            loss = pairwise_clip_loss(vectors, scale, anchor, labels, present, gather_fn)
+        return loss, self._tuple_accuracy(vectors, labels, present)
+
+    def _tuple_accuracy(self, vectors, labels, present):
+        """Top-1 in-batch retrieval of each modality given the others' tuple, over the
+        examples that have every modality (candidates too), averaged over modalities."""
+        rows = ops.arange(ops.shape(vectors[0])[0])
+        complete = ops.ones_like(vectors[0][:, 0])
+        for flags in present or []:
+            complete = complete * flags
+        hits = 0.0
+        for m in range(len(vectors)):
+            others = [v for k, v in enumerate(vectors) if k != m]
+            scores = tuple_similarity(self.loss_name, others, vectors[m])  # [b, b]
+            scores = ops.where(complete[None, :] > 0.5, scores, -float("inf"))
+            best = ops.argmax(scores, axis=1)
+            hit = ops.equal(best, rows)
+            if labels is not None:
+                same = ops.logical_and(ops.equal(ops.take(labels, best), labels), labels >= 0)
+                hit = ops.logical_or(hit, same)
+            hits = hits + ops.sum(ops.cast(hit, "float32") * complete)
+        return hits / (len(vectors) * ops.maximum(ops.sum(complete), 1.0))
 
     def train_step(self, data):
         inputs, labels = self._split(data)
@@ -151,7 +259,7 @@ class ContrastiveTrainer(Trainer):
             scaled_loss = self.optimizer.scale_loss(loss / replicas)
         variables = self.trainable_variables
         bias = getattr(self.model, "logit_bias_variable", None)
-        if self.loss_name == "clip" and bias is not None:  # CLIP has no bias: leave it be.
+        if self.loss_name != "siglip" and bias is not None:  # only SigLIP has a bias
             variables = [v for v in variables if v is not bias]
         gradients = tape.gradient(scaled_loss, variables)
         if not self.optimizer.built:
@@ -181,6 +289,9 @@ class ContrastiveTrainer(Trainer):
                 "label_aware": self.label_aware,
                 "gather": self.gather,
                 "siglip_chunk_size": self.siglip_chunk_size,
+                "anchor": self.anchor,
+                "negatives": self.negatives,
+                "seed": self.seed,
             }
         )
         return config

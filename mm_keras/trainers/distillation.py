@@ -10,7 +10,7 @@ from mm_keras.losses.distill import (
     feature_kd_loss,
     relation_kd_loss,
 )
-from mm_keras.trainers.contrastive import ContrastiveTrainer
+from mm_keras.trainers.contrastive import PAIR_LOSSES, ContrastiveTrainer
 
 # The example field that carries a frozen teacher's embeddings, `{modality: [D_t]}`.
 TEACHER_KEY = "teacher"
@@ -156,6 +156,11 @@ class DistillationTrainer(ContrastiveTrainer):
         **kwargs,
     ):
         super().__init__(model, modalities=modalities, **kwargs)
+        if self.loss_name not in PAIR_LOSSES:
+            raise ValueError(
+                f"Distillation aligns a pair with one of {PAIR_LOSSES}. "
+                f"Received: loss={self.loss_name!r}"
+            )
         if (teacher is None) == (momentum is None):
             raise ValueError(
                 "Expected either a `teacher` or a `momentum` for a moving-average teacher. "
