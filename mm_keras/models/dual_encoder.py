@@ -46,6 +46,9 @@ class DualEncoder(TowersMixin, keras.Model):
         projection_dim: int, size of the joint embedding.
         logit_scale_init: float, initial temperature scale (CLIP: 1 / 0.07).
         logit_bias_init: float, initial SigLIP bias (SigLIP: -10).
+        projectors: optional dict, modality name → layer from pooled features to
+            `projection_dim` (such as `mm_keras.layers.MLPProjector`) in place of the
+            default linear projection, for some or all modalities.
 
     Example:
     >>> tokenizers = {
@@ -67,6 +70,7 @@ class DualEncoder(TowersMixin, keras.Model):
         projection_dim,
         logit_scale_init=1.0 / 0.07,
         logit_bias_init=-10.0,
+        projectors=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -92,8 +96,16 @@ class DualEncoder(TowersMixin, keras.Model):
         self.projection_dim = projection_dim
         self.logit_scale_init = logit_scale_init
         self.logit_bias_init = logit_bias_init
+        unknown = sorted(set(projectors or {}) - set(tokenizers))
+        if unknown:
+            raise ValueError(
+                f"`projectors` must be keyed by modalities of `tokenizers` {self.modalities}. "
+                f"Received projectors for {unknown}"
+            )
+        self.projectors = projectors
         self.projections = {
-            m: keras.layers.Dense(
+            m: (projectors or {}).get(m)
+            or keras.layers.Dense(
                 projection_dim, use_bias=False, dtype=self.dtype_policy, name=f"{m}_projection"
             )
             for m in self.modalities
@@ -123,6 +135,29 @@ class DualEncoder(TowersMixin, keras.Model):
 
         return KerasHubDualEncoder.from_preset(preset, **kwargs)
 
+    def freeze_towers(self, modalities=None):
+        """Freezes the tokenizers and encoders of `modalities` (default: all), leaving
+        their projections, the temperature and the bias to train.
+
+        The alignment of frozen pretrained encoders by projectors alone ("From Unimodal to
+        Multimodal: Scaling up Projectors", 2025; STRUCTURE, 2025). `trainable` is saved
+        with the model, so a reloaded one stays frozen.
+
+        Example:
+        >>> model = DualEncoder(tokenizers, encoders, 64, projectors=projectors)
+        >>> model.freeze_towers()
+        """
+        modalities = self.modalities if modalities is None else tuple(modalities)
+        unknown = sorted(set(modalities) - set(self.modalities))
+        if unknown or (self.shared_encoder and set(modalities) != set(self.modalities)):
+            raise ValueError(
+                f"Expected modalities among {self.modalities}, all of them with a shared "
+                f"encoder. Received: {modalities}"
+            )
+        for modality in modalities:
+            self.tokenizers[modality].trainable = False
+            self._encoder(modality).trainable = False
+
     def _encoder(self, modality):
         return self.encoders if self.shared_encoder else self.encoders[modality]
 
@@ -133,7 +168,8 @@ class DualEncoder(TowersMixin, keras.Model):
             tokenizer = self.tokenizers[modality]
             shape = input_shape.get(modality, tokenizer.default_input_shape)
             widths[modality] = build_tower(tokenizer, self._encoder(modality), shape)[-1]
-            self.projections[modality].build((None, widths[modality]))
+            if not self.projections[modality].built:
+                self.projections[modality].build((None, widths[modality]))
         if self.shared_encoder:
             if len(set(widths.values())) != 1:
                 raise ValueError(
@@ -195,12 +231,16 @@ class DualEncoder(TowersMixin, keras.Model):
                 "logit_bias_init": self.logit_bias_init,
             }
         )
+        if self.projectors:
+            config["projectors"] = {m: serialize(p) for m, p in self.projectors.items()}
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         config["tokenizers"] = deserialize_layers(config["tokenizers"], custom_objects)
+        if config.get("projectors"):
+            config["projectors"] = deserialize_layers(config["projectors"], custom_objects)
         encoders = config["encoders"]
         if isinstance(encoders, dict) and "class_name" not in encoders:
             config["encoders"] = deserialize_layers(encoders, custom_objects)

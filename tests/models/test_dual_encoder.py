@@ -6,8 +6,10 @@ import pytest
 import tensorflow as tf
 
 from mm_keras.encoders import TransformerEncoder
+from mm_keras.layers import MLPProjector
 from mm_keras.models import DualEncoder, KerasHubDualEncoder
 from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding
+from mm_keras.trainers import ContrastiveTrainer
 from tests.keras_hub_presets import CAPTIONS, keras_hub_embeddings, random_images
 from tests.roundtrip import check_layer_roundtrip
 
@@ -41,9 +43,16 @@ def _model(shared=True):
 @pytest.mark.parametrize("shared", [True, False])
 def test_roundtrip(shared):
     encoders = _encoder() if shared else {"image": _encoder(), "text": _encoder()}
+    # Separate towers with an MLP projector on the image side, the default on the text side.
+    projectors = None if shared else {"image": MLPProjector(24, 16)}
     check_layer_roundtrip(
         DualEncoder,
-        {"tokenizers": _tokenizers(), "encoders": encoders, "projection_dim": 16},
+        {
+            "tokenizers": _tokenizers(),
+            "encoders": encoders,
+            "projection_dim": 16,
+            "projectors": projectors,
+        },
         _inputs(),
         expected_output_shape={"image": (3, 16), "text": (3, 16)},
         weights_unused_by_call=("log_logit_scale", "logit_bias"),
@@ -82,6 +91,33 @@ def test_saved_model_reloads_with_same_embeddings(tmp_path):
             np.asarray(reloaded(_inputs())[m]), np.asarray(expected[m]), atol=1e-6
         )
     assert float(reloaded.logit_scale) == pytest.approx(float(model.logit_scale))
+
+
+def test_frozen_towers_stay_bit_identical_through_fit(tmp_path):
+    projectors = {m: MLPProjector(24, 16) for m in ("image", "text")}
+    model = DualEncoder(
+        _tokenizers(), {"image": _encoder(), "text": _encoder()}, 16, projectors=projectors
+    )
+    model.build()
+    model.freeze_towers()
+    towers = [*model.tokenizers.values(), *model.encoders.values()]
+    frozen = {w.path: w.numpy() for tower in towers for w in tower.weights}
+    projected = {w.path: w.numpy() for p in projectors.values() for w in p.weights}
+    trainer = ContrastiveTrainer(model)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-2))
+    batches = tf.data.Dataset.from_tensor_slices(_inputs(8)).batch(4)
+    trainer.fit(batches, epochs=2, verbose=0)
+    for tower in towers:
+        for w in tower.weights:
+            np.testing.assert_array_equal(w.numpy(), frozen[w.path])
+    for projector in projectors.values():
+        assert all(not np.array_equal(w.numpy(), projected[w.path]) for w in projector.weights)
+    path = os.path.join(tmp_path, "frozen.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    assert not reloaded.encoders["image"].trainable and reloaded.projections["image"].trainable
+    with pytest.raises(ValueError, match="Received: \\('audio',\\)"):
+        model.freeze_towers(["audio"])
 
 
 def test_logit_scale_is_clipped_at_100():
