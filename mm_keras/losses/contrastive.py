@@ -103,7 +103,7 @@ def clip_loss(x, y, logit_scale, labels=None, gather_fn=None, present=None):
 
 
 def pairwise_clip_loss(
-    embeddings, logit_scale, anchor=None, labels=None, present=None, gather_fn=None
+    embeddings, logit_scale, anchor=None, labels=None, *, present=None, gather_fn=None
 ):
     """CLIP summed over pairs of M >= 2 modalities, or over the pairs with one anchor.
 
@@ -118,7 +118,8 @@ def pairwise_clip_loss(
         logit_scale: scalar, the temperature scale t.
         anchor: optional int, index of the modality every pair includes.
         labels: optional int `[b]`, see `clip_loss`.
-        present: optional list of M float `[b]`, 1 where the example has the modality.
+        present: optional list of M float `[b]`, 1 where the example has the modality (None
+            for a modality every example has).
         gather_fn: see `clip_loss`.
 
     Returns:
@@ -137,7 +138,10 @@ def pairwise_clip_loss(
         )
     total = 0.0
     for m, n in pairs:
-        both = None if present is None else ops.cast(present[m], "float32") * present[n]
+        flags = [] if present is None else [f for f in (present[m], present[n]) if f is not None]
+        both = None
+        for flag in flags:
+            both = ops.cast(flag, "float32") if both is None else both * flag
         total = total + clip_loss(
             embeddings[m], embeddings[n], logit_scale, labels, gather_fn, present=both
         )

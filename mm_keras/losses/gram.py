@@ -13,6 +13,7 @@ from keras import ops
 
 from mm_keras.losses.modality_subsets import (
     column_validity,
+    gather_batch,
     local_only,
     modality_subsets,
     target_cross_entropy,
@@ -55,7 +56,8 @@ def pairwise_volumes(row_vectors, column_vectors):
         column_vectors: list of float `[C, D]`, the other modalities' embeddings of C.
 
     Returns:
-        Float `[b, C]` volumes, in [0, 1] for unit vectors.
+        Float `[b, C]` volumes: for unit vectors in [0, 1], floored at
+        sqrt(_MIN_DETERMINANT) = 1e-4.
     """
     rows = len(row_vectors)
     vectors = row_vectors + column_vectors
@@ -72,7 +74,7 @@ def pairwise_volumes(row_vectors, column_vectors):
     return ops.sqrt(ops.maximum(_determinant(entries), _MIN_DETERMINANT))
 
 
-def gram_loss(embeddings, logit_scale, anchor=0, present=None, gather_fn=None):
+def gram_loss(embeddings, logit_scale, anchor=0, *, present=None, gather_fn=None):
     """The GRAM contrastive loss of M >= 2 modalities, local rows against gathered columns.
 
     With a the anchor modality, r the others and V the volume of the parallelotope of a tuple
@@ -84,14 +86,16 @@ def gram_loss(embeddings, logit_scale, anchor=0, present=None, gather_fn=None):
 
     (the paper's data-to-anchor and anchor-to-data terms; with two modalities
     V = sqrt(1 - <a, r>²)). An example that misses modalities (`present`) trains the term
-    over those it has, anchored on the anchor if it has it and on its first modality if not;
-    candidates missing a modality the term needs are left out (see `modality_subsets`).
+    over those it has, anchored on the anchor if it has it and on its first modality if
+    not; candidates missing a modality on their side of the term are left out (see
+    `modality_subsets`).
 
     Args:
         embeddings: list of M float `[b, D]`, this replica's unit-norm embeddings.
         logit_scale: scalar, the temperature scale t (1 / τ).
         anchor: int, index of the anchor modality (the paper anchors on text).
-        present: optional list of M float `[b]`, 1 where the example has the modality.
+        present: optional list of M float `[b]`, 1 where the example has the modality (None
+            for a modality every example has).
         gather_fn: see `mm_keras.losses.clip_loss`.
 
     Returns:
@@ -111,13 +115,8 @@ def gram_loss(embeddings, logit_scale, anchor=0, present=None, gather_fn=None):
         )
     embeddings = [ops.cast(e, "float32") for e in embeddings]
     logit_scale = ops.cast(logit_scale, "float32")
-    gather_fn = gather_fn or local_only
-    gathered = [gather_fn(e) for e in embeddings]
-    offset = gathered[0][1]
-    columns = [g for g, _ in gathered]
-    present_all = None if present is None else [gather_fn(p)[0] for p in present]
+    columns, present_all, targets = gather_batch(embeddings, present, gather_fn or local_only)
     column_ids = ops.arange(ops.shape(columns[0])[0])
-    targets = ops.arange(ops.shape(embeddings[0])[0]) + offset
 
     total = 0.0
     for subset, weight in modality_subsets(len(embeddings), present):

@@ -27,8 +27,9 @@ def modality_subsets(num_modalities, present):
 
     Args:
         num_modalities: int, M.
-        present: None (every example has every modality) or a list of M float `[b]`
-            tensors, 1 where the example has the modality.
+        present: None (every example has every modality) or a list of M entries, each a
+            float `[b]` tensor, 1 where the example has the modality, or None where every
+            example has it (so no subset without it is computed).
 
     Returns:
         A list of `(tuple of modality indices, float [b] or None)`: the weight is 1 for the
@@ -38,25 +39,50 @@ def modality_subsets(num_modalities, present):
     everything = tuple(range(num_modalities))
     if present is None:
         return [(everything, None)]
+    always = {k for k in everything if present[k] is None}
     subsets = []
     for size in range(num_modalities, 1, -1):
         for subset in itertools.combinations(everything, size):
+            if not always <= set(subset):
+                continue
             weight = 1.0
             for k in everything:
-                weight = weight * (present[k] if k in subset else 1.0 - present[k])
+                if k not in always:
+                    weight = weight * (present[k] if k in subset else 1.0 - present[k])
             subsets.append((subset, weight))
     return subsets
+
+
+def gather_batch(embeddings, present, gather_fn):
+    """What the losses over M modalities contrast against, from this replica's batch.
+
+    Returns:
+        `(columns, present_all, targets)`: each modality's embeddings gathered over the
+        global batch `[B, D]`; the gathered presence flags (None, or a list with None for
+        the modalities without flags); and each local row's own global column `[b]`.
+    """
+    gathered = [gather_fn(e) for e in embeddings]
+    offset = gathered[0][1]
+    columns = [g for g, _ in gathered]
+    present_all = None
+    if present is not None:
+        present_all = [None if p is None else gather_fn(p)[0] for p in present]
+    targets = ops.arange(ops.shape(embeddings[0])[0]) + offset
+    return columns, present_all, targets
 
 
 def column_validity(present_all, indices):
     """Bool `[C]`: whether every modality k has an embedding at `indices[k]` `[C]` (global rows).
 
-    `present_all` maps modality index → gathered float `[B]` flags, or is None (all valid).
+    `present_all` maps modality index → gathered float `[B]` flags (None: always present),
+    or is None (all valid).
     """
     if present_all is None:
         return None
     valid = None
     for k, index in indices.items():
+        if present_all[k] is None:
+            continue
         here = ops.take(present_all[k], index) > 0.5
         valid = here if valid is None else ops.logical_and(valid, here)
     return valid

@@ -11,6 +11,7 @@ from keras import ops
 
 from mm_keras.losses.modality_subsets import (
     column_validity,
+    gather_batch,
     local_only,
     modality_subsets,
     target_cross_entropy,
@@ -71,7 +72,7 @@ def negative_indices(negatives, batch_size, others, seed=None):
 
 
 def symile_loss(
-    embeddings, logit_scale, negatives="n_squared", seed=None, present=None, gather_fn=None
+    embeddings, logit_scale, negatives="n_squared", seed=None, *, present=None, gather_fn=None
 ):
     """The Symile loss of M >= 2 modalities, local rows against gathered columns.
 
@@ -87,17 +88,19 @@ def symile_loss(
     candidate happens to be row i's own tuple it stays in the softmax, as in the paper's code.
 
     An example that misses modalities (`present`) trains the Symile term over the modalities
-    it has (a lower-order MIP; two modalities make a CLIP term), and candidates that would
-    need a missing embedding are left out (see `modality_subsets`).
+    it has (a lower-order MIP; over two modalities, CLIP's cross-entropy, the candidates
+    being the other modality's examples that have it), and candidates that would need a
+    missing embedding are left out (see `modality_subsets`).
 
     Args:
         embeddings: list of M float `[b, D]`, this replica's unit-norm embeddings, row i of
             each from example i.
         logit_scale: scalar, the temperature scale t.
         negatives: `"n_squared"` (default) or `"n"`, see `negative_indices`.
-        seed: int32 `[2]`, the stateless seed of the `"n"` permutations; the same on every
-            replica, so all draw the same permutations of the global batch.
-        present: optional list of M float `[b]`, 1 where the example has the modality.
+        seed: int `[2]` (int32 or int64), the stateless seed of the `"n"` permutations; the
+            same on every replica, so all draw the same permutations of the global batch.
+        present: optional list of M float `[b]`, 1 where the example has the modality (None
+            for a modality every example has).
         gather_fn: see `mm_keras.losses.clip_loss`.
 
     Returns:
@@ -116,13 +119,8 @@ def symile_loss(
     embeddings = [ops.cast(e, "float32") for e in embeddings]
     logit_scale = ops.cast(logit_scale, "float32")
     num_modalities = len(embeddings)
-    gather_fn = gather_fn or local_only
-    gathered = [gather_fn(e) for e in embeddings]
-    offset = gathered[0][1]
-    columns = [g for g, _ in gathered]
-    present_all = None if present is None else [gather_fn(p)[0] for p in present]
+    columns, present_all, targets = gather_batch(embeddings, present, gather_fn or local_only)
     batch_size = ops.shape(columns[0])[0]
-    targets = ops.arange(ops.shape(embeddings[0])[0]) + offset
 
     total = 0.0
     for subset, weight in modality_subsets(num_modalities, present):

@@ -141,7 +141,8 @@ class DualEncoder(TowersMixin, keras.Model):
 
         The alignment of frozen pretrained encoders by projectors alone ("From Unimodal to
         Multimodal: Scaling up Projectors", 2025; STRUCTURE, 2025). `trainable` is saved
-        with the model, so a reloaded one stays frozen.
+        with the model, so a reloaded one stays frozen. A shared encoder's modality
+        embedding, a weight of the model added to its tokens, stays trainable.
 
         Example:
         >>> model = DualEncoder(tokenizers, encoders, 64, projectors=projectors)

@@ -41,7 +41,8 @@ class ContrastiveTrainer(Trainer):
       al., 2025; the volume their embeddings span) or CLIP summed over pairs (ImageBind's
       when anchored). These honour `"<modality>_present"` flags (`modality_dropout`,
       `align_modalities`): an example missing a modality trains the terms over the
-      modalities it has (`mm_keras.losses.modality_subsets`).
+      modalities it has (`mm_keras.losses.modality_subsets`). Losses the model adds itself
+      (a mixture of experts' load balancing) still see an absent modality's placeholder.
 
     Logs `loss` and `accuracy`: in-batch retrieval accuracy, both directions averaged for a
     pair; for more modalities, of each modality given the others' tuple, scored as the loss
@@ -72,7 +73,7 @@ class ContrastiveTrainer(Trainer):
             (default: the first modality).
         negatives: Symile's candidate tuples, `"n_squared"` (default) or `"n"` (see
             `mm_keras.losses.symile.negative_indices`).
-        seed: int, seed of Symile's `"n"` draws, folded with the step.
+        seed: int, seed of Symile's `"n"` draws, paired with the step as a stateless seed.
 
     Example:
     >>> trainer = ContrastiveTrainer(dual_encoder, modalities=("image", "text"))
@@ -118,9 +119,10 @@ class ContrastiveTrainer(Trainer):
                 "`label_aware=True` marks same-label pairs as positives, which the "
                 f"{loss!r} loss, over whole tuples, has no place for. Received: loss={loss!r}"
             )
-        if negatives not in NEGATIVES:
+        if negatives not in NEGATIVES or (negatives != "n_squared" and loss != "symile"):
             raise ValueError(
-                f"`negatives` must be one of {NEGATIVES}. Received: negatives={negatives!r}"
+                f"`negatives` must be one of {NEGATIVES}, for the 'symile' loss. "
+                f"Received: negatives={negatives!r}, loss={loss!r}"
             )
         if gather not in GATHER:
             raise ValueError(f"`gather` must be one of {GATHER}. Received: gather={gather!r}")
@@ -162,7 +164,7 @@ class ContrastiveTrainer(Trainer):
             raise ValueError(
                 f"Expected batches of complete pairs for loss={self.loss_name!r}, without "
                 "presence flags (from `modality_dropout` or `align_modalities`); "
-                f"loss='pairwise' honours them. Received keys: {sorted(data)}"
+                f"'symile', 'gram' and 'pairwise' honour them. Received keys: {sorted(data)}"
             )
         if self.label_aware and "label" not in data:
             raise ValueError(
@@ -213,33 +215,37 @@ class ContrastiveTrainer(Trainer):
         vectors = [embeddings[m] for m in self.modalities]
         present = None
         if any(present_key(m) in inputs for m in self.modalities):
-            ones = ops.ones_like(vectors[0][:, 0])
             present = [
-                ops.cast(inputs[present_key(m)], "float32") if present_key(m) in inputs else ones
+                ops.cast(inputs[present_key(m)], "float32") if present_key(m) in inputs else None
                 for m in self.modalities
             ]
         scale, gather_fn = self.model.logit_scale, self._gather_fn()
         anchor = None if self.anchor is None else self.modalities.index(self.anchor)
+        flagged = {"present": present, "gather_fn": gather_fn}
         if self.loss_name == "symile":
             step = self.optimizer.iterations if training else EVALUATION_STEP
             seed = tf.stack([tf.cast(self.seed, tf.int64), tf.cast(step, tf.int64)])
-            loss = symile_loss(vectors, scale, self.negatives, seed, present, gather_fn)
+            loss = symile_loss(vectors, scale, self.negatives, seed, **flagged)
         elif self.loss_name == "gram":
-            loss = gram_loss(vectors, scale, anchor or 0, present, gather_fn)
+            loss = gram_loss(vectors, scale, anchor or 0, **flagged)
         else:
-            loss = pairwise_clip_loss(vectors, scale, anchor, labels, present, gather_fn)
-        return loss, self._tuple_accuracy(vectors, labels, present)
+            loss = pairwise_clip_loss(vectors, scale, anchor, labels, **flagged)
+        return loss, self._tuple_accuracy(vectors, labels, present, anchor)
 
-    def _tuple_accuracy(self, vectors, labels, present):
-        """Top-1 in-batch retrieval of each modality given the others' tuple, over the
-        examples that have every modality (candidates too), averaged over modalities."""
+    def _tuple_accuracy(self, vectors, labels, present, anchor):
+        """Top-1 in-batch retrieval of each modality given the others' tuple (with pairwise
+        CLIP and an anchor, given the pairs the loss trains), over the examples that have
+        every modality (candidates too), averaged over modalities."""
         rows = ops.arange(ops.shape(vectors[0])[0])
         complete = ops.ones_like(vectors[0][:, 0])
         for flags in present or []:
-            complete = complete * flags
+            if flags is not None:
+                complete = complete * flags
         hits = 0.0
         for m in range(len(vectors)):
             others = [v for k, v in enumerate(vectors) if k != m]
+            if self.loss_name == "pairwise" and anchor is not None and m != anchor:
+                others = [vectors[anchor]]
             scores = tuple_similarity(self.loss_name, others, vectors[m])  # [b, b]
             scores = ops.where(complete[None, :] > 0.5, scores, -float("inf"))
             best = ops.argmax(scores, axis=1)

@@ -59,15 +59,17 @@ def loss_of(name, kernels, features, labels, gather_fn):
         return siglip_loss(
             *embeddings, 10.0, -5.0, labels=labels, gather_fn=gather_fn, chunk_size=chunk
         )
-    # The three-modality losses: with labels, also with presence flags.
+    # The three-modality losses: the "_present" cases also carry labels (pairwise uses them).
     if name.startswith("symile"):
         negatives = name[len("symile_") :]
         seed = tf.constant([1, 2])
-        return symile_loss(embeddings, 10.0, negatives, seed, present, gather_fn)
+        return symile_loss(embeddings, 10.0, negatives, seed, present=present, gather_fn=gather_fn)
     if name == "gram":
         return gram_loss(embeddings, 10.0, anchor=1, present=present, gather_fn=gather_fn)
     anchor = 0 if name == "pairwise_anchored" else None
-    return pairwise_clip_loss(embeddings, 10.0, anchor, labels, present, gather_fn)
+    return pairwise_clip_loss(
+        embeddings, 10.0, anchor, labels, present=present, gather_fn=gather_fn
+    )
 
 
 def single_device(name, labels):

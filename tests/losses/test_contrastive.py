@@ -14,11 +14,6 @@ from tests.losses.n_modal_reference import (
 )
 
 
-def _unit(rng, shape):
-    v = rng.normal(size=shape)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
 def _softmax(s):
     e = np.exp(s - s.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -75,7 +70,7 @@ def _labels(kind, rng):
 @pytest.mark.parametrize("labels_kind", ["none", "classes", "some_unlabelled"])
 def test_clip_matches_reference(labels_kind):
     rng = np.random.default_rng(0)
-    x, y, t = _unit(rng, (12, 16)), _unit(rng, (12, 16)), 10.0
+    x, y, t = unit(rng, (12, 16)), unit(rng, (12, 16)), 10.0
     labels = _labels(labels_kind, rng)
     value, grads = _tf_value_and_grads(lambda x, y, t: clip_loss(x, y, t, labels=labels), x, y, t)
     ref_value, ref_grads = clip_reference(x, y, t, labels)
@@ -88,7 +83,7 @@ def test_clip_matches_reference(labels_kind):
 @pytest.mark.parametrize("labels_kind", ["none", "classes", "some_unlabelled"])
 def test_siglip_matches_reference(labels_kind, chunk_size):
     rng = np.random.default_rng(1)
-    x, y, t, c = _unit(rng, (12, 16)), _unit(rng, (12, 16)), 10.0, -3.0
+    x, y, t, c = unit(rng, (12, 16)), unit(rng, (12, 16)), 10.0, -3.0
     labels = _labels(labels_kind, rng)
     value, grads = _tf_value_and_grads(
         lambda x, y, t, c: siglip_loss(x, y, t, c, labels=labels, chunk_size=chunk_size),
@@ -102,7 +97,7 @@ def test_siglip_matches_reference(labels_kind, chunk_size):
 
 def test_label_aware_clip_differs_from_paired_clip_when_classes_repeat():
     rng = np.random.default_rng(2)
-    x, y = _unit(rng, (8, 16)), _unit(rng, (8, 16))
+    x, y = unit(rng, (8, 16)), unit(rng, (8, 16))
     labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
     paired = float(clip_loss(x, y, 10.0))
     aware = float(clip_loss(x, y, 10.0, labels=labels))
@@ -115,7 +110,7 @@ def test_label_aware_clip_differs_from_paired_clip_when_classes_repeat():
 def test_local_form_averaged_over_replicas_equals_global_loss(loss):
     """Two "replicas" each score their own rows against the gathered batch."""
     rng = np.random.default_rng(3)
-    x, y = _unit(rng, (8, 16)).astype("float32"), _unit(rng, (8, 16)).astype("float32")
+    x, y = unit(rng, (8, 16)).astype("float32"), unit(rng, (8, 16)).astype("float32")
     labels = rng.integers(0, 3, 8)
 
     def loss_fn(x, y, labels, gather_fn=None):

@@ -39,7 +39,7 @@ def test_gram_matches_reference(num_modalities, missing):
         np.testing.assert_allclose(gradient, reference_gradient, rtol=1e-5, atol=2e-6)
 
 
-def test_volume_is_zero_for_aligned_tuples_with_a_finite_gradient():
+def test_volume_of_aligned_tuples_is_its_floor_with_a_finite_gradient():
     rng = np.random.default_rng(0)
     a = tf.constant(unit(rng, (3, 4)), tf.float32)
     with tf.GradientTape() as tape:

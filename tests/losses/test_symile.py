@@ -78,3 +78,13 @@ def test_symile_refuses_bad_arguments():
         symile_loss([x], 1.0)
     with pytest.raises(ValueError, match="seed"):
         symile_loss([x, x, x], 1.0, negatives="n")
+
+
+def test_a_modality_without_flags_counts_as_present_everywhere():
+    rng = np.random.default_rng(1)
+    embeddings = [unit(rng, (6, 5)).astype("float32") for _ in range(3)]
+    flags = presence(rng, 3, 6).astype("float32")
+    flags[1] = 1.0
+    with_ones = symile_loss(embeddings, 8.0, present=list(flags))
+    without = symile_loss(embeddings, 8.0, present=[flags[0], None, flags[2]])
+    np.testing.assert_allclose(without, with_ones, rtol=1e-6)
