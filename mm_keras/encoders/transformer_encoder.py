@@ -19,7 +19,8 @@ class TransformerEncoder(keras.layers.Layer):
     layers (`BridgeConnector`).
 
     Args:
-        num_layers: int, number of Transformer blocks.
+        num_layers: int, number of Transformer blocks; 0 leaves the final LayerNorm only
+            (a tower's token embeddings as they enter the blocks, `truncate_encoder(e, 0)`).
         num_heads: int, attention heads per block.
         intermediate_dim: int, hidden width of each block's MLP.
         dropout: float, dropout rate inside the blocks.
@@ -45,8 +46,8 @@ class TransformerEncoder(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if num_layers < 1:
-            raise ValueError(f"`num_layers` must be >= 1. Received: num_layers={num_layers}")
+        if num_layers < 0:
+            raise ValueError(f"`num_layers` must be >= 0. Received: num_layers={num_layers}")
         self.num_layers = num_layers
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
@@ -108,3 +109,32 @@ class TransformerEncoder(keras.layers.Layer):
             }
         )
         return config
+
+
+def truncate_encoder(encoder, num_layers):
+    """A new `TransformerEncoder` of the first `num_layers` blocks of a built `encoder`, with
+    their weights (copied) and its final norm: the encoder's representation at that layer
+    (0: the token embeddings themselves, normalised).
+
+    For aligning a frozen encoder at the layer whose representation is most alike another
+    modality's (STRUCTURE, Gröger et al., 2025; see
+    `mm_keras.eval.representational_similarity`) rather than at its last.
+
+    Example:
+    >>> first_block = truncate_encoder(pretrained_encoder, 1)
+    """
+    if not encoder.built:
+        raise ValueError("Expected a built encoder, whose weights can be copied.")
+    if not 0 <= num_layers <= encoder.num_layers:
+        raise ValueError(
+            f"`num_layers` must be in [0, {encoder.num_layers}]. Received: num_layers={num_layers}"
+        )
+    config = encoder.get_config()
+    config.update(num_layers=num_layers, name=f"{encoder.name}_to_{num_layers}")
+    truncated = TransformerEncoder.from_config(config)
+    width = encoder.final_norm.gamma.shape[-1]
+    truncated.build({"tokens": (None, None, width), "mask": (None, None)})
+    for source, target in zip(encoder.blocks, truncated.blocks):
+        target.set_weights(source.get_weights())
+    truncated.final_norm.set_weights(encoder.final_norm.get_weights())
+    return truncated

@@ -2,10 +2,13 @@
 
 import keras
 
+INPUT_NORMS = ("batch", "layer", None)
+
 
 @keras.saving.register_keras_serializable(package="mm_keras")
 class MLPProjector(keras.layers.Layer):
-    """Two dense layers with a nonlinearity between: features → hidden → output.
+    """Normalisation, then two dense layers with a nonlinearity between: features → hidden
+    → output.
 
     Aligning pretrained unimodal encoders that stay frozen leaves all the learning to the
     projectors, and a linear map cannot bend one frozen space onto another: "From Unimodal
@@ -13,11 +16,20 @@ class MLPProjector(keras.layers.Layer):
     1.5 does between its image encoder and language model. Pass one per modality as a
     `DualEncoder`'s `projectors`.
 
+    A frozen encoder's pooled features are far from standardised (those of the digits'
+    masked-modeling encoders sit at a mean of 0.5 with a spread of 0.1 per dimension), and
+    a contrastive signal as weak as Symile's on a fresh projector does not move them:
+    batch normalisation of the inputs (SimCLR's projection heads normalise too) is the
+    default, and with it Symile aligns the digits' triples where it stayed at chance
+    without.
+
     Args:
         hidden_dim: int, width of the hidden layer.
         output_dim: int, width of the output (the shared embedding size).
         activation: str, the hidden layer's activation.
         dropout: float, dropout rate on the hidden layer while training.
+        input_norm: `"batch"` (default), `"layer"` or None: how the input features are
+            normalised first.
 
     Example:
     >>> projector = MLPProjector(hidden_dim=256, output_dim=64)
@@ -25,8 +37,14 @@ class MLPProjector(keras.layers.Layer):
     (2, 64)
     """
 
-    def __init__(self, hidden_dim, output_dim, activation="gelu", dropout=0.0, **kwargs):
+    def __init__(
+        self, hidden_dim, output_dim, activation="gelu", dropout=0.0, input_norm="batch", **kwargs
+    ):
         super().__init__(**kwargs)
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(
+                f"`input_norm` must be one of {INPUT_NORMS}. Received: input_norm={input_norm!r}"
+            )
         for name, value in (("hidden_dim", hidden_dim), ("output_dim", output_dim)):
             if value < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={value}")
@@ -36,6 +54,12 @@ class MLPProjector(keras.layers.Layer):
         self.output_dim = output_dim
         self.activation = activation
         self.dropout = dropout
+        self.input_norm = input_norm
+        self.normalization = {
+            "batch": lambda: keras.layers.BatchNormalization(dtype=self.dtype_policy, name="norm"),
+            "layer": lambda: keras.layers.LayerNormalization(dtype=self.dtype_policy, name="norm"),
+            None: lambda: None,
+        }[input_norm]()
         self.hidden = keras.layers.Dense(
             hidden_dim, activation=activation, dtype=self.dtype_policy, name="hidden"
         )
@@ -43,10 +67,14 @@ class MLPProjector(keras.layers.Layer):
         self.output_layer = keras.layers.Dense(output_dim, dtype=self.dtype_policy, name="output")
 
     def build(self, input_shape):
+        if self.normalization is not None:
+            self.normalization.build(input_shape)
         self.hidden.build(input_shape)
         self.output_layer.build((*input_shape[:-1], self.hidden_dim))
 
     def call(self, features, training=None):
+        if self.normalization is not None:
+            features = self.normalization(features, training=training)
         hidden = self.hidden_dropout(self.hidden(features), training=training)
         return self.output_layer(hidden)
 
@@ -61,6 +89,7 @@ class MLPProjector(keras.layers.Layer):
                 "output_dim": self.output_dim,
                 "activation": self.activation,
                 "dropout": self.dropout,
+                "input_norm": self.input_norm,
             }
         )
         return config

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mm_keras.encoders import TransformerEncoder
+from mm_keras.encoders import TransformerEncoder, truncate_encoder
 from tests.roundtrip import check_layer_roundtrip
 
 
@@ -13,10 +13,11 @@ def _sequence():
     }
 
 
-def test_roundtrip():
+@pytest.mark.parametrize("num_layers", [0, 2])
+def test_roundtrip(num_layers):
     check_layer_roundtrip(
         TransformerEncoder,
-        {"num_layers": 2, "num_heads": 4, "intermediate_dim": 64},
+        {"num_layers": num_layers, "num_heads": 4, "intermediate_dim": 64},
         _sequence(),
         expected_output_shape={"tokens": (2, 5, 32), "mask": (2, 5)},
     )
@@ -43,5 +44,21 @@ def test_hidden_states_are_the_blocks_outputs():
 
 
 def test_zero_layers_raises():
-    with pytest.raises(ValueError, match="num_layers=0"):
-        TransformerEncoder(num_layers=0, num_heads=2, intermediate_dim=8)
+    with pytest.raises(ValueError, match="num_layers=-1"):
+        TransformerEncoder(num_layers=-1, num_heads=2, intermediate_dim=8)
+
+
+def test_truncated_encoder_is_the_representation_at_that_layer():
+    encoder = TransformerEncoder(num_layers=2, num_heads=4, intermediate_dim=64)
+    sequence = _sequence()
+    hidden = encoder(sequence, return_hidden_states=True)["hidden_states"]
+    for layer, expected in ((0, sequence["tokens"]), (1, hidden[0]), (2, hidden[1])):
+        truncated = truncate_encoder(encoder, layer)
+        assert truncated.num_layers == layer
+        np.testing.assert_allclose(
+            truncated(sequence)["tokens"], encoder.final_norm(expected), atol=1e-5
+        )
+    copy = truncate_encoder(encoder, 1).blocks[0].mlp_in.kernel
+    assert copy is not encoder.blocks[0].mlp_in.kernel  # a copy: freezing one leaves the other
+    with pytest.raises(ValueError, match="num_layers=3"):
+        truncate_encoder(encoder, 3)
