@@ -14,5 +14,6 @@ from mm_keras.losses.distill import (
 )
 from mm_keras.losses.gram import gram_loss, pairwise_volumes
 from mm_keras.losses.masked_modeling import masked_modeling_loss, normalize_patches
+from mm_keras.losses.structure import structure_loss
 from mm_keras.losses.symile import multilinear_inner_product, symile_loss
 from mm_keras.losses.tuple_similarity import tuple_similarity

@@ -205,7 +205,12 @@ class DualEncoder(TowersMixin, keras.Model):
 
     def embed(self, modality, inputs, training=None):
         """Embeds one modality's raw input into unit-norm `[B, projection_dim]` vectors."""
-        sequence = self.tokenizers[modality](inputs)
+        return self.project(modality, self.features(modality, inputs, training), training)
+
+    def features(self, modality, inputs, training=None):
+        """One modality's tower features `[B, width]`, pooled, before the projection (what
+        `structure_loss` keeps the geometry of)."""
+        sequence = self.tokenizers[modality](inputs, training=training)
         if self.shared_encoder:
             index = self.modalities.index(modality)
             tokens = sequence["tokens"] + self.modality_embedding[index]
@@ -213,8 +218,11 @@ class DualEncoder(TowersMixin, keras.Model):
             ids = ops.full((ops.shape(tokens)[0],), index, "int32")
             sequence = {"tokens": tokens, "mask": sequence["mask"], "modality_ids": ids}
         sequence = self._encoder(modality)(sequence, training=training)
-        pooled = masked_mean(sequence["tokens"], sequence["mask"])
-        return l2_normalize(self.projections[modality](pooled))
+        return masked_mean(sequence["tokens"], sequence["mask"])
+
+    def project(self, modality, features, training=None):
+        """`features` of one modality into the shared space: projection, then L2 norm."""
+        return l2_normalize(self.projections[modality](features, training=training))
 
     def get_config(self):
         config = super().get_config()

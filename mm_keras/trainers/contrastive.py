@@ -13,6 +13,7 @@ from mm_keras.losses.contrastive import (
     siglip_loss,
 )
 from mm_keras.losses.gram import gram_loss
+from mm_keras.losses.structure import structure_loss
 from mm_keras.losses.symile import NEGATIVES, symile_loss
 from mm_keras.losses.tuple_similarity import tuple_similarity
 from mm_keras.trainers.trainer import Trainer
@@ -74,6 +75,13 @@ class ContrastiveTrainer(Trainer):
         negatives: Symile's candidate tuples, `"n_squared"` (default) or `"n"` (see
             `mm_keras.losses.symile.negative_indices`).
         seed: int, seed of Symile's `"n"` draws, paired with the step as a stateless seed.
+        structure_weight: float, λ of the STRUCTURE regulariser (Gröger et al., 2025): adds
+            λ Σ_m `structure_loss(features_m, embeddings_m)`, keeping each modality's
+            neighbourhoods of its tower features (frozen ones, `freeze_towers`) in the
+            shared space. 0 (default) leaves it out. Needs a model with `features` and
+            `project` (`DualEncoder`).
+        structure_temperature: float, τ of its neighbour distributions.
+        structure_levels: int, its random-walk scales.
 
     Example:
     >>> trainer = ContrastiveTrainer(dual_encoder, modalities=("image", "text"))
@@ -94,6 +102,9 @@ class ContrastiveTrainer(Trainer):
         anchor=None,
         negatives="n_squared",
         seed=0,
+        structure_weight=0.0,
+        structure_temperature=0.1,
+        structure_levels=2,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -124,6 +135,12 @@ class ContrastiveTrainer(Trainer):
                 f"`negatives` must be one of {NEGATIVES}, for the 'symile' loss. "
                 f"Received: negatives={negatives!r}, loss={loss!r}"
             )
+        if structure_weight < 0 or (structure_weight and not hasattr(model, "features")):
+            raise ValueError(
+                "`structure_weight` must be >= 0, and > 0 only for a model with `features` "
+                f"and `project` (a DualEncoder). Received: structure_weight={structure_weight}, "
+                f"model={type(model).__name__}"
+            )
         if gather not in GATHER:
             raise ValueError(f"`gather` must be one of {GATHER}. Received: gather={gather!r}")
         self.model = model
@@ -135,6 +152,9 @@ class ContrastiveTrainer(Trainer):
         self.anchor = anchor
         self.negatives = negatives
         self.seed = seed
+        self.structure_weight = structure_weight
+        self.structure_temperature = structure_temperature
+        self.structure_levels = structure_levels
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
 
@@ -176,8 +196,22 @@ class ContrastiveTrainer(Trainer):
         return {key: data[key] for key in (*self.modalities, *flags)}, labels
 
     def _loss_and_accuracy(self, inputs, labels, training):
-        embeddings = self.model({m: inputs[m] for m in self.modalities}, training=training)
-        return self._embedding_loss(inputs, embeddings, labels, training)
+        if not self.structure_weight:
+            embeddings = self.model({m: inputs[m] for m in self.modalities}, training=training)
+            return self._embedding_loss(inputs, embeddings, labels, training)
+        features = {m: self.model.features(m, inputs[m], training) for m in self.modalities}
+        embeddings = {m: self.model.project(m, features[m], training) for m in self.modalities}
+        loss, accuracy = self._embedding_loss(inputs, embeddings, labels, training)
+        for m in self.modalities:
+            regulariser = structure_loss(
+                features[m],
+                embeddings[m],
+                self.structure_temperature,
+                self.structure_levels,
+                self._gather_fn(),
+            )
+            loss = loss + self.structure_weight * regulariser
+        return loss, accuracy
 
     def _gather_fn(self):
         """The losses' `gather_fn`: `all_gather` across replicas, or None for the local batch."""
@@ -298,6 +332,9 @@ class ContrastiveTrainer(Trainer):
                 "anchor": self.anchor,
                 "negatives": self.negatives,
                 "seed": self.seed,
+                "structure_weight": self.structure_weight,
+                "structure_temperature": self.structure_temperature,
+                "structure_levels": self.structure_levels,
             }
         )
         return config

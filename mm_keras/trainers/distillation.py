@@ -156,10 +156,10 @@ class DistillationTrainer(ContrastiveTrainer):
         **kwargs,
     ):
         super().__init__(model, modalities=modalities, **kwargs)
-        if self.loss_name not in PAIR_LOSSES:
+        if self.loss_name not in PAIR_LOSSES or self.structure_weight:
             raise ValueError(
-                f"Distillation aligns a pair with one of {PAIR_LOSSES}. "
-                f"Received: loss={self.loss_name!r}"
+                f"Distillation aligns a pair with one of {PAIR_LOSSES}, without STRUCTURE. "
+                f"Received: loss={self.loss_name!r}, structure_weight={self.structure_weight}"
             )
         if (teacher is None) == (momentum is None):
             raise ValueError(

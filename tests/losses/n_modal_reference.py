@@ -154,3 +154,29 @@ def tf_value_and_gradients(fn, arrays):
         tape.watch(tensors)
         value = fn(*tensors)
     return float(value), [g.numpy() for g in tape.gradient(value, tensors)]
+
+
+def structure_reference(features, embeddings, temperature, levels):
+    """1/L Σ_l mean_i JS(P^l_i ‖ Q^l_i), P and Q softmaxes of cosine / τ over the others."""
+
+    def distribution(v):
+        unit = v / np.linalg.norm(v, axis=1, keepdims=True)
+        logits = unit @ unit.T / temperature
+        np.fill_diagonal(logits, -np.inf)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def js(p, q):
+        m = (p + q) / 2
+
+        def kl(a):
+            ratio = np.where(a > 0, a, 1) / np.where(a > 0, m, 1)  # 0 log 0 = 0
+            return np.sum(np.where(a > 0, a * np.log(ratio), 0), axis=1)
+
+        return 0.5 * (kl(p) + kl(q))
+
+    p, q = distribution(features), distribution(embeddings)
+    total = 0.0
+    for level in range(1, levels + 1):
+        total += np.mean(js(np.linalg.matrix_power(p, level), np.linalg.matrix_power(q, level)))
+    return total / levels

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mm_keras.losses import structure_loss
 from mm_keras.trainers import ContrastiveTrainer
 from tests.scripts import run_script
 from tests.trainers.toy import (
@@ -180,3 +181,22 @@ def test_three_modality_arguments_are_checked():
         ContrastiveTrainer(model, modalities=modalities, loss="gram", label_aware=True)
     with pytest.raises(ValueError, match="negatives"):
         ContrastiveTrainer(model, modalities=modalities, loss="symile", negatives="all")
+
+
+def test_structure_adds_its_weighted_regulariser_per_modality():
+    trainer = toy_trainer("clip", label_aware=False)
+    batch = {m: v for m, v in next(iter(toy_batches())).items() if m != "label"}
+    inputs, labels = trainer._split(batch)
+    plain, _ = trainer._loss_and_accuracy(inputs, labels, training=False)
+    model = trainer.model
+    regularised = ContrastiveTrainer(model, structure_weight=0.5, structure_levels=1)
+    value, _ = regularised._loss_and_accuracy(inputs, labels, training=False)
+    expected = plain
+    for m in ("image", "text"):
+        features = model.features(m, inputs[m])
+        expected += 0.5 * structure_loss(features, model.project(m, features), 0.1, 1)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    config = ContrastiveTrainer.from_config(regularised.get_config()).get_config()
+    assert (config["structure_weight"], config["structure_levels"]) == (0.5, 1)
+    with pytest.raises(ValueError, match="structure_weight=-1"):
+        ContrastiveTrainer(model, structure_weight=-1)
