@@ -17,11 +17,10 @@ class MLPProjector(keras.layers.Layer):
     `DualEncoder`'s `projectors`.
 
     A frozen encoder's pooled features are far from standardised (those of the digits'
-    masked-modeling encoders sit at a mean of 0.5 with a spread of 0.1 per dimension), and
-    a contrastive signal as weak as Symile's on a fresh projector does not move them:
-    batch normalisation of the inputs (SimCLR's projection heads normalise too) is the
-    default, and with it Symile aligns the digits' triples where it stayed at chance
-    without.
+    masked-modeling image encoder sit at a mean of 0.5 with a spread of 0.1 per dimension,
+    so every pair of them has a cosine near 0.9), and a fresh projector's first layer then
+    sees nearly one direction: the inputs are batch-normalised by default, as SimCLR's
+    projection heads normalise.
 
     Args:
         hidden_dim: int, width of the hidden layer.

@@ -19,7 +19,12 @@ import itertools
 import tensorflow as tf
 from keras import ops
 
-from mm_keras.losses.modality_subsets import MASKED_LOGIT, local_only, weighted_row_mean
+from mm_keras.losses.modality_subsets import (
+    MASKED_LOGIT,
+    check_modality_count,
+    local_only,
+    weighted_row_mean,
+)
 
 
 def _is_positive(row_ids, column_ids, labels, column_labels):
@@ -125,9 +130,8 @@ def pairwise_clip_loss(
     Returns:
         Scalar float32: the sum of the pairs' losses, each averaged over this replica's rows.
     """
+    check_modality_count(embeddings)
     count = len(embeddings)
-    if count < 2:
-        raise ValueError(f"Expected embeddings of at least two modalities. Received: {count}")
     if anchor is None:
         pairs = list(itertools.combinations(range(count), 2))
     elif 0 <= anchor < count:

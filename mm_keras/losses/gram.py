@@ -12,6 +12,7 @@ import itertools
 from keras import ops
 
 from mm_keras.losses.modality_subsets import (
+    check_modality_count,
     column_validity,
     gather_batch,
     local_only,
@@ -105,10 +106,7 @@ def gram_loss(embeddings, logit_scale, anchor=0, *, present=None, gather_fn=None
     >>> a, b, c = (keras.ops.normalize(keras.random.normal((8, 16))) for _ in range(3))
     >>> gram_loss([a, b, c], logit_scale=10.0)
     """
-    if len(embeddings) < 2:
-        raise ValueError(
-            f"Expected embeddings of at least two modalities. Received: {len(embeddings)}"
-        )
+    check_modality_count(embeddings)
     if not 0 <= anchor < len(embeddings):
         raise ValueError(
             f"`anchor` must index one of the {len(embeddings)} modalities. Received: {anchor}"

@@ -17,6 +17,14 @@ from keras import ops
 MASKED_LOGIT = -1e9
 
 
+def check_modality_count(embeddings):
+    """Raises unless `embeddings` holds at least two modalities' embeddings."""
+    if len(embeddings) < 2:
+        raise ValueError(
+            f"Expected embeddings of at least two modalities. Received: {len(embeddings)}"
+        )
+
+
 def local_only(tensor):
     """The `gather_fn` of one device: the tensor itself, at offset 0."""
     return tensor, 0

@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras import ops
 
 from mm_keras.losses.modality_subsets import (
+    check_modality_count,
     column_validity,
     gather_batch,
     local_only,
@@ -112,10 +113,7 @@ def symile_loss(
     """
     if negatives not in NEGATIVES:
         raise ValueError(f"`negatives` must be one of {NEGATIVES}. Received: {negatives!r}")
-    if len(embeddings) < 2:
-        raise ValueError(
-            f"Expected embeddings of at least two modalities. Received: {len(embeddings)}"
-        )
+    check_modality_count(embeddings)
     embeddings = [ops.cast(e, "float32") for e in embeddings]
     logit_scale = ops.cast(logit_scale, "float32")
     num_modalities = len(embeddings)

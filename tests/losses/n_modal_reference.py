@@ -1,13 +1,7 @@
-"""NumPy references of the losses over M modalities, written per example from the papers'
-formulas in float64, and a central-difference gradient to check TensorFlow's against."""
+"""NumPy references of the losses over M modalities and of STRUCTURE, written per example
+from the papers' formulas in float64."""
 
 import numpy as np
-import tensorflow as tf
-
-
-def unit(rng, shape):
-    v = rng.normal(size=shape)
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
 def presence(rng, num_modalities, batch_size):
@@ -127,33 +121,6 @@ def pairwise_reference(embeddings, t, anchor=None, labels=None, present=None):
                 targets = np.array(same, float) / sum(same)
                 total -= 0.5 * np.sum(targets * log_softmax) / batch_size
     return total
-
-
-def numeric_gradients(fn, arrays, step=1e-6):
-    """Central differences of a float64 function of a list of arrays (scalars included)."""
-    arrays = [np.array(a, dtype="float64") for a in arrays]
-    gradients = []
-    for array in arrays:
-        gradient = np.zeros_like(array)
-        for index in np.ndindex(array.shape):
-            original = array[index]
-            array[index] = original + step
-            up = fn(*arrays)
-            array[index] = original - step
-            down = fn(*arrays)
-            array[index] = original
-            gradient[index] = (up - down) / (2 * step)
-        gradients.append(gradient)
-    return gradients
-
-
-def tf_value_and_gradients(fn, arrays):
-    """`fn` over float32 tensors of `arrays`; its value and gradients with respect to each."""
-    tensors = [tf.constant(a, tf.float32) for a in arrays]
-    with tf.GradientTape() as tape:
-        tape.watch(tensors)
-        value = fn(*tensors)
-    return float(value), [g.numpy() for g in tape.gradient(value, tensors)]
 
 
 def structure_reference(features, embeddings, temperature, levels):

@@ -6,12 +6,10 @@ import tensorflow as tf
 
 from mm_keras.losses import clip_loss, in_batch_accuracy, pairwise_clip_loss, siglip_loss
 from tests.losses.n_modal_reference import (
-    numeric_gradients,
     pairwise_reference,
     presence,
-    tf_value_and_gradients,
-    unit,
 )
+from tests.losses.numeric import numeric_gradients, tf_value_and_gradients, unit
 
 
 def _softmax(s):

@@ -11,11 +11,7 @@ from mm_keras.losses import (
     logit_kd_loss,
     relation_kd_loss,
 )
-
-
-def _unit(rng, shape):
-    v = rng.normal(size=shape)
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+from tests.losses.numeric import finite_difference, tf_value_and_gradients, unit
 
 
 def _log_softmax(z):
@@ -56,42 +52,17 @@ def relation_reference(s, t):
     return np.mean((s @ s.T - t @ t.T) ** 2)
 
 
-def _finite_difference(fn, args, index, eps=1e-5):
-    """Central-difference gradient of fn(*args) w.r.t. args[index], in float64."""
-    args = [np.array(a, dtype=np.float64) for a in args]
-    x = args[index]
-    grad = np.zeros_like(x)
-    for position in np.ndindex(x.shape):
-        original = x[position]
-        x[position] = original + eps
-        plus = fn(*args)
-        x[position] = original - eps
-        minus = fn(*args)
-        x[position] = original
-        grad[position] = (plus - minus) / (2 * eps)
-    return grad
-
-
-def _tf_value_and_grads(fn, args):
-    """Library value and tape gradients w.r.t. every argument (None where unconnected)."""
-    tensors = [tf.constant(a, tf.float32) for a in args]
-    with tf.GradientTape() as tape:
-        tape.watch(tensors)
-        value = fn(*tensors)
-    return value, tape.gradient(value, tensors)
-
-
 def _float32(*arrays):
     """Round inputs through float32 so library and reference see the same numbers."""
     return [np.asarray(a, np.float32).astype(np.float64) for a in arrays]
 
 
 def _check_against_reference(fn, reference, args, student_indices):
-    value, grads = _tf_value_and_grads(fn, args)
+    value, grads = tf_value_and_gradients(fn, args)
     assert value.dtype == tf.float32 and value.shape == ()
     np.testing.assert_allclose(value.numpy(), reference(*args), rtol=1e-5, atol=1e-7)
     for index in student_indices:
-        expected = _finite_difference(reference, args, index)
+        expected = finite_difference(reference, args, index)
         np.testing.assert_allclose(grads[index].numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
@@ -133,7 +104,7 @@ def test_logit_kd_is_positive_when_student_differs_from_teacher():
 
 def test_logit_kd_passes_no_gradient_to_teacher():
     rng = np.random.default_rng(4)
-    _, grads = _tf_value_and_grads(logit_kd_loss, [rng.normal(size=(4, 5))] * 2)
+    _, grads = tf_value_and_gradients(logit_kd_loss, [rng.normal(size=(4, 5))] * 2)
     assert _has_no_gradient(grads[1])
 
 
@@ -183,10 +154,10 @@ def test_feature_kd_rejects_mismatched_widths_naming_both_shapes():
 def _affinity_inputs(seed, student_width=3, teacher_width=5, batch=4):
     rng = np.random.default_rng(seed)
     return _float32(
-        _unit(rng, (batch, student_width)),
-        _unit(rng, (batch, student_width)),
-        _unit(rng, (batch, teacher_width)),
-        _unit(rng, (batch, teacher_width)),
+        unit(rng, (batch, student_width)),
+        unit(rng, (batch, student_width)),
+        unit(rng, (batch, teacher_width)),
+        unit(rng, (batch, teacher_width)),
         np.float64(3.0),
         np.float64(5.0),
     )
@@ -202,14 +173,14 @@ def test_affinity_mimicking_matches_reference_value_and_student_gradient():
 
 
 def test_affinity_mimicking_passes_no_gradient_to_teacher():
-    _, grads = _tf_value_and_grads(affinity_mimicking_loss, _affinity_inputs(8))
+    _, grads = tf_value_and_gradients(affinity_mimicking_loss, _affinity_inputs(8))
     assert all(_has_no_gradient(g) for g in grads[2:4] + grads[5:])
     assert not _has_no_gradient(grads[0])
 
 
 def test_affinity_mimicking_is_stationary_when_student_matches_teacher():
     sx, sy, _, _, scale, _ = _affinity_inputs(9)
-    _, grads = _tf_value_and_grads(affinity_mimicking_loss, [sx, sy, sx, sy, scale, scale])
+    _, grads = tf_value_and_gradients(affinity_mimicking_loss, [sx, sy, sx, sy, scale, scale])
     np.testing.assert_allclose(grads[0].numpy(), 0.0, atol=1e-6)
     np.testing.assert_allclose(grads[1].numpy(), 0.0, atol=1e-6)
 
@@ -231,7 +202,7 @@ def test_relation_kd_matches_reference_value_and_student_gradient():
 
 def test_relation_kd_passes_no_gradient_to_teacher():
     rng = np.random.default_rng(12)
-    _, grads = _tf_value_and_grads(
+    _, grads = tf_value_and_gradients(
         relation_kd_loss, [rng.normal(size=(4, 3)), rng.normal(size=(4, 5))]
     )
     assert _has_no_gradient(grads[1])

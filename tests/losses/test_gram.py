@@ -8,11 +8,9 @@ import tensorflow as tf
 from mm_keras.losses import gram_loss, pairwise_volumes
 from tests.losses.n_modal_reference import (
     gram_reference,
-    numeric_gradients,
     presence,
-    tf_value_and_gradients,
-    unit,
 )
+from tests.losses.numeric import numeric_gradients, tf_value_and_gradients, unit
 
 
 @pytest.mark.parametrize("num_modalities", [2, 3, 4])

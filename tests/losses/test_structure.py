@@ -6,10 +6,9 @@ import tensorflow as tf
 
 from mm_keras.losses import structure_loss
 from tests.losses.n_modal_reference import (
-    numeric_gradients,
     structure_reference,
-    tf_value_and_gradients,
 )
+from tests.losses.numeric import numeric_gradients, tf_value_and_gradients
 
 
 @pytest.mark.parametrize("levels", [1, 2, 3])

@@ -7,12 +7,10 @@ import tensorflow as tf
 from mm_keras.losses import clip_loss, symile_loss
 from mm_keras.losses.symile import negative_indices
 from tests.losses.n_modal_reference import (
-    numeric_gradients,
     presence,
     symile_reference,
-    tf_value_and_gradients,
-    unit,
 )
+from tests.losses.numeric import numeric_gradients, tf_value_and_gradients, unit
 
 SEED = tf.constant([3, 4], tf.int32)
 
