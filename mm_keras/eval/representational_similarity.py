@@ -7,6 +7,8 @@ representation hypothesis (Huh et al., 2024) measures that similarity by mutual 
 neighbours.
 """
 
+import itertools
+
 import numpy as np
 
 MEASURES = ("mutual_knn", "cka")
@@ -37,8 +39,10 @@ def linear_cka(x, y):
     if len(x) != len(y):
         raise ValueError(f"Expected one row of x and y per example. Received: {len(x)}, {len(y)}")
     x, y = x - x.mean(axis=0), y - y.mean(axis=0)
-    cross = np.linalg.norm(y.T @ x) ** 2
-    return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+    scale = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
+    if scale == 0:  # a constant representation is like nothing else
+        return 0.0
+    return float(np.linalg.norm(y.T @ x) ** 2 / scale)
 
 
 def _neighbours(features, k):
@@ -90,3 +94,46 @@ def layer_similarity(layers_a, layers_b, measure="mutual_knn", k=10):
         raise ValueError(f"`measure` must be one of {MEASURES}. Received: {measure!r}")
     score = linear_cka if measure == "cka" else lambda x, y: mutual_knn(x, y, k)
     return np.array([[score(a, b) for b in layers_b] for a in layers_a])
+
+
+def choose_layers(layer_features, measure="cka", k=10):
+    """The layer of each encoder to align: the assignment with the most similarity summed
+    over every pair of modalities.
+
+    With two encoders this is the pair of layers that agree most (STRUCTURE's choice);
+    with more, each pair's `layer_similarity` counts, so no modality's layer is chosen for
+    one partner alone.
+
+    Args:
+        layer_features: dict, modality → list of `[N, D]` features of the same N paired
+            examples, one per layer.
+        measure: `"mutual_knn"` or `"cka"`.
+        k: neighbours of `"mutual_knn"`.
+
+    Returns:
+        `(layers, similarities)`: modality → chosen layer index, and
+        `(modality_a, modality_b)` → the `layer_similarity` matrix of each pair.
+
+    Example:
+    >>> layers, similarities = choose_layers({"image": image_layers, "text": text_layers})
+    >>> layers
+    {'image': 2, 'text': 0}
+    """
+    modalities = list(layer_features)
+    if len(modalities) < 2:
+        raise ValueError(f"Expected two or more modalities. Received: {modalities}")
+    similarities = {
+        (a, b): layer_similarity(layer_features[a], layer_features[b], measure, k)
+        for a, b in itertools.combinations(modalities, 2)
+    }
+    positions = {m: i for i, m in enumerate(modalities)}
+
+    def agreement(assignment):
+        return sum(
+            matrix[assignment[positions[a]], assignment[positions[b]]]
+            for (a, b), matrix in similarities.items()
+        )
+
+    counts = [range(len(layer_features[m])) for m in modalities]
+    best = max(itertools.product(*counts), key=agreement)
+    return {m: int(layer) for m, layer in zip(modalities, best)}, similarities

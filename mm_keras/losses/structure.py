@@ -73,10 +73,11 @@ def structure_loss(features, embeddings, temperature=0.1, levels=2, gather_fn=No
     rows = ops.arange(ops.shape(features)[0]) + offset
     p = neighbour_distribution(features_all, temperature)
     q = neighbour_distribution(embeddings_all, temperature)
-    p_walk, q_walk, total = p, q, 0.0
+    # This replica's rows of P^l and Q^l: [b, B] walks, one step further per level.
+    p_walk, q_walk = ops.take(p, rows, axis=0), ops.take(q, rows, axis=0)
+    total = 0.0
     for level in range(levels):
         if level:
             p_walk, q_walk = ops.matmul(p_walk, p), ops.matmul(q_walk, q)
-        divergence = _js_divergence(ops.take(p_walk, rows, axis=0), ops.take(q_walk, rows, axis=0))
-        total = total + ops.mean(divergence)
+        total = total + ops.mean(_js_divergence(p_walk, q_walk))
     return total / levels

@@ -171,6 +171,13 @@ class DualEncoder(TowersMixin, keras.Model):
             widths[modality] = build_tower(tokenizer, self._encoder(modality), shape)[-1]
             if not self.projections[modality].built:
                 self.projections[modality].build((None, widths[modality]))
+            for layer in (tokenizer, self._encoder(modality), self.projections[modality]):
+                if not layer.trainable:
+                    # A reloaded frozen layer gets its own flag back but not its sublayers'
+                    # and weights', and setting an unchanged flag does nothing: toggled,
+                    # it freezes them all (and a batch norm's statistics).
+                    layer.trainable = True
+                    layer.trainable = False
         if self.shared_encoder:
             if len(set(widths.values())) != 1:
                 raise ValueError(

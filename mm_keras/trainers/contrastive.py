@@ -141,6 +141,12 @@ class ContrastiveTrainer(Trainer):
                 f"and `project` (a DualEncoder). Received: structure_weight={structure_weight}, "
                 f"model={type(model).__name__}"
             )
+        if structure_levels < 1 or structure_temperature <= 0:
+            raise ValueError(
+                "`structure_levels` must be >= 1 and `structure_temperature` > 0. Received: "
+                f"structure_levels={structure_levels}, "
+                f"structure_temperature={structure_temperature}"
+            )
         if gather not in GATHER:
             raise ValueError(f"`gather` must be one of {GATHER}. Received: gather={gather!r}")
         self.model = model
@@ -185,6 +191,12 @@ class ContrastiveTrainer(Trainer):
                 f"Expected batches of complete pairs for loss={self.loss_name!r}, without "
                 "presence flags (from `modality_dropout` or `align_modalities`); "
                 f"'symile', 'gram' and 'pairwise' honour them. Received keys: {sorted(data)}"
+            )
+        if flags and self.structure_weight:
+            raise ValueError(
+                "Expected batches without presence flags with `structure_weight` > 0: an "
+                "absent modality's placeholder would count as a neighbour. Received keys: "
+                f"{sorted(data)}"
             )
         if self.label_aware and "label" not in data:
             raise ValueError(

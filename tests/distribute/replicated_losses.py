@@ -1,7 +1,7 @@
 """Contrastive losses on R logical CPUs (MirroredStrategy) against one device, global batch 16.
 
     python tests/distribute/replicated_losses.py 4 pair      # CLIP and SigLIP, 4 replicas
-    python tests/distribute/replicated_losses.py 2 n_modal   # Symile, GRAM, pairwise CLIP
+    python tests/distribute/replicated_losses.py 2 n_modal   # Symile, GRAM, pairs, STRUCTURE
 
 Run as a script (logical devices must be set before TensorFlow starts). Embeddings come
 from trainable projections of fixed features; each replica computes the local-form
@@ -29,6 +29,7 @@ from mm_keras.losses import (  # noqa: E402
     gram_loss,
     pairwise_clip_loss,
     siglip_loss,
+    structure_loss,
     symile_loss,
 )
 
@@ -45,7 +46,14 @@ if GROUP == "n_modal":
     PRESENT["audio"][[0, 9, 12]] = PRESENT["text"][[5, 12]] = 0.0
 CASES = {
     "pair": ("clip", "siglip", "siglip_chunked"),
-    "n_modal": ("symile_n", "symile_n_squared", "gram", "pairwise", "pairwise_anchored"),
+    "n_modal": (
+        "symile_n",
+        "symile_n_squared",
+        "gram",
+        "pairwise",
+        "pairwise_anchored",
+        "structure",
+    ),
 }[GROUP]
 
 
@@ -64,6 +72,11 @@ def loss_of(name, kernels, features, labels, gather_fn):
         negatives = name[len("symile_") :]
         seed = tf.constant([1, 2])
         return symile_loss(embeddings, 10.0, negatives, seed, present=present, gather_fn=gather_fn)
+    if name == "structure":  # each modality's features as its frozen space
+        return sum(
+            structure_loss(features[k], e, 0.5, 2, gather_fn=gather_fn)
+            for k, e in zip(MODALITIES, embeddings)
+        )
     if name == "gram":
         return gram_loss(embeddings, 10.0, anchor=1, present=present, gather_fn=gather_fn)
     anchor = 0 if name == "pairwise_anchored" else None

@@ -39,7 +39,8 @@ def test_gathered_loss_on_four_replicas_equals_one_device(four_replicas, loss, l
 
 
 @pytest.mark.parametrize(
-    "loss", ["symile_n", "symile_n_squared", "gram", "pairwise", "pairwise_anchored"]
+    "loss",
+    ["symile_n", "symile_n_squared", "gram", "pairwise", "pairwise_anchored", "structure"],
 )
 @pytest.mark.parametrize("present", ["", "_present"])
 def test_three_modality_losses_on_two_replicas_equal_one_device(two_replicas, loss, present):

@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from mm_keras.eval.representational_similarity import layer_similarity, linear_cka, mutual_knn
+from mm_keras.eval.representational_similarity import (
+    choose_layers,
+    layer_similarity,
+    linear_cka,
+    mutual_knn,
+)
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(60, 8))
@@ -51,3 +56,19 @@ def test_bad_inputs_raise():
         layer_similarity([X], [X], measure="svcca")
     with pytest.raises(ValueError, match=r"shape \(8,\)"):
         linear_cka(X[0], X[0])
+
+
+def test_choose_layers_maximises_the_summed_agreement():
+    shared = RNG.normal(size=(60, 8))
+    noise = [RNG.normal(size=(60, 8)) for _ in range(6)]
+    features = {
+        "image": [noise[0], shared @ _rotation(8)],  # layer 1 carries the shared signal
+        "audio": [shared, noise[1], noise[2]],  # layer 0
+        "text": [noise[3], noise[4], shared @ _rotation(8)],  # layer 2
+    }
+    layers, similarities = choose_layers(features, measure="cka")
+    assert layers == {"image": 1, "audio": 0, "text": 2}
+    assert set(similarities) == {("image", "audio"), ("image", "text"), ("audio", "text")}
+    assert similarities[("image", "text")].shape == (2, 3)
+    with pytest.raises(ValueError, match="two or more"):
+        choose_layers({"image": [X]})

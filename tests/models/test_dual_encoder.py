@@ -116,6 +116,10 @@ def test_frozen_towers_stay_bit_identical_through_fit(tmp_path):
     model.save(path)
     reloaded = keras.saving.load_model(path, safe_mode=True)
     assert not reloaded.encoders["image"].trainable and reloaded.projections["image"].trainable
+    # Frozen all the way down: no weight of a reloaded tower is trainable.
+    for tower in (*reloaded.tokenizers.values(), *reloaded.encoders.values()):
+        assert not any(w.trainable for w in tower.weights)
+    assert len(reloaded.trainable_weights) == len(model.trainable_weights)
     with pytest.raises(ValueError, match="Received: \\('audio',\\)"):
         model.freeze_towers(["audio"])
 

@@ -23,8 +23,16 @@ def test_every_study_writes_its_figures_and_the_model(tmp_path):
     assert metrics["per_seed"]["scarce_zero_shot_plain_1pct"] == [
         metrics["scarce_zero_shot_plain_1pct"]
     ]
-    assert metrics["progressive_image_text_unchanged"] == 0.0
-    assert set(metrics["chosen_layers"]) == {"image", "audio", "text"}
+    assert metrics["progressive_image_text_max_change"] == 0.0
+    assert (
+        set(metrics["chosen_layers"])
+        == set(metrics["layers_by_mutual_knn"])
+        == {
+            "image",
+            "audio",
+            "text",
+        }
+    )
     assert len(metrics["layer_similarity_image_text"]) == 2  # layers 0 and 1
     assert "| symile |" in result.stdout and "| structure |" in result.stdout
     export = tmp_path / "export"
