@@ -41,7 +41,7 @@ through the second stage (0.0: the frozen space is untouched). The final three-t
 model is saved as `model.keras` with `vocabulary.txt`, for `export/export_model.py`
 (`--modalities` picks the two towers to serve).
 
-On 2 CPU cores with the defaults, about 7 minutes (407 s): Symile reads the caption digit
+On 2 CPU cores with the defaults, about 7 minutes (407 to 433 s): Symile reads the caption digit
 from image + tone with top-1 0.936 where pairwise CLIP stays at chance (0.101) and GRAM
 too (0.113); at 1% of the pairs STRUCTURE does not help here (0.281 against 0.314
 without); audio finds images of its digit with recall@1 0.969 with no audio-image pair
