@@ -8,7 +8,7 @@ from tests.scripts import run_script, script_usage_error
 
 TINY = ["--seeds=0", "--pretrain_epochs=1,1,1", "--align_epochs=1", "--align_steps=3",
         "--num_layers=1", "--hidden_dim=32", "--projector_dim=32", "--train_triples=128",
-        "--test_triples=50", "--pair_fractions=0.01,1.0"]  # fmt: skip
+        "--test_triples=50", "--pair_fractions=0.01"]  # fmt: skip
 
 
 def test_every_study_writes_its_figures_and_the_model(tmp_path):
@@ -17,8 +17,7 @@ def test_every_study_writes_its_figures_and_the_model(tmp_path):
         metrics = json.load(f)
     for key in ("higher_order_top1_symile", "higher_order_top1_gram",
                 "higher_order_top1_pairwise", "scarce_zero_shot_plain_1pct",
-                "scarce_zero_shot_structure_1pct", "scarce_zero_shot_structure_100pct",
-                "progressive_audio_to_image_recall_at_1"):  # fmt: skip
+                "scarce_zero_shot_structure_1pct", "progressive_audio_to_image_recall_at_1"):  # fmt: skip
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["per_seed"]["scarce_zero_shot_plain_1pct"] == [
         metrics["scarce_zero_shot_plain_1pct"]
