@@ -17,7 +17,8 @@ def test_every_study_writes_its_figures_and_the_model(tmp_path):
         metrics = json.load(f)
     for key in ("higher_order_top1_symile", "higher_order_top1_gram",
                 "higher_order_top1_pairwise", "scarce_zero_shot_plain_1pct",
-                "scarce_zero_shot_structure_1pct", "progressive_audio_to_image_recall_at_1"):  # fmt: skip
+                "scarce_zero_shot_structure_1pct",
+                "progressive_audio_to_image_recall_at_1"):  # fmt: skip
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["per_seed"]["scarce_zero_shot_plain_1pct"] == [
         metrics["scarce_zero_shot_plain_1pct"]
