@@ -60,6 +60,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from mm_keras.callbacks import save_model_atomically  # noqa: E402
 from mm_keras.data.datasets import class_prompts  # noqa: E402
 from mm_keras.encoders import TransformerEncoder, truncate_encoder  # noqa: E402
 from mm_keras.eval import (  # noqa: E402
@@ -379,9 +380,7 @@ def main(argv):
         print("Progressive: image-text first, then audio from audio-text pairs only")
         progressive, model = progressive_study(towers, data, tokenizer, seeds[0])
         metrics.update(progressive)
-        path = os.path.join(FLAGS.output_dir, "model.keras")
-        model.save(path + ".tmp.keras")
-        os.replace(path + ".tmp.keras", path)
+        save_model_atomically(model, os.path.join(FLAGS.output_dir, "model.keras"))
         tokenizer.save_vocabulary(os.path.join(FLAGS.output_dir, "vocabulary.txt"))
     metrics["seconds"] = time.time() - started
     print_tables(metrics)
