@@ -70,9 +70,9 @@ from mm_keras.eval import (  # noqa: E402
     zero_shot_classifier,
 )
 from mm_keras.layers import MLPProjector  # noqa: E402
+from mm_keras.layers.pooling import masked_mean  # noqa: E402
 from mm_keras.losses import tuple_similarity  # noqa: E402
 from mm_keras.models import DualEncoder  # noqa: E402
-from mm_keras.models.towers import masked_mean  # noqa: E402
 from mm_keras.trainers import ContrastiveTrainer, MaskedModelingTrainer  # noqa: E402
 from mm_keras.training import Splits, tower_tokenizers  # noqa: E402
 from mm_keras.training.optimizer import warmup_cosine_adamw  # noqa: E402

@@ -1,8 +1,11 @@
 """A stack of Transformer blocks over a token sequence of any modality."""
 
 import keras
+from keras import ops
 
-from mm_keras.layers.transformer import TransformerBlock
+from mm_keras.layers.pooling import l2_normalize, masked_mean
+from mm_keras.layers.token_merging import merge_tokens
+from mm_keras.layers.transformer import TransformerBlock, check_nested_fractions
 
 
 @keras.saving.register_keras_serializable(package="mm_keras")
@@ -18,14 +21,37 @@ class TransformerEncoder(keras.layers.Layer):
     `"hidden_states"`, each block's output in order, for layers that read a tower's top
     layers (`BridgeConnector`).
 
+    Three elastic options make one trained encoder serve several costs:
+
+    * `nested_fractions`: MatFormer MLPs (see `TransformerBlock`); `call(..., fraction=f)`
+      runs every block's sub-MLP of fraction f (or `fraction=(f_1, ..., f_L)`, one per
+      block: Mix'n'Match).
+    * `exit_threshold`: early exit by layer-wise similarity (MuE, Tang et al., 2023, "You
+      Need Multiple Exiting"). In inference, an example stops once the cosine similarity of
+      its mean-pooled tokens before and after a block reaches the threshold: its tokens
+      stay as they are and no later block changes them. A batch runs a block only while
+      one of its examples has not exited (`ops.cond`: in a TFLite file, a builtin `IF`),
+      so a batch of one skips the remaining blocks. The output then holds `"layers_used"`,
+      `[B]` int32, the blocks each example ran. Training runs every block.
+    * `merge_tokens`: r tokens merged away before every block but the first (ToMe, Bolya
+      et al., 2023, `mm_keras.layers.merge_tokens`), N → N - r·(L-1) tokens with static
+      shapes, for patch-token towers (image, audio, video). The output mask is that of the
+      merged tokens.
+
     Args:
         num_layers: int, number of Transformer blocks; 0 leaves the final LayerNorm only
             (a tower's token embeddings as they enter the blocks, `truncate_encoder(e, 0)`).
         num_heads: int, attention heads per block.
-        intermediate_dim: int, hidden width of each block's MLP.
+        intermediate_dim: int, hidden width of each block's MLP, or a list of one per block
+            (a Mix'n'Match model that `mm_keras.models.extract` cut out).
         dropout: float, dropout rate inside the blocks.
         activation: str or callable, the MLP activation.
         layer_norm_epsilon: float, epsilon of every layer norm.
+        nested_fractions: optional MatFormer granularities of every block's MLP,
+            increasing in (0, 1] and ending in 1.0.
+        exit_threshold: optional float in [-1, 1], the similarity at which an example exits
+            in inference; None runs every block. `call`'s own `exit_threshold` overrides it.
+        merge_tokens: int, tokens merged away before each block after the first; 0: none.
 
     Example:
     >>> encoder = TransformerEncoder(num_layers=2, num_heads=4, intermediate_dim=128)
@@ -33,6 +59,9 @@ class TransformerEncoder(keras.layers.Layer):
     ...        "mask": np.ones((2, 10), bool)}
     >>> encoder(seq)["tokens"].shape
     (2, 10, 64)
+    >>> elastic = TransformerEncoder(4, 4, 128, exit_threshold=0.99, merge_tokens=2)
+    >>> elastic(seq)["tokens"].shape  # 10 - 2 * 3 tokens
+    (2, 4, 64)
     """
 
     def __init__(
@@ -43,24 +72,44 @@ class TransformerEncoder(keras.layers.Layer):
         dropout=0.0,
         activation="gelu",
         layer_norm_epsilon=1e-6,
+        nested_fractions=None,
+        exit_threshold=None,
+        merge_tokens=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if num_layers < 0:
             raise ValueError(f"`num_layers` must be >= 0. Received: num_layers={num_layers}")
+        widths = intermediate_dim if isinstance(intermediate_dim, (list, tuple)) else None
+        if widths is not None and len(widths) != num_layers:
+            raise ValueError(
+                "Expected one `intermediate_dim` per layer or a single int. Received: "
+                f"intermediate_dim={intermediate_dim} for num_layers={num_layers}"
+            )
+        check_exit_threshold(exit_threshold)
+        if merge_tokens < 0 or (merge_tokens and exit_threshold is not None):
+            raise ValueError(
+                "Expected `merge_tokens` >= 0, and not with `exit_threshold` (an exited "
+                "example's tokens would still be merged). Received: "
+                f"merge_tokens={merge_tokens}, exit_threshold={exit_threshold}"
+            )
         self.num_layers = num_layers
         self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
+        self.intermediate_dim = list(widths) if widths is not None else intermediate_dim
         self.dropout = dropout
         self.activation = keras.activations.get(activation)
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.nested_fractions = check_nested_fractions(nested_fractions)
+        self.exit_threshold = exit_threshold
+        self.merge_tokens = merge_tokens
         self.blocks = [
             TransformerBlock(
                 num_heads,
-                intermediate_dim,
+                widths[i] if widths is not None else intermediate_dim,
                 dropout=dropout,
                 activation=activation,
                 layer_norm_epsilon=layer_norm_epsilon,
+                nested_fractions=self.nested_fractions,
                 dtype=self.dtype_policy,
                 name=f"block_{i}",
             )
@@ -76,24 +125,107 @@ class TransformerEncoder(keras.layers.Layer):
             block.build(tokens_shape)
         self.final_norm.build(tokens_shape)
 
-    def call(self, sequence, training=None, return_hidden_states=False):
+    def _merged_length(self, length):
+        """The number of tokens left after every merge, checked: each merge takes at most
+        half of the tokens it sees."""
+        merges = max(self.num_layers - 1, 0)
+        if length is None or not self.merge_tokens or not merges:
+            return length
+        last_merge_input = length - self.merge_tokens * (merges - 1)
+        if self.merge_tokens > last_merge_input // 2:
+            raise ValueError(
+                f"Expected at least {self.merge_tokens * (merges + 1)} tokens, to merge "
+                f"merge_tokens={self.merge_tokens} before each of {merges} blocks. "
+                f"Received: {length} tokens"
+            )
+        return length - self.merge_tokens * merges
+
+    def call(
+        self,
+        sequence,
+        training=None,
+        return_hidden_states=False,
+        fraction=None,
+        exit_threshold=None,
+    ):
         tokens, mask = sequence["tokens"], sequence["mask"]
+        self._merged_length(tokens.shape[1])
+        fractions = self._block_fractions(fraction)
+        threshold = self.exit_threshold if exit_threshold is None else exit_threshold
+        check_exit_threshold(threshold)
+        exiting = threshold is not None and not training
+        sizes = ops.cast(mask, tokens.dtype) if self.merge_tokens else None
+        if exiting:
+            exited = ops.zeros((ops.shape(tokens)[0],), "bool")
+            layers_used = ops.zeros((ops.shape(tokens)[0],), "int32")
+            pooled = masked_mean(tokens, mask)
         hidden_states = []
-        for block in self.blocks:
-            tokens = block(tokens, padding_mask=mask, training=training)
+        for i, (block, f) in enumerate(zip(self.blocks, fractions)):
+            if i and self.merge_tokens:
+                tokens, sizes = merge_tokens(tokens, sizes, self.merge_tokens)
+                mask = sizes > 0
+            if not exiting:
+                tokens = block(tokens, padding_mask=mask, training=training, fraction=f)
+            else:
+                layers_used = layers_used + ops.cast(ops.logical_not(exited), "int32")
+                tokens, exited, pooled = self._exiting_block(
+                    block, tokens, mask, exited, pooled, threshold, f
+                )
             hidden_states.append(tokens)
         outputs = {"tokens": self.final_norm(tokens), "mask": mask}
         if return_hidden_states:
             outputs["hidden_states"] = hidden_states
+        if exiting:
+            outputs["layers_used"] = layers_used
         return outputs
 
-    def compute_output_spec(self, sequence, training=None, return_hidden_states=False):
-        tokens = keras.KerasTensor(sequence["tokens"].shape, self.compute_dtype)
-        outputs = {"tokens": tokens, "mask": keras.KerasTensor(sequence["mask"].shape, "bool")}
+    def _exiting_block(self, block, tokens, mask, exited, pooled, threshold, fraction):
+        """One block under early exit: (tokens, exited, pooled) after it.
+
+        `exited`: whether each example exited before the block (it keeps its tokens); on
+        return, also whether its pooled tokens changed by less than the threshold here."""
+
+        def run():
+            new = block(tokens, padding_mask=mask, fraction=fraction)
+            return ops.where(exited[:, None, None], tokens, new)
+
+        # A batch of exited examples skips the block; `cond` keeps it out of the graph's
+        # work, not only out of the result.
+        new_tokens = ops.cond(ops.all(exited), lambda: tokens, run)
+        new_pooled = masked_mean(new_tokens, mask)
+        similarity = ops.sum(l2_normalize(new_pooled) * l2_normalize(pooled), axis=-1)
+        return new_tokens, ops.logical_or(exited, similarity >= threshold), new_pooled
+
+    def _block_fractions(self, fraction):
+        if fraction is None or isinstance(fraction, (int, float)):
+            return [fraction] * self.num_layers
+        fractions = list(fraction)
+        if len(fractions) != self.num_layers:
+            raise ValueError(
+                f"Expected one `fraction` or one per block ({self.num_layers}). "
+                f"Received: fraction={fraction}"
+            )
+        return fractions
+
+    def compute_output_spec(
+        self,
+        sequence,
+        training=None,
+        return_hidden_states=False,
+        fraction=None,
+        exit_threshold=None,
+    ):
+        batch, length, width = sequence["tokens"].shape
+        length = self._merged_length(length)
+        tokens = keras.KerasTensor((batch, length, width), self.compute_dtype)
+        outputs = {"tokens": tokens, "mask": keras.KerasTensor((batch, length), "bool")}
         if return_hidden_states:
             outputs["hidden_states"] = [
                 keras.KerasTensor(tokens.shape, self.compute_dtype) for _ in self.blocks
             ]
+        threshold = self.exit_threshold if exit_threshold is None else exit_threshold
+        if threshold is not None and not training:
+            outputs["layers_used"] = keras.KerasTensor((batch,), "int32")
         return outputs
 
     def get_config(self):
@@ -106,9 +238,21 @@ class TransformerEncoder(keras.layers.Layer):
                 "dropout": self.dropout,
                 "activation": keras.activations.serialize(self.activation),
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "nested_fractions": self.nested_fractions,
+                "exit_threshold": self.exit_threshold,
+                "merge_tokens": self.merge_tokens,
             }
         )
         return config
+
+
+def check_exit_threshold(threshold):
+    """Raises unless `threshold` is None or a cosine similarity in [-1, 1]."""
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise ValueError(
+            "Expected `exit_threshold` None or a cosine similarity in [-1, 1]. "
+            f"Received: exit_threshold={threshold}"
+        )
 
 
 def truncate_encoder(encoder, num_layers):

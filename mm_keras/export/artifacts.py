@@ -142,7 +142,7 @@ def export_artifacts(
                 if mode == "int8":
                     int8_ops.update(tflite.int8_ops(tflite_model))
         os.chmod(staged, 0o755)
-        _replace_directory(staged, tflite_dir)
+        staging.replace_directory(staged, tflite_dir)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
@@ -200,14 +200,3 @@ def shipped_text_tokenizer(tokenizer, directory):
     return wordpiece.WordPieceTokenizer(
         os.path.join(directory, "vocabulary.txt"), tokenizer.sequence_length
     )
-
-
-def _replace_directory(new, target):
-    """Moves `new` to `target`, replacing any directory there with two renames."""
-    if os.path.exists(target):
-        old = staging.make_directory("old", os.path.dirname(target))
-        os.rename(target, os.path.join(old, "previous"))
-        os.rename(new, target)
-        shutil.rmtree(old)
-    else:
-        os.rename(new, target)

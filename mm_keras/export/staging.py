@@ -82,3 +82,14 @@ def remove_stale(parent):
                 os.remove(path)
         removed.append(name)
     return removed
+
+
+def replace_directory(new, target):
+    """Moves `new` to `target`, replacing any directory there with two renames."""
+    if os.path.exists(target):
+        old = make_directory("old", os.path.dirname(target))
+        os.rename(target, os.path.join(old, "previous"))
+        os.rename(new, target)
+        shutil.rmtree(old)
+    else:
+        os.rename(new, target)

@@ -10,6 +10,8 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
+from mm_keras.layers.pooling import masked_mean
+
 MODES = ("float32", "dynamic", "float16", "int8")
 
 # In "int8" mode only these run in int8: the weight-carrying matmuls and the embedding
@@ -67,7 +69,14 @@ def int8_ops(tflite_model):
     return sorted(names - {"QUANTIZE", "DEQUANTIZE"})
 
 
-def convert_tower(model, modality, mode="float32", representative_inputs=None, allow_flex=False):
+def convert_tower(
+    model,
+    modality,
+    mode="float32",
+    representative_inputs=None,
+    allow_flex=False,
+    layers_used=False,
+):
     """Converts one tower of a dual encoder to a TFLite flatbuffer.
 
     The tower maps a batch of one raw input (uint8 pixels `[1, H, W, C]`, int32 token ids
@@ -76,7 +85,7 @@ def convert_tower(model, modality, mode="float32", representative_inputs=None, a
     builtin `RFFT2D` and `COMPLEX_ABS`, its gain normalisation to `MEAN`/`SQRT`. The
     fixed batch of one keeps shape arithmetic out of the graph. Ids of padding only (which
     the shipped tokenizer never makes: it refuses text without a token) embed to the zero
-    vector, never NaN (see `mm_keras.models.towers.l2_normalize`).
+    vector, never NaN (see `mm_keras.layers.pooling.l2_normalize`).
 
     Modes: `"float32"`; `"dynamic"` (weights int8, activations float); `"float16"` (weights
     float16); `"int8"` (weights and activations int8 for `INT8_OPS`, calibrated on
@@ -91,6 +100,8 @@ def convert_tower(model, modality, mode="float32", representative_inputs=None, a
         representative_inputs: for `"int8"`, an iterable of single-example inputs in the
             tower's input format (a few hundred from the training data).
         allow_flex: bool, allow TensorFlow (Flex) ops the builtin runtime lacks.
+        layers_used: bool, also output `"layers_used"`, int32 `[1]`: the blocks the tower
+            ran, from an encoder with early exit (`TransformerEncoder(exit_threshold=)`).
 
     Returns:
         The `.tflite` file's bytes.
@@ -106,7 +117,9 @@ def convert_tower(model, modality, mode="float32", representative_inputs=None, a
         # bring in resources it holds for other uses (a preset's tokenizer tables), whose
         # initializers TFLite's builtins cannot run.
         archive = keras.export.ExportArchive()
-        archive.add_endpoint("embed", lambda x: {"embedding": model.embed(modality, x)}, [spec])
+        archive.add_endpoint(
+            "embed", lambda x: _tower_outputs(model, modality, x, layers_used), [spec]
+        )
         archive.write_out(saved_model_dir, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, ["embed"])
         if mode != "float32":
@@ -124,6 +137,19 @@ def convert_tower(model, modality, mode="float32", representative_inputs=None, a
         if mode == "dynamic" and audio:
             tflite_model = float_spectrogram_weights(tflite_model)
         return strip_tensor_names(tflite_model)
+
+
+def _tower_outputs(model, modality, x, layers_used):
+    if not layers_used:
+        return {"embedding": model.embed(modality, x)}
+    sequence = model.encode(modality, x)
+    if "layers_used" not in sequence:
+        raise ValueError(
+            f"Expected the {modality!r} tower to exit early (an encoder with "
+            "`exit_threshold`), to report the layers it used. Received an encoder without"
+        )
+    features = masked_mean(sequence["tokens"], sequence["mask"])
+    return {"embedding": model.project(modality, features), "layers_used": sequence["layers_used"]}
 
 
 def _convert(converter, convert, modality, allow_flex):

@@ -13,4 +13,5 @@ from mm_keras.layers.masked_decoder import MaskedTokenDecoder
 from mm_keras.layers.modality_block import ModalityAwareBlock
 from mm_keras.layers.moe import MoEFeedForward
 from mm_keras.layers.projector import MLPProjector
+from mm_keras.layers.token_merging import merge_tokens
 from mm_keras.layers.transformer import TransformerBlock

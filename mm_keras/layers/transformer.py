@@ -1,6 +1,7 @@
 """The pre-norm Transformer block."""
 
 import keras
+from keras import ops
 
 from mm_keras.layers.attention import MultiHeadSelfAttention
 
@@ -66,19 +67,40 @@ class TransformerBlock(PreNormBlock):
     Architecture"), as in ViT and CLIP, which trains stably without learning-rate warm-up.
     The model width D is taken from the input.
 
+    With `nested_fractions`, the MLP is a MatFormer block (Devvrit et al., 2023,
+    "MatFormer: Nested Transformer for Elastic Inference"): `call(..., fraction=f)` runs
+    the sub-MLP of its first `nested_units(f)` hidden units, so the smaller MLPs are
+    nested inside the larger ones and trained together (`ContrastiveTrainer` trains every
+    fraction of a model's encoders); `mm_keras.models.extract` cuts one out as a model of
+    its own.
+
     Args:
         num_heads: int, number of attention heads; must divide the input width.
         intermediate_dim: int, hidden width of the MLP.
         dropout: float, dropout rate on attention weights and on each residual branch.
         activation: str or callable, the MLP activation.
         layer_norm_epsilon: float, epsilon of both layer norms.
+        nested_fractions: optional increasing fractions in (0, 1] ending in 1.0, the
+            sub-MLP widths that `call` accepts as `fraction` (MatFormer's granularities).
 
     Example:
     >>> block = TransformerBlock(num_heads=4, intermediate_dim=128)
     >>> x = np.random.rand(2, 10, 64).astype("float32")
     >>> block(x, padding_mask=np.ones((2, 10), bool)).shape
     (2, 10, 64)
+    >>> nested = TransformerBlock(4, 128, nested_fractions=(0.25, 0.5, 1.0))
+    >>> nested(x, fraction=0.25).shape  # the MLP's first 32 hidden units only
+    (2, 10, 64)
     """
+
+    def __init__(self, num_heads, intermediate_dim, nested_fractions=None, **kwargs):
+        super().__init__(num_heads, intermediate_dim, **kwargs)
+        self.nested_fractions = check_nested_fractions(nested_fractions)
+
+    def nested_units(self, fraction):
+        """The MLP hidden units that `fraction` keeps: `round(fraction * intermediate_dim)`,
+        at least 1."""
+        return nested_units(self.intermediate_dim, fraction)
 
     def build(self, inputs_shape):
         hidden_dim = inputs_shape[-1]
@@ -103,12 +125,54 @@ class TransformerBlock(PreNormBlock):
             layer.build(inputs_shape)
         self.mlp_out.build((*inputs_shape[:-1], self.intermediate_dim))
 
-    def call(self, inputs, padding_mask=None, training=None):
+    def call(self, inputs, padding_mask=None, training=None, fraction=None):
         x = self.attention_norm(inputs)
         x = self.attention(x, padding_mask=padding_mask, training=training)
         residual = inputs + self.residual_dropout(x, training=training)
-        x = self.mlp_out(self.mlp_in(self.mlp_norm(residual)))
+        x = self._mlp(self.mlp_norm(residual), fraction)
         return residual + self.residual_dropout(x, training=training)
+
+    def _mlp(self, x, fraction):
+        if fraction is None or fraction == 1.0:
+            return self.mlp_out(self.mlp_in(x))
+        if fraction not in (self.nested_fractions or ()):
+            raise ValueError(
+                f"Expected `fraction` among nested_fractions={self.nested_fractions}. "
+                f"Received: fraction={fraction}"
+            )
+        # The first m hidden units: the rows of mlp_out they feed are its first m.
+        m = self.nested_units(fraction)
+        kernel_in, kernel_out = (
+            ops.cast(k, x.dtype) for k in (self.mlp_in.kernel, self.mlp_out.kernel)
+        )
+        hidden = ops.matmul(x, kernel_in[:, :m]) + ops.cast(self.mlp_in.bias[:m], x.dtype)
+        hidden = self.activation(hidden)
+        return ops.matmul(hidden, kernel_out[:m]) + ops.cast(self.mlp_out.bias, x.dtype)
 
     def compute_output_shape(self, inputs_shape):
         return inputs_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["nested_fractions"] = self.nested_fractions
+        return config
+
+
+def nested_units(intermediate_dim, fraction):
+    """`round(fraction * intermediate_dim)` hidden units, at least 1."""
+    return max(1, round(fraction * intermediate_dim))
+
+
+def check_nested_fractions(nested_fractions):
+    """`nested_fractions` as a tuple of floats, checked: increasing, in (0, 1], ending in 1.0
+    (the whole MLP is one of MatFormer's granularities); None stays None."""
+    if nested_fractions is None:
+        return None
+    fractions = tuple(float(f) for f in nested_fractions)
+    increasing = all(a < b for a, b in zip(fractions, fractions[1:]))
+    if not fractions or not increasing or fractions[0] <= 0 or fractions[-1] != 1.0:
+        raise ValueError(
+            "Expected `nested_fractions` increasing in (0, 1] and ending in 1.0. "
+            f"Received: nested_fractions={nested_fractions}"
+        )
+    return fractions

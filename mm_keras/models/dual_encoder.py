@@ -5,13 +5,8 @@ import math
 import keras
 from keras import ops
 
-from mm_keras.models.towers import (
-    TowersMixin,
-    build_tower,
-    deserialize_layers,
-    l2_normalize,
-    masked_mean,
-)
+from mm_keras.layers.pooling import l2_normalize, masked_mean
+from mm_keras.models.towers import TowersMixin, build_tower, deserialize_layers
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -210,13 +205,30 @@ class DualEncoder(TowersMixin, keras.Model):
         """The learnable bias b of the SigLIP loss."""
         return ops.convert_to_tensor(self.logit_bias_variable)
 
-    def embed(self, modality, inputs, training=None):
-        """Embeds one modality's raw input into unit-norm `[B, projection_dim]` vectors."""
-        return self.project(modality, self.features(modality, inputs, training), training)
+    @property
+    def nested_fractions(self):
+        """The MatFormer fractions every encoder accepts (`TransformerEncoder`'s
+        `nested_fractions`), which `call(..., fraction=f)` takes; None if some encoder has
+        none."""
+        encoders = [self._encoder(m) for m in self.modalities]
+        fractions = {getattr(e, "nested_fractions", None) for e in encoders}
+        return fractions.pop() if len(fractions) == 1 else None
 
-    def features(self, modality, inputs, training=None):
+    def embed(self, modality, inputs, training=None, fraction=None):
+        """Embeds one modality's raw input into unit-norm `[B, projection_dim]` vectors;
+        `fraction` picks a MatFormer submodel (see `nested_fractions`)."""
+        features = self.features(modality, inputs, training, fraction)
+        return self.project(modality, features, training)
+
+    def features(self, modality, inputs, training=None, fraction=None):
         """One modality's tower features `[B, width]`, pooled, before the projection (what
         `structure_loss` keeps the geometry of)."""
+        sequence = self.encode(modality, inputs, training, fraction)
+        return masked_mean(sequence["tokens"], sequence["mask"])
+
+    def encode(self, modality, inputs, training=None, fraction=None):
+        """One modality's encoder output, `{"tokens", "mask"}` (and `"layers_used"` from an
+        encoder with early exit, in inference)."""
         sequence = self.tokenizers[modality](inputs, training=training)
         if self.shared_encoder:
             index = self.modalities.index(modality)
@@ -224,8 +236,8 @@ class DualEncoder(TowersMixin, keras.Model):
             # Modality-aware shared encoders (`SharedEncoder`) read the id; others ignore it.
             ids = ops.full((ops.shape(tokens)[0],), index, "int32")
             sequence = {"tokens": tokens, "mask": sequence["mask"], "modality_ids": ids}
-        sequence = self._encoder(modality)(sequence, training=training)
-        return masked_mean(sequence["tokens"], sequence["mask"])
+        nested = {} if fraction is None else {"fraction": fraction}
+        return self._encoder(modality)(sequence, training=training, **nested)
 
     def project(self, modality, features, training=None):
         """`features` of one modality into the shared space: projection, then L2 norm."""

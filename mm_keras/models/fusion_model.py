@@ -11,12 +11,12 @@ from mm_keras.layers.fusion import (
     GatedCrossAttention,
     Resampler,
 )
+from mm_keras.layers.pooling import masked_mean
 from mm_keras.models.towers import (
     TowersMixin,
     build_tower,
     check_modality_inputs,
     deserialize_layers,
-    masked_mean,
 )
 
 FUSIONS = ("co_attention", "gated_cross_attention", "resampler")

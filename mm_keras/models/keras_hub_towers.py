@@ -8,8 +8,9 @@ import keras_hub
 import tensorflow as tf
 from keras import ops
 
+from mm_keras.layers.pooling import l2_normalize
 from mm_keras.models.dual_encoder import MAX_LOGIT_SCALE
-from mm_keras.models.towers import TowerInput, TowersMixin, l2_normalize
+from mm_keras.models.towers import TowerInput, TowersMixin
 from mm_keras.tokenizers.text import token_ids_spec
 
 # Backbone class → the preprocessor class whose preset files (tokenizer, image converter)

@@ -3,7 +3,6 @@
 import dataclasses
 
 import keras
-from keras import ops
 
 from mm_keras.data.mixing import present_key
 from mm_keras.tokenizers import AudioSpectrogramTokenizer, ImagePatchTokenizer, TextEmbedding
@@ -38,29 +37,6 @@ def check_modality_inputs(inputs, modalities, presence_flags=False):
             f"Received batch sizes: {batch_sizes}"
         )
     return given
-
-
-def masked_mean(tokens, mask):
-    """Mean over the valid tokens of `[B, L, D]`; zeros where an example has none.
-
-    An example without valid tokens (an empty caption, an absent modality) pools to zeros
-    rather than 0/0, and invalid positions are selected away rather than multiplied by 0,
-    so whatever an encoder leaves there (even NaN) never reaches the result.
-    """
-    valid = ops.expand_dims(mask, -1)
-    count = ops.maximum(ops.sum(ops.cast(valid, tokens.dtype), axis=1), 1.0)
-    return ops.sum(ops.where(valid, tokens, ops.zeros_like(tokens)), axis=1) / count
-
-
-def l2_normalize(x, epsilon=1e-7):
-    """`x / max(‖x‖, epsilon)` along the last axis; a zero vector stays zero on every runtime.
-
-    `keras.ops.normalize` scales by `min(rsqrt(‖x‖²), 1/epsilon)`: `rsqrt(0)` is inf, and
-    under XNNPACK (TFLite's default CPU delegate) the zero vector then becomes NaN. Taking
-    the rsqrt of `max(‖x‖², epsilon²)` never meets 0.
-    """
-    square_sum = ops.sum(ops.square(x), axis=-1, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(square_sum, epsilon**2))
 
 
 def deserialize_layers(configs, custom_objects=None):
@@ -147,9 +123,11 @@ class TowersMixin:
     build config (a model with a `tokenizers` dict over `modalities`, unless it overrides
     `tower_input` and `input_shapes`)."""
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, fraction=None):
         given = check_modality_inputs(inputs, self.modalities)
-        return {m: self.embed(m, inputs[m], training=training) for m in given}
+        # Only MatFormer towers take a `fraction` (`DualEncoder.nested_fractions`).
+        nested = {} if fraction is None else {"fraction": fraction}
+        return {m: self.embed(m, inputs[m], training=training, **nested) for m in given}
 
     def tower_input(self, modality):
         """The `TowerInput` of a modality's tower; None for one no export serves (video)."""

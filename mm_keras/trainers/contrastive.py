@@ -45,6 +45,12 @@ class ContrastiveTrainer(Trainer):
       modalities it has (`mm_keras.losses.modality_subsets`). Losses the model adds itself
       (a mixture of experts' load balancing) still see an absent modality's placeholder.
 
+    A model with MatFormer encoders (`DualEncoder.nested_fractions`, Devvrit et al., 2023)
+    trains every granularity jointly: each step's loss is the mean over the fractions of
+    the loss of the submodel of that fraction, so each submodel sees every batch, as in
+    the paper's joint training (sampling one fraction per step would be cheaper per step,
+    but gives each submodel 1/g of the updates). The accuracy is the full model's.
+
     Logs `loss` and `accuracy`: in-batch retrieval accuracy, both directions averaged for a
     pair; for more modalities, of each modality given the others' tuple, scored as the loss
     scores a tuple (`tuple_similarity`), over the examples that have every modality. Works
@@ -141,6 +147,12 @@ class ContrastiveTrainer(Trainer):
                 f"and `project` (a DualEncoder). Received: structure_weight={structure_weight}, "
                 f"model={type(model).__name__}"
             )
+        if structure_weight and getattr(model, "nested_fractions", None):
+            raise ValueError(
+                "Expected `structure_weight` 0 for a model with nested (MatFormer) encoders, "
+                f"whose submodels it would not regularise. Received: "
+                f"structure_weight={structure_weight}, nested_fractions={model.nested_fractions}"
+            )
         if structure_levels < 1 or structure_temperature <= 0:
             raise ValueError(
                 "`structure_levels` must be >= 1 and `structure_temperature` > 0. Received: "
@@ -208,8 +220,18 @@ class ContrastiveTrainer(Trainer):
         return {key: data[key] for key in (*self.modalities, *flags)}, labels
 
     def _loss_and_accuracy(self, inputs, labels, training):
+        towers = {m: inputs[m] for m in self.modalities}
+        fractions = getattr(self.model, "nested_fractions", None)
+        if fractions:
+            # MatFormer's joint training: the mean of every nested submodel's loss.
+            losses = []
+            for fraction in fractions:
+                embeddings = self.model(towers, training=training, fraction=fraction)
+                loss, accuracy = self._embedding_loss(inputs, embeddings, labels, training)
+                losses.append(loss)
+            return ops.mean(ops.stack(losses)), accuracy
         if not self.structure_weight:
-            embeddings = self.model({m: inputs[m] for m in self.modalities}, training=training)
+            embeddings = self.model(towers, training=training)
             return self._embedding_loss(inputs, embeddings, labels, training)
         features = {m: self.model.features(m, inputs[m], training) for m in self.modalities}
         embeddings = {m: self.model.project(m, features[m], training) for m in self.modalities}

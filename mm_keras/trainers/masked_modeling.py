@@ -6,6 +6,7 @@ from keras import ops
 
 from mm_keras.data.mixing import present_key
 from mm_keras.layers.masked_decoder import MaskedTokenDecoder
+from mm_keras.layers.pooling import masked_mean
 from mm_keras.losses.masked_modeling import masked_modeling_loss, normalize_patches
 from mm_keras.models.dual_encoder import DualEncoder
 from mm_keras.models.fusion_model import FusionModel
@@ -13,7 +14,6 @@ from mm_keras.models.towers import (
     build_tower,
     check_modality_inputs,
     deserialize_layers,
-    masked_mean,
 )
 from mm_keras.tokenizers import TextEmbedding
 from mm_keras.tokenizers.patches import PatchTokenizer

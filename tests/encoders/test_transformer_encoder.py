@@ -13,13 +13,26 @@ def _sequence():
     }
 
 
-@pytest.mark.parametrize("num_layers", [0, 2])
-def test_roundtrip(num_layers):
+@pytest.mark.parametrize(
+    "options, length",
+    [
+        ({"num_layers": 0}, 5),
+        ({"num_layers": 2}, 5),
+        # Mix'n'Match widths, MatFormer MLPs and early exit (in inference) together.
+        ({"num_layers": 2, "intermediate_dim": [64, 32], "nested_fractions": (0.5, 1.0),
+          "exit_threshold": 0.9}, 5),
+        ({"num_layers": 3, "merge_tokens": 1}, 3),
+    ],
+)  # fmt: skip
+def test_roundtrip(options, length):
+    expected = {"tokens": (2, length, 32), "mask": (2, length)}
+    if "exit_threshold" in options:
+        expected["layers_used"] = (2,)
     check_layer_roundtrip(
         TransformerEncoder,
-        {"num_layers": num_layers, "num_heads": 4, "intermediate_dim": 64},
+        {"num_heads": 4, "intermediate_dim": 64, **options},
         _sequence(),
-        expected_output_shape={"tokens": (2, 5, 32), "mask": (2, 5)},
+        expected_output_shape=expected,
     )
 
 
@@ -63,3 +76,63 @@ def test_truncated_encoder_is_the_representation_at_that_layer():
     assert not np.allclose(copy, encoder.blocks[0].mlp_in.kernel)
     with pytest.raises(ValueError, match="num_layers=3"):
         truncate_encoder(encoder, 3)
+
+
+def _cosine(a, b):
+    return np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def _pooled(tokens, mask):
+    return (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+
+
+def test_an_example_exits_once_a_block_changes_its_pooled_tokens_less_than_the_threshold():
+    encoder = TransformerEncoder(num_layers=3, num_heads=4, intermediate_dim=64)
+    sequence = _sequence()
+    mask = sequence["mask"]
+    states = [sequence["tokens"]]
+    states += [np.asarray(h) for h in encoder(sequence, return_hidden_states=True)["hidden_states"]]
+    # similarity[i, b]: example b's pooled tokens before and after block i.
+    similarity = np.stack(
+        [_cosine(_pooled(a, mask), _pooled(b, mask)) for a, b in zip(states, states[1:])]
+    )
+    # A threshold between the examples' similarities at the first block: one exits there.
+    threshold = float(np.mean(similarity[0]))
+    expected_layers = []
+    for b in range(2):
+        reached = np.flatnonzero(similarity[:, b] >= threshold)
+        expected_layers.append(int(reached[0]) + 1 if reached.size else 3)
+    assert sorted(expected_layers)[0] == 1
+
+    out = encoder(sequence, exit_threshold=threshold)
+    np.testing.assert_array_equal(out["layers_used"], expected_layers)
+    for b, layers in enumerate(expected_layers):
+        expected = encoder.final_norm(states[layers][b : b + 1])
+        np.testing.assert_allclose(out["tokens"][b : b + 1], expected, atol=1e-5)
+    # Training runs every block; a threshold above any similarity runs them all.
+    assert "layers_used" not in encoder(sequence, training=True, exit_threshold=threshold)
+    np.testing.assert_array_equal(encoder(sequence, exit_threshold=1.0)["layers_used"], [3, 3])
+
+
+def test_merging_shrinks_the_sequence_before_each_later_block():
+    sequence = {
+        "tokens": np.random.default_rng(3).normal(size=(2, 16, 32)).astype("float32"),
+        "mask": np.ones((2, 16), bool),
+    }
+    encoder = TransformerEncoder(3, 4, 64, merge_tokens=4)
+    states = encoder(sequence, return_hidden_states=True)["hidden_states"]
+    assert [s.shape[1] for s in states] == [16, 12, 8]
+    with pytest.raises(ValueError, match="at least 25 tokens"):
+        TransformerEncoder(5, 4, 64, merge_tokens=5)(sequence)
+
+
+def test_elastic_arguments_are_checked():
+    with pytest.raises(ValueError, match="exit_threshold=1.5"):
+        TransformerEncoder(2, 4, 64, exit_threshold=1.5)
+    with pytest.raises(ValueError, match="merge_tokens=2, exit_threshold=0.9"):
+        TransformerEncoder(2, 4, 64, exit_threshold=0.9, merge_tokens=2)
+    with pytest.raises(ValueError, match="one `intermediate_dim` per layer"):
+        TransformerEncoder(2, 4, [64])
+    encoder = TransformerEncoder(2, 4, 64, nested_fractions=(0.5, 1.0))
+    with pytest.raises(ValueError, match="one per block"):
+        encoder(_sequence(), fraction=(0.5,))

@@ -1,0 +1,242 @@
+"""A family of TFLite files from one elastic dual encoder, each verified, with its Pareto front.
+
+The members are the trained model and, one setting at a time, its MatFormer submodels
+(`mm_keras.models.extract`), its encoder with early exit and its encoder merging tokens
+(`mm_keras.models.with_inference_settings`). Each member's query tower (`modality`, such
+as the image tower a phone runs per photo) is converted to a float32 TFLite file and run
+through the `ai_edge_litert` interpreter with one thread on held-out examples. The classes'
+text embeddings come from the member's own Keras text tower: they are computed once, not
+per query, and ship as a matrix.
+"""
+
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+from mm_keras.eval import zero_shot_accuracy, zero_shot_classifier
+from mm_keras.export import staging
+from mm_keras.export.tflite import convert_tower, write_tflite
+from mm_keras.layers.pooling import masked_mean
+from mm_keras.models import extract, with_inference_settings
+
+SIGNATURE = "embed"
+
+
+def family_members(fractions=(), exit_thresholds=(), merge_tokens=()):
+    """The member settings: the full model, then each width, exit threshold and merge count.
+
+    Returns:
+        A list of dicts with `"name"` and at most one of `"fraction"`, `"exit_threshold"`
+        and `"merge_tokens"`.
+
+    Example:
+    >>> [m["name"] for m in family_members([0.5], [0.99], [8])]
+    ['full', 'width_0.5', 'exit_0.99', 'merge_8']
+    """
+    members = [{"name": "full"}]
+    members += [{"name": f"width_{f:g}", "fraction": float(f)} for f in fractions if f != 1.0]
+    members += [{"name": f"exit_{t:g}", "exit_threshold": float(t)} for t in exit_thresholds]
+    members += [{"name": f"merge_{r}", "merge_tokens": int(r)} for r in merge_tokens if r]
+    return members
+
+
+def member_model(model, modality, member):
+    """The `DualEncoder` of one member: `model` itself, a submodel, or a copy whose
+    `modality` encoder exits early or merges tokens."""
+    if "fraction" in member:
+        return extract(model, member["fraction"])
+    if "exit_threshold" in member:
+        return with_inference_settings(model, exit_threshold={modality: member["exit_threshold"]})
+    if "merge_tokens" in member:
+        return with_inference_settings(model, merge_tokens={modality: member["merge_tokens"]})
+    return model
+
+
+def _median_ms(run, examples):
+    run(examples[0])  # warm up outside the timing
+    times = []
+    for x in examples:
+        start = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+def _keras_outputs(member, modality, inputs, batch_size=256):
+    """The member's embeddings of `inputs` and, with early exit, the layers each used."""
+    embeddings, layers = [], []
+    for start in range(0, len(inputs), batch_size):
+        sequence = member.encode(modality, inputs[start : start + batch_size])
+        features = masked_mean(sequence["tokens"], sequence["mask"])
+        embeddings.append(np.asarray(member.project(modality, features)))
+        if "layers_used" in sequence:
+            layers.append(np.asarray(sequence["layers_used"]))
+    return np.concatenate(embeddings), (np.concatenate(layers) if layers else None)
+
+
+def verify_member(path, member, modality, inputs, labels, classifier, latency_examples):
+    """Runs one member's TFLite file on `inputs` and compares it with its Keras model."""
+    interpreter = Interpreter(model_path=path, num_threads=1)
+    runner = interpreter.get_signature_runner(SIGNATURE)
+    (input_name,) = interpreter.get_signature_list()[SIGNATURE]["inputs"]
+
+    def run(x):
+        return runner(**{input_name: x[None]})
+
+    outputs = [run(x) for x in inputs]
+    embeddings = np.concatenate([o["embedding"] for o in outputs])
+    reference, reference_layers = _keras_outputs(member, modality, inputs)
+    cosine = np.sum(embeddings * reference, axis=1) / np.maximum(
+        np.linalg.norm(embeddings, axis=1) * np.linalg.norm(reference, axis=1), 1e-12
+    )
+    report = {
+        "size_bytes": os.path.getsize(path),
+        "latency_ms_p50": _median_ms(run, inputs[:latency_examples]),
+        "zero_shot_top1": zero_shot_accuracy(embeddings, classifier, labels),
+        "keras_zero_shot_top1": zero_shot_accuracy(reference, classifier, labels),
+        "max_abs_error": float(np.abs(embeddings - reference).max()),
+        "mean_cosine": float(np.mean(cosine)),
+    }
+    if reference_layers is not None:
+        layers = np.concatenate([o["layers_used"] for o in outputs])
+        report.update(
+            layers_used_mean=float(np.mean(layers)),
+            keras_layers_used_mean=float(np.mean(reference_layers)),
+            layers_used_agreement=float(np.mean(layers == reference_layers)),
+        )
+    return report
+
+
+def pareto_front(members):
+    """Names of the members no other member beats on both latency and accuracy."""
+    front = []
+    for m in members:
+        beaten = any(
+            o["latency_ms_p50"] <= m["latency_ms_p50"]
+            and o["zero_shot_top1"] >= m["zero_shot_top1"]
+            and (o["latency_ms_p50"], o["zero_shot_top1"])
+            != (m["latency_ms_p50"], m["zero_shot_top1"])
+            for o in members
+        )
+        if not beaten:
+            front.append(m["name"])
+    return front
+
+
+def plot_pareto(members, front, path):
+    """Writes a PNG of zero-shot accuracy against TFLite latency, the front joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(6, 4))
+    for m in members:
+        on_front = m["name"] in front
+        axes.scatter(m["latency_ms_p50"], m["zero_shot_top1"], c="C1" if on_front else "C0")
+        axes.annotate(m["name"], (m["latency_ms_p50"], m["zero_shot_top1"]), fontsize=7)
+    points = sorted(
+        (m["latency_ms_p50"], m["zero_shot_top1"]) for m in members if m["name"] in front
+    )
+    axes.plot(*zip(*points), c="C1", label="Pareto front")
+    axes.set_xlabel("TFLite latency, ms (1 thread, batch 1)")
+    axes.set_ylabel("zero-shot top-1")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+
+
+def export_family(
+    model,
+    tokenizer,
+    members,
+    output_dir,
+    inputs,
+    labels,
+    class_prompts,
+    modality="image",
+    text_modality="text",
+    latency_examples=50,
+    verbose=True,
+):
+    """Writes one verified TFLite file per member, `report.json` and `pareto.png`.
+
+    Layout (written into a staging directory, then renamed into place whole):
+
+        output_dir/<member>.tflite   the member's `modality` tower, float32, builtin ops
+        output_dir/report.json       per member: its settings, `size_bytes`,
+                                     `latency_ms_p50` (1 thread, batch 1) and
+                                     `latency_vs_full`, `zero_shot_top1` from the file's
+                                     embeddings (and `keras_zero_shot_top1`),
+                                     `max_abs_error` and `mean_cosine` against the member's
+                                     Keras model; with early exit `layers_used_mean`
+                                     (file), `keras_layers_used_mean` and
+                                     `layers_used_agreement`; and `pareto_front`
+        output_dir/pareto.png        accuracy against latency, the front joined
+
+    Args:
+        model: a built `DualEncoder` (MatFormer encoders for width members).
+        tokenizer: its `TextTokenizer`, for the class prompts.
+        members: settings from `family_members`.
+        output_dir: the family's directory; replaced if it exists.
+        inputs: held-out raw inputs of `modality` (NumPy, one example a row).
+        labels: their int labels.
+        class_prompts: one list of prompts per class.
+        modality: the tower each file holds.
+        text_modality: the model's text tower, which embeds the prompts.
+        latency_examples: int, examples timed one at a time.
+        verbose: bool, print a line per member.
+
+    Returns:
+        The report dict.
+
+    Example:
+    >>> members = family_members(fractions=[0.5, 0.25], exit_thresholds=[0.99])
+    >>> report = export_family(model, tokenizer, members, "runs/elastic/family",
+    ...                        test["image"], test["label"], class_prompts())
+    """
+    inputs, labels = np.asarray(inputs), np.asarray(labels)
+    names = [m["name"] for m in members]
+    if not members or members[0] != {"name": "full"} or len(set(names)) != len(names):
+        raise ValueError(
+            "Expected members from `family_members`: the full model first, names unique. "
+            f"Received: {names}"
+        )
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging.remove_stale(parent)
+    staged = staging.make_directory("tmp", parent)
+    try:
+        reports = []
+        for member in members:
+            elastic = member_model(model, modality, member)
+            path = os.path.join(staged, f"{member['name']}.tflite")
+            layers_used = "exit_threshold" in member
+            write_tflite(convert_tower(elastic, modality, layers_used=layers_used), path)
+            classifier = zero_shot_classifier(elastic, tokenizer, class_prompts, text_modality)
+            report = {**member, "file": os.path.basename(path)}
+            report.update(
+                verify_member(path, elastic, modality, inputs, labels, classifier, latency_examples)
+            )
+            reports.append(report)
+            if verbose:
+                print(
+                    f"  {member['name']}: {report['latency_ms_p50']:.3f} ms, zero-shot "
+                    f"{report['zero_shot_top1']:.3f}, {report['size_bytes'] / 1e6:.2f} MB"
+                )
+        for report in reports:
+            report["latency_vs_full"] = report["latency_ms_p50"] / reports[0]["latency_ms_p50"]
+        front = pareto_front(reports)
+        family = {"modality": modality, "members": reports, "pareto_front": front}
+        with open(os.path.join(staged, "report.json"), "w") as f:
+            json.dump(family, f, indent=2)
+        plot_pareto(reports, front, os.path.join(staged, "pareto.png"))
+        staging.replace_directory(staged, output_dir)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return family
