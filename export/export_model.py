@@ -31,6 +31,17 @@ size and channels, sample rate and clip length), so no shape is passed; `--class
 Each file and flag is checked before any export work.
 
 A rerun after a killed export removes the staging directories the killed one left.
+
+With `--family_fractions`, `--family_exit_thresholds` or `--family_merge_tokens`, the
+export writes an elastic model's family instead (`mm_keras.export.export_family`): one
+float32 TFLite file of the `--family_modality` tower per member (the full model, each
+MatFormer width of a model trained with `nested_fractions`, each early-exit threshold,
+each number of tokens merged per block), each verified on the held-out examples, into
+`family/` with `report.json` (size, latency, zero-shot accuracy, error; blocks run under
+early exit) and `pareto.png` (accuracy against latency):
+
+    python export/export_model.py --model=runs/elastic/model.keras \
+        --family_fractions=0.5,0.25 --family_exit_thresholds=0.9 --family_merge_tokens=8
 """
 
 import os
@@ -46,6 +57,7 @@ import tensorflow as tf  # noqa: E402
 
 from mm_keras.data import Pipeline, datasets, record_error_message  # noqa: E402
 from mm_keras.export import MODES, export_artifacts, verify  # noqa: E402
+from mm_keras.export.family import export_family, family_members  # noqa: E402
 from mm_keras.export.saved_model import (  # noqa: E402
     DEFAULT_MAX_AUDIO_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -84,6 +96,12 @@ flags.DEFINE_multi_string("prompt_templates", ["{}"], "Zero-shot prompts; {} is 
 flags.DEFINE_enum("on_error", "raise", ["raise", "skip"], "Stop at a bad record, or skip it.")
 flags.DEFINE_integer("calibration_examples", 256, "Training examples that calibrate int8.")
 flags.DEFINE_integer("latency_examples", 50, "Examples timed one at a time per tower.")
+flags.DEFINE_list("family_fractions", [], "MatFormer widths of the family to export.")
+flags.DEFINE_list("family_exit_thresholds", [], "Early-exit thresholds of the family.")
+flags.DEFINE_list("family_merge_tokens", [], "Tokens merged before each block, per member.")
+flags.DEFINE_string(
+    "family_modality", None, "The family's tower; default: the exported tower that is not text."
+)
 flags.DEFINE_integer(
     "max_image_pixels",
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -236,6 +254,39 @@ def digits(model, towers):
     return calibration, {**test, "label_aware": True}
 
 
+def write_family(model, tokenizer, towers, examples, output_dir):
+    """The elastic family of one tower, scored zero-shot on the held-out examples."""
+    kinds = dict(towers)
+    modality = FLAGS.family_modality or next(m for m, kind in towers if kind != "text")
+    if modality not in kinds or kinds[modality] == "text" or "class_prompts" not in examples:
+        raise app.UsageError(
+            "--family_modality: expected an image or audio tower among the exported "
+            f"{[m for m, _ in towers]}, beside a text tower and class names for zero-shot "
+            f"accuracy. Received: --family_modality={modality}"
+        )
+    try:
+        members = family_members(
+            [float(f) for f in FLAGS.family_fractions],
+            [float(t) for t in FLAGS.family_exit_thresholds],
+            [int(r) for r in FLAGS.family_merge_tokens],
+        )
+        family = export_family(
+            model,
+            tokenizer,
+            members,
+            os.path.join(output_dir, "family"),
+            examples[kinds[modality]],
+            examples["label"],
+            examples["class_prompts"],
+            modality=modality,
+            text_modality=text_modality(towers),
+            latency_examples=FLAGS.latency_examples,
+        )
+    except ValueError as error:
+        raise app.UsageError(f"--family_*: {error}") from None
+    print(f"wrote {output_dir}/family/ ({len(family['members'])} members)")
+
+
 def as_16_bit_wav(clip):
     """A float32 waveform as decoding it from a 16-bit WAV file gives it back."""
     wav = tf.audio.encode_wav(clip[:, None], 8000)  # the rate does not change the samples
@@ -306,6 +357,9 @@ def main(argv):
         **warmup_inputs,
     )
 
+    if FLAGS.family_fractions or FLAGS.family_exit_thresholds or FLAGS.family_merge_tokens:
+        write_family(model, tokenizer, towers, examples, output_dir)
+        return
     version = FLAGS.version or next_version(os.path.join(output_dir, "saved_model", FLAGS.name))
     artifacts = export_artifacts(
         model,

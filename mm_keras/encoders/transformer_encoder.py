@@ -35,7 +35,9 @@ class TransformerEncoder(keras.layers.Layer):
       `[B]` int32, the blocks each example ran. Training runs every block.
     * `merge_tokens`: r tokens merged away before every block but the first (ToMe, Bolya
       et al., 2023, `mm_keras.layers.merge_tokens`), N → N - r·(L-1) tokens with static
-      shapes, for patch-token towers (image, audio, video). The output mask is that of the
+      shapes, for patch-token towers (image, audio, video). Attention is proportional (a
+      merged key's logit gains log of the tokens it stands for) and the output holds
+      `"token_sizes"`, which `pool_sequence` weighs the tokens by; the mask is that of the
       merged tokens.
 
     Args:
@@ -165,7 +167,8 @@ class TransformerEncoder(keras.layers.Layer):
                 tokens, sizes = merge_tokens(tokens, sizes, self.merge_tokens)
                 mask = sizes > 0
             if not exiting:
-                tokens = block(tokens, padding_mask=mask, training=training, fraction=f)
+                merged = {} if sizes is None else {"token_sizes": sizes}
+                tokens = block(tokens, padding_mask=mask, training=training, fraction=f, **merged)
             else:
                 layers_used = layers_used + ops.cast(ops.logical_not(exited), "int32")
                 tokens, exited, pooled = self._exiting_block(
@@ -173,6 +176,8 @@ class TransformerEncoder(keras.layers.Layer):
                 )
             hidden_states.append(tokens)
         outputs = {"tokens": self.final_norm(tokens), "mask": mask}
+        if self.merge_tokens:
+            outputs["token_sizes"] = sizes
         if return_hidden_states:
             outputs["hidden_states"] = hidden_states
         if exiting:
@@ -216,12 +221,19 @@ class TransformerEncoder(keras.layers.Layer):
         exit_threshold=None,
     ):
         batch, length, width = sequence["tokens"].shape
-        length = self._merged_length(length)
-        tokens = keras.KerasTensor((batch, length, width), self.compute_dtype)
-        outputs = {"tokens": tokens, "mask": keras.KerasTensor((batch, length), "bool")}
+        merged = self._merged_length(length)
+        tokens = keras.KerasTensor((batch, merged, width), self.compute_dtype)
+        outputs = {"tokens": tokens, "mask": keras.KerasTensor((batch, merged), "bool")}
+        if self.merge_tokens:
+            outputs["token_sizes"] = keras.KerasTensor((batch, merged), self.compute_dtype)
         if return_hidden_states:
+            # Block i sees the tokens left after i merges.
             outputs["hidden_states"] = [
-                keras.KerasTensor(tokens.shape, self.compute_dtype) for _ in self.blocks
+                keras.KerasTensor(
+                    (batch, None if length is None else length - i * self.merge_tokens, width),
+                    self.compute_dtype,
+                )
+                for i in range(self.num_layers)
             ]
         threshold = self.exit_threshold if exit_threshold is None else exit_threshold
         if threshold is not None and not training:

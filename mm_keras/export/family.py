@@ -20,7 +20,7 @@ from ai_edge_litert.interpreter import Interpreter
 from mm_keras.eval import zero_shot_accuracy, zero_shot_classifier
 from mm_keras.export import staging
 from mm_keras.export.tflite import convert_tower, write_tflite
-from mm_keras.layers.pooling import masked_mean
+from mm_keras.layers.pooling import pool_sequence
 from mm_keras.models import extract, with_inference_settings
 
 SIGNATURE = "embed"
@@ -71,7 +71,7 @@ def _keras_outputs(member, modality, inputs, batch_size=256):
     embeddings, layers = [], []
     for start in range(0, len(inputs), batch_size):
         sequence = member.encode(modality, inputs[start : start + batch_size])
-        features = masked_mean(sequence["tokens"], sequence["mask"])
+        features = pool_sequence(sequence)
         embeddings.append(np.asarray(member.project(modality, features)))
         if "layers_used" in sequence:
             layers.append(np.asarray(sequence["layers_used"]))

@@ -10,7 +10,7 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from mm_keras.layers.pooling import masked_mean
+from mm_keras.layers.pooling import pool_sequence
 
 MODES = ("float32", "dynamic", "float16", "int8")
 
@@ -148,7 +148,7 @@ def _tower_outputs(model, modality, x, layers_used):
             f"Expected the {modality!r} tower to exit early (an encoder with "
             "`exit_threshold`), to report the layers it used. Received an encoder without"
         )
-    features = masked_mean(sequence["tokens"], sequence["mask"])
+    features = pool_sequence(sequence)
     return {"embedding": model.project(modality, features), "layers_used": sequence["layers_used"]}
 
 

@@ -6,8 +6,14 @@ import keras
 from keras import ops
 
 
-def scaled_dot_product_attention(query, key, value, key_mask, dropout, training=None):
+def scaled_dot_product_attention(
+    query, key, value, key_mask, dropout, training=None, key_sizes=None
+):
     """softmax(Q K^T / sqrt(d_k) + mask) V over heads-first `[B, H, N, d_k]` tensors.
+
+    With `key_sizes` `[B, Nk]` (how many tokens each key stands for, after merging), each
+    key's logit gains log(size): ToMe's proportional attention, so a merged key weighs as
+    the keys it replaced did together.
 
     Keys whose `key_mask` `[B, Nk]` is False get no weight, so a query with no valid key
     (a modality absent from an example) attends to nothing and gets zeros. The softmax runs
@@ -16,6 +22,8 @@ def scaled_dot_product_attention(query, key, value, key_mask, dropout, training=
     """
     scale = 1.0 / math.sqrt(query.shape[-1])
     scores = ops.cast(ops.matmul(query, ops.swapaxes(key, -1, -2)) * scale, "float32")
+    if key_sizes is not None:
+        scores = scores + ops.log(ops.maximum(ops.cast(key_sizes, "float32"), 1.0))[:, None, None]
     if key_mask is not None:
         valid = ops.cast(key_mask, "bool")[:, None, None, :]
         scores = ops.where(valid, scores, -1e9)
@@ -63,6 +71,8 @@ class MultiHeadSelfAttention(AttentionHeads):
     softmax(Q K^T / sqrt(d_k) + mask) V per head, heads concatenated and projected back.
     Q, K and V come from one `[D, 3, H, d_k]` projection (one matmul instead of three).
     Padded keys (`padding_mask == False`) get no attention weight; softmax runs in float32.
+    `token_sizes` (merged tokens' sizes) adds proportional attention (see
+    `scaled_dot_product_attention`).
 
     Args:
         num_heads: int, number of heads H.
@@ -92,12 +102,12 @@ class MultiHeadSelfAttention(AttentionHeads):
             shape=(hidden_dim,), initializer="zeros", name="output_bias"
         )
 
-    def call(self, inputs, padding_mask=None, training=None):
+    def call(self, inputs, padding_mask=None, training=None, token_sizes=None):
         # Heads-first layout, so the two attention products are plain batched matmuls.
         qkv = ops.einsum("bnd,dthk->tbhnk", inputs, self.qkv_kernel) + self.qkv_bias
         query, key, value = qkv[0], qkv[1], qkv[2]  # [B, H, N, d_k] each
         attended = scaled_dot_product_attention(
-            query, key, value, padding_mask, self.attention_dropout, training
+            query, key, value, padding_mask, self.attention_dropout, training, token_sizes
         )  # [B, H, N, d_k]
         return ops.einsum("bhnk,hkd->bnd", attended, self.output_kernel) + self.output_bias
 

@@ -24,3 +24,15 @@ def l2_normalize(x, epsilon=1e-7):
     """
     square_sum = ops.sum(ops.square(x), axis=-1, keepdims=True)
     return x * ops.rsqrt(ops.maximum(square_sum, epsilon**2))
+
+
+def pool_sequence(sequence):
+    """An encoder output `{"tokens", "mask"}` pooled to `[B, D]`: `masked_mean`, or, after
+    token merging (`"token_sizes"`), each token weighted by the tokens it stands for, so
+    the pooled vector is the mean over the tokens as they entered the encoder."""
+    if "token_sizes" not in sequence:
+        return masked_mean(sequence["tokens"], sequence["mask"])
+    tokens = sequence["tokens"]
+    sizes = ops.cast(sequence["token_sizes"], tokens.dtype)[..., None]
+    total = ops.maximum(ops.sum(sizes, axis=1), 1.0)
+    return ops.sum(ops.where(sizes > 0, tokens * sizes, ops.zeros_like(tokens)), axis=1) / total

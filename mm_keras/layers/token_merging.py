@@ -31,11 +31,11 @@ def merge_tokens(tokens, sizes, num_merged):
       is merged first and, weighing 0, changes nothing.
     * A is ordered by score, descending, equal scores by lower index first (as `top_k`).
       The first r are merged into their best matches; the other Na - r are kept.
-    * Output: the kept A tokens in that order, unchanged, then every Bset token in its
-      original order, shape `[B, N - r, D]`. A Bset token b becomes the size-weighted mean
-      `(s_b·b + Σ_{a→b} s_a·a) / (s_b + Σ_{a→b} s_a)` and its size that denominator; one of
-      total size 0 becomes zeros. Token sizes (in the order of the output) are `[B, N - r]`,
-      so the sizes of each example keep their sum.
+    * Output: the kept A tokens in that order, unchanged (padding ones as zeros), then
+      every Bset token in its original order, shape `[B, N - r, D]`. A Bset token b
+      becomes the size-weighted mean `(s_b·b + Σ_{a→b} s_a·a) / (s_b + Σ_{a→b} s_a)` and
+      its size that denominator; one of total size 0 becomes zeros. Token sizes (in the
+      order of the output) are `[B, N - r]`, so the sizes of each example keep their sum.
 
     Similarities and means are computed in float32 and cast back to the dtype of `tokens`;
     the output sizes keep the dtype of `sizes`. Contents of tokens of size 0 (even NaN) reach
@@ -80,12 +80,10 @@ def merge_tokens(tokens, sizes, num_merged):
 
     similarity = ops.matmul(_unit(a), ops.transpose(_unit(b), (0, 2, 1)))  # [B, Na, Nb]
     similarity = ops.where(valid_b[:, None, :], similarity, _NEVER)
-    score = ops.max(similarity, axis=-1)  # [B, Na]
-    # `tf.argmax` leaves ties unspecified; the lowest index of the maximum is the rule here.
-    best = ops.min(
-        ops.where(similarity == score[..., None], ops.arange(num_b, dtype="int32"), num_b),
-        axis=-1,
-    )
+    # `top_k` returns the lowest index among equal values (`argmax` leaves ties open, and
+    # Keras's converts to TFLite through a Flex op): the best match and its score at once.
+    score, best = ops.top_k(similarity, 1)
+    score, best = score[..., 0], best[..., 0]  # [B, Na]
     score = ops.where(valid_a, score, _FIRST)
     order = ops.top_k(score, num_a).indices  # [B, Na], score descending, ties by index
 
@@ -101,10 +99,13 @@ def merge_tokens(tokens, sizes, num_merged):
         has_size[..., None], weighted_sum / ops.where(has_size, total, 1.0)[..., None], 0.0
     )
 
-    kept = order[:, num_merged:]  # [B, Na - r]
-    kept_a = ops.take_along_axis(ops.take(tokens, even, axis=1), kept[..., None], axis=1)
-    kept_size_a = ops.take_along_axis(ops.take(sizes, even, axis=1), kept, axis=1)
+    # The kept A tokens by a one-hot matmul: two ops where a gather along the batch takes
+    # about ten in TFLite (index arithmetic for negative indices), which costs more than
+    # the merge saves in a small tower.
+    kept = ops.one_hot(order[:, num_merged:], num_a)  # [B, Na - r, Na]
+    kept_a = ops.matmul(kept, a)
+    kept_size_a = ops.sum(kept * size_a[:, None, :], axis=-1)
     return (
-        ops.concatenate([kept_a, ops.cast(mean_b, tokens.dtype)], axis=1),
-        ops.concatenate([kept_size_a, ops.cast(total, sizes.dtype)], axis=1),
+        ops.cast(ops.concatenate([kept_a, mean_b], axis=1), tokens.dtype),
+        ops.cast(ops.concatenate([kept_size_a, total], axis=1), sizes.dtype),
     )

@@ -125,9 +125,10 @@ class TransformerBlock(PreNormBlock):
             layer.build(inputs_shape)
         self.mlp_out.build((*inputs_shape[:-1], self.intermediate_dim))
 
-    def call(self, inputs, padding_mask=None, training=None, fraction=None):
+    def call(self, inputs, padding_mask=None, training=None, fraction=None, token_sizes=None):
         x = self.attention_norm(inputs)
-        x = self.attention(x, padding_mask=padding_mask, training=training)
+        sizes = {} if token_sizes is None else {"token_sizes": token_sizes}
+        x = self.attention(x, padding_mask=padding_mask, training=training, **sizes)
         residual = inputs + self.residual_dropout(x, training=training)
         x = self._mlp(self.mlp_norm(residual), fraction)
         return residual + self.residual_dropout(x, training=training)

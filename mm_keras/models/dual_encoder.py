@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from mm_keras.layers.pooling import l2_normalize, masked_mean
+from mm_keras.layers.pooling import l2_normalize, masked_mean, pool_sequence
 from mm_keras.models.towers import TowersMixin, build_tower, deserialize_layers
 
 MAX_LOGIT_SCALE = 100.0
@@ -224,11 +224,11 @@ class DualEncoder(TowersMixin, keras.Model):
         """One modality's tower features `[B, width]`, pooled, before the projection (what
         `structure_loss` keeps the geometry of)."""
         sequence = self.encode(modality, inputs, training, fraction)
-        return masked_mean(sequence["tokens"], sequence["mask"])
+        return pool_sequence(sequence)
 
-    def encode(self, modality, inputs, training=None, fraction=None):
+    def encode(self, modality, inputs, training=None, fraction=None, **encoder_kwargs):
         """One modality's encoder output, `{"tokens", "mask"}` (and `"layers_used"` from an
-        encoder with early exit, in inference)."""
+        encoder with early exit, in inference); `encoder_kwargs` go to the encoder."""
         sequence = self.tokenizers[modality](inputs, training=training)
         if self.shared_encoder:
             index = self.modalities.index(modality)
@@ -236,8 +236,30 @@ class DualEncoder(TowersMixin, keras.Model):
             # Modality-aware shared encoders (`SharedEncoder`) read the id; others ignore it.
             ids = ops.full((ops.shape(tokens)[0],), index, "int32")
             sequence = {"tokens": tokens, "mask": sequence["mask"], "modality_ids": ids}
-        nested = {} if fraction is None else {"fraction": fraction}
-        return self._encoder(modality)(sequence, training=training, **nested)
+        if fraction is not None:
+            encoder_kwargs["fraction"] = fraction
+        return self._encoder(modality)(sequence, training=training, **encoder_kwargs)
+
+    def exit_embeddings(self, modality, inputs, training=None, fraction=None):
+        """The embeddings one tower gives when it exits after each of its blocks, in order:
+        each block's output through the encoder's final norm, pooling and projection (the
+        last is `embed`'s). What an early-exit tower returns, and what a layer-wise loss
+        trains (`ContrastiveTrainer(exit_loss_weight=)`, MuE's layer-wise task loss).
+
+        Needs a `TransformerEncoder` that does not merge tokens."""
+        encoder = self._encoder(modality)
+        if getattr(encoder, "merge_tokens", None) != 0:
+            raise ValueError(
+                "Expected a `TransformerEncoder` without `merge_tokens`, whose blocks' "
+                f"outputs all keep the mask. Received: {type(encoder).__name__} for "
+                f"{modality!r}, merge_tokens={getattr(encoder, 'merge_tokens', None)}"
+            )
+        outputs = self.encode(modality, inputs, training, fraction, return_hidden_states=True)
+        mask = outputs["mask"]
+        return [
+            self.project(modality, masked_mean(encoder.final_norm(h), mask), training)
+            for h in outputs["hidden_states"]
+        ]
 
     def project(self, modality, features, training=None):
         """`features` of one modality into the shared space: projection, then L2 norm."""

@@ -51,6 +51,12 @@ class ContrastiveTrainer(Trainer):
     the paper's joint training (sampling one fraction per step would be cheaper per step,
     but gives each submodel 1/g of the updates). The accuracy is the full model's.
 
+    `exit_loss_weight` adds MuE's layer-wise task loss (Tang et al., 2023): the pair loss
+    of each modality's embedding as it would exit after each earlier block
+    (`DualEncoder.exit_embeddings`) against the other modality's full embedding, averaged,
+    so that a tower exiting early (`TransformerEncoder(exit_threshold=)`) still embeds
+    into the shared space, and its later blocks change little what it already holds.
+
     Logs `loss` and `accuracy`: in-batch retrieval accuracy, both directions averaged for a
     pair; for more modalities, of each modality given the others' tuple, scored as the loss
     scores a tuple (`tuple_similarity`), over the examples that have every modality. Works
@@ -88,6 +94,9 @@ class ContrastiveTrainer(Trainer):
             `project` (`DualEncoder`).
         structure_temperature: float, τ of its neighbour distributions.
         structure_levels: int, its random-walk scales.
+        exit_loss_weight: float, weight of the layer-wise loss for early exit (pairs only;
+            needs `exit_embeddings`, a `DualEncoder` of `TransformerEncoder`s); 0 (default)
+            leaves it out.
 
     Example:
     >>> trainer = ContrastiveTrainer(dual_encoder, modalities=("image", "text"))
@@ -111,6 +120,7 @@ class ContrastiveTrainer(Trainer):
         structure_weight=0.0,
         structure_temperature=0.1,
         structure_levels=2,
+        exit_loss_weight=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -153,6 +163,18 @@ class ContrastiveTrainer(Trainer):
                 f"whose submodels it would not regularise. Received: "
                 f"structure_weight={structure_weight}, nested_fractions={model.nested_fractions}"
             )
+        if exit_loss_weight < 0 or (
+            exit_loss_weight
+            and (
+                loss not in PAIR_LOSSES or structure_weight or not hasattr(model, "exit_embeddings")
+            )
+        ):
+            raise ValueError(
+                "`exit_loss_weight` must be >= 0, and > 0 only for a pair loss "
+                f"{PAIR_LOSSES} without STRUCTURE and a model with `exit_embeddings`. "
+                f"Received: exit_loss_weight={exit_loss_weight}, loss={loss!r}, "
+                f"structure_weight={structure_weight}, model={type(model).__name__}"
+            )
         if structure_levels < 1 or structure_temperature <= 0:
             raise ValueError(
                 "`structure_levels` must be >= 1 and `structure_temperature` > 0. Received: "
@@ -173,6 +195,7 @@ class ContrastiveTrainer(Trainer):
         self.structure_weight = structure_weight
         self.structure_temperature = structure_temperature
         self.structure_levels = structure_levels
+        self.exit_loss_weight = exit_loss_weight
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
 
@@ -220,19 +243,14 @@ class ContrastiveTrainer(Trainer):
         return {key: data[key] for key in (*self.modalities, *flags)}, labels
 
     def _loss_and_accuracy(self, inputs, labels, training):
-        towers = {m: inputs[m] for m in self.modalities}
-        fractions = getattr(self.model, "nested_fractions", None)
-        if fractions:
+        if not self.structure_weight:
             # MatFormer's joint training: the mean of every nested submodel's loss.
+            fractions = getattr(self.model, "nested_fractions", None) or (None,)
             losses = []
             for fraction in fractions:
-                embeddings = self.model(towers, training=training, fraction=fraction)
-                loss, accuracy = self._embedding_loss(inputs, embeddings, labels, training)
+                loss, accuracy = self._submodel_loss(inputs, labels, training, fraction)
                 losses.append(loss)
             return ops.mean(ops.stack(losses)), accuracy
-        if not self.structure_weight:
-            embeddings = self.model(towers, training=training)
-            return self._embedding_loss(inputs, embeddings, labels, training)
         features = {m: self.model.features(m, inputs[m], training) for m in self.modalities}
         embeddings = {m: self.model.project(m, features[m], training) for m in self.modalities}
         loss, accuracy = self._embedding_loss(inputs, embeddings, labels, training)
@@ -245,6 +263,28 @@ class ContrastiveTrainer(Trainer):
                 self._gather_fn(),
             )
             loss = loss + self.structure_weight * regulariser
+        return loss, accuracy
+
+    def _submodel_loss(self, inputs, labels, training, fraction):
+        """The loss and accuracy of the model (at a MatFormer `fraction`), with the
+        layer-wise early-exit terms when `exit_loss_weight` is set."""
+        nested = {} if fraction is None else {"fraction": fraction}
+        if not self.exit_loss_weight:
+            towers = {m: inputs[m] for m in self.modalities}
+            embeddings = self.model(towers, training=training, **nested)
+            return self._embedding_loss(inputs, embeddings, labels, training)
+        exits = {
+            m: self.model.exit_embeddings(m, inputs[m], training, fraction) for m in self.modalities
+        }
+        embeddings = {m: per_block[-1] for m, per_block in exits.items()}
+        loss, accuracy = self._embedding_loss(inputs, embeddings, labels, training)
+        early = [
+            self._pair_loss({**embeddings, m: exit_embedding}, labels)[0]
+            for m in self.modalities
+            for exit_embedding in exits[m][:-1]
+        ]
+        if early:
+            loss = loss + self.exit_loss_weight * ops.mean(ops.stack(early))
         return loss, accuracy
 
     def _gather_fn(self):
@@ -369,6 +409,7 @@ class ContrastiveTrainer(Trainer):
                 "structure_weight": self.structure_weight,
                 "structure_temperature": self.structure_temperature,
                 "structure_levels": self.structure_levels,
+                "exit_loss_weight": self.exit_loss_weight,
             }
         )
         return config

@@ -156,10 +156,12 @@ class DistillationTrainer(ContrastiveTrainer):
         **kwargs,
     ):
         super().__init__(model, modalities=modalities, **kwargs)
-        if self.loss_name not in PAIR_LOSSES or self.structure_weight:
+        if self.loss_name not in PAIR_LOSSES or self.structure_weight or self.exit_loss_weight:
             raise ValueError(
-                f"Distillation aligns a pair with one of {PAIR_LOSSES}, without STRUCTURE. "
-                f"Received: loss={self.loss_name!r}, structure_weight={self.structure_weight}"
+                f"Distillation aligns a pair with one of {PAIR_LOSSES}, without STRUCTURE or "
+                f"a layer-wise exit loss. Received: loss={self.loss_name!r}, "
+                f"structure_weight={self.structure_weight}, "
+                f"exit_loss_weight={self.exit_loss_weight}"
             )
         if (teacher is None) == (momentum is None):
             raise ValueError(

@@ -178,3 +178,22 @@ def test_distill_benchmark_counts_steps_to_the_target(tmp_path):
     assert set(cache["arms"]) == {"teacher_every_step", "cached"}
     assert results["teacher_cache_speedup"] == cache["teacher_cache_speedup"] > 0
     assert cache["final_loss_difference"] < 1e-4  # the same training, from cached embeddings
+
+
+def test_elastic_benchmark_writes_each_members_latency_against_the_full_model(tmp_path):
+    result = run_script(
+        "benchmarks/elastic.py",
+        "--configs=demo",
+        "--invocations=5",
+        "--rounds=1",
+        "--fractions=0.5",
+        "--merge_tokens=8",
+        f"--output_dir={tmp_path}",
+    )
+    assert result.stdout.strip().splitlines()[-1].startswith("full 1.00")
+    with open(tmp_path / "elastic.json") as f:
+        members = json.load(f)["demo"]
+    assert set(members) == {"full", "width_0.5", "exit_-1", "exit_1", "merge_8"}
+    assert members["full"]["latency_vs_full"] == 1.0
+    assert members["width_0.5"]["size_bytes"] < members["full"]["size_bytes"]
+    assert all(m["latency_ms_p50"] > 0 for m in members.values())

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from mm_keras.encoders import TransformerEncoder, truncate_encoder
+from mm_keras.layers.pooling import pool_sequence
 from tests.roundtrip import check_layer_roundtrip
 
 
@@ -28,6 +29,8 @@ def test_roundtrip(options, length):
     expected = {"tokens": (2, length, 32), "mask": (2, length)}
     if "exit_threshold" in options:
         expected["layers_used"] = (2,)
+    if "merge_tokens" in options:
+        expected["token_sizes"] = (2, length)
     check_layer_roundtrip(
         TransformerEncoder,
         {"num_heads": 4, "intermediate_dim": 64, **options},
@@ -124,6 +127,22 @@ def test_merging_shrinks_the_sequence_before_each_later_block():
     assert [s.shape[1] for s in states] == [16, 12, 8]
     with pytest.raises(ValueError, match="at least 25 tokens"):
         TransformerEncoder(5, 4, 64, merge_tokens=5)(sequence)
+
+
+def test_merging_duplicate_tokens_changes_nothing_the_tower_pools():
+    # Each token twice, side by side: the first merge joins the duplicates (cosine 1), and
+    # with proportional attention and size-weighted pooling the merged sequence pools as
+    # the whole one does.
+    unique = np.random.default_rng(5).normal(size=(2, 6, 32)).astype("float32")
+    sequence = {"tokens": np.repeat(unique, 2, axis=1), "mask": np.ones((2, 12), bool)}
+    encoder = TransformerEncoder(2, 4, 64)
+    merging = TransformerEncoder(2, 4, 64, merge_tokens=4)
+    merging.build({"tokens": (None, 12, 32), "mask": (None, 12)})
+    encoder.build({"tokens": (None, 12, 32), "mask": (None, 12)})
+    merging.set_weights(encoder.get_weights())
+    merged = merging(sequence)
+    assert merged["tokens"].shape[1] == 8
+    np.testing.assert_allclose(pool_sequence(merged), pool_sequence(encoder(sequence)), atol=1e-5)
 
 
 def test_elastic_arguments_are_checked():

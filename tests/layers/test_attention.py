@@ -82,3 +82,15 @@ def test_a_query_with_no_valid_key_gets_zeros():
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError, match="Received"):
         MultiHeadSelfAttention(**kwargs)
+
+
+def test_a_key_of_size_k_weighs_as_k_copies_of_it():
+    # ToMe's proportional attention: one merged key standing for 3 tokens attends as the
+    # 3 identical tokens it replaced.
+    rng = np.random.default_rng(4)
+    layer = MultiHeadSelfAttention(num_heads=2, key_dim=8)
+    x = rng.normal(size=(1, 4, 16)).astype("float32")
+    repeated = np.concatenate([x, x[:, :1], x[:, :1]], axis=1)
+    expected = np.asarray(layer(repeated))[:, :4]
+    sizes = np.array([[3.0, 1.0, 1.0, 1.0]], "float32")
+    np.testing.assert_allclose(layer(x, token_sizes=sizes), expected, atol=1e-5)

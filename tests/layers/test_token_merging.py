@@ -53,7 +53,8 @@ def _reference(tokens, sizes, r):
             summed = size_b[j] * b[j] + sum(size_a[i] * a[i] for i in into)
             means.append(summed / total if total > 0 else np.zeros(x.shape[-1]))
             totals.append(total)
-        out_tokens.append(np.concatenate([a[kept], np.stack(means)]))
+        kept_a = np.where(size_a[kept, None] > 0, a[kept], 0.0)
+        out_tokens.append(np.concatenate([kept_a, np.stack(means)]))
         out_sizes.append(np.concatenate([size_a[kept], totals]))
     return np.stack(out_tokens), np.stack(out_sizes)
 

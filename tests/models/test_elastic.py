@@ -96,6 +96,27 @@ def test_a_nested_model_trains_every_fraction_jointly():
         ContrastiveTrainer(model, structure_weight=1.0)
 
 
+def test_the_layer_wise_exit_loss_contrasts_each_early_exit_with_the_other_full_tower():
+    from mm_keras.losses.contrastive import clip_loss
+    from mm_keras.trainers import ContrastiveTrainer
+
+    model, inputs = _model(num_layers=3), _inputs(8)
+    trainer = ContrastiveTrainer(model, exit_loss_weight=0.5)
+    trainer.compile(optimizer="adam")
+    logs = trainer.evaluate(tf.data.Dataset.from_tensors(inputs), verbose=0, return_dict=True)
+    exits = {m: model.exit_embeddings(m, inputs[m]) for m in ("image", "text")}
+    for m in exits:
+        np.testing.assert_allclose(exits[m][-1], model(inputs)[m], atol=1e-6)
+    scale = model.logit_scale
+    early = [clip_loss(e, exits["text"][-1], scale) for e in exits["image"][:-1]]
+    early += [clip_loss(exits["image"][-1], e, scale) for e in exits["text"][:-1]]
+    expected = float(clip_loss(exits["image"][-1], exits["text"][-1], scale))
+    expected += 0.5 * float(np.mean(early))
+    np.testing.assert_allclose(logs["loss"], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="exit_loss_weight"):
+        ContrastiveTrainer(model, loss="pairwise", exit_loss_weight=1.0)
+
+
 def test_inference_settings_copy_the_weights_and_change_only_the_encoders_named():
     model, inputs = _model(num_layers=3), _inputs()
     exiting = with_inference_settings(model, exit_threshold={"image": 1.0})

@@ -1,0 +1,45 @@
+"""The elastic recipe on the digits in a reduced configuration (the full run is in the
+README), and its model's family through `export/export_model.py`."""
+
+import json
+
+from tests.scripts import run_script, script_usage_error
+
+TINY = ["--seeds=0", "--epochs=1", "--fractions=0.5,1.0", "--num_layers=2", "--hidden_dim=32",
+        "--intermediate_dim=64", "--projection_dim=16", "--exit_thresholds=0.5,0.9",
+        "--merge_tokens=2", "--latency_examples=5", "--max_validation_drop=1.0"]  # fmt: skip
+
+
+def test_the_recipe_writes_its_figures_and_a_verified_family(tmp_path):
+    run_script("recipes/elastic.py", *TINY, f"--output_dir={tmp_path}", timeout=600)
+    with open(tmp_path / "metrics.json") as f:
+        metrics = json.load(f)
+    for key in ("max_zero_shot_gap_to_independent", "early_exit_zero_shot_drop",
+                "token_reduction_latency_saving", "token_reduction_zero_shot_drop"):  # fmt: skip
+        assert -1.0 <= metrics[key] <= 1.0
+    assert 0.0 <= metrics["early_exit_layer_saving"] <= 0.5  # 2 blocks: at most 1 skipped
+    assert metrics["extracted_full_max_difference"] == 0.0
+    assert set(metrics["members"]) == {"full", "width_0.5", "exit_0.5", "exit_0.9", "merge_2"}
+    with open(tmp_path / "family" / "report.json") as f:
+        family = json.load(f)
+    for member in family["members"]:
+        assert member["max_abs_error"] < 1e-4
+        assert (tmp_path / "family" / member["file"]).stat().st_size == member["size_bytes"]
+        if "exit_threshold" in member:
+            assert member["layers_used_agreement"] == 1.0
+    assert family["pareto_front"] and (tmp_path / "family" / "pareto.png").stat().st_size > 0
+
+    export = tmp_path / "export"
+    run_script(
+        "export/export_model.py", f"--model={tmp_path / 'model.keras'}",
+        f"--output_dir={export}", "--family_fractions=0.5", "--family_merge_tokens=1",
+        "--latency_examples=5",
+    )  # fmt: skip
+    with open(export / "family" / "report.json") as f:
+        names = [m["name"] for m in json.load(f)["members"]]
+    assert names == ["full", "width_0.5", "merge_1"]
+    error = script_usage_error(
+        "export/export_model.py", f"--model={tmp_path / 'model.keras'}",
+        f"--output_dir={export}", "--family_merge_tokens=9",
+    )  # fmt: skip
+    assert "merge_tokens=9" in error
