@@ -57,7 +57,7 @@ import tensorflow as tf  # noqa: E402
 
 from mm_keras.data import Pipeline, datasets, record_error_message  # noqa: E402
 from mm_keras.export import MODES, export_artifacts, verify  # noqa: E402
-from mm_keras.export.family import export_family, family_members  # noqa: E402
+from mm_keras.export.family import export_family, family_members, member_model  # noqa: E402
 from mm_keras.export.saved_model import (  # noqa: E402
     DEFAULT_MAX_AUDIO_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -270,20 +270,22 @@ def write_family(model, tokenizer, towers, examples, output_dir):
             [float(t) for t in FLAGS.family_exit_thresholds],
             [int(r) for r in FLAGS.family_merge_tokens],
         )
-        family = export_family(
-            model,
-            tokenizer,
-            members,
-            os.path.join(output_dir, "family"),
-            examples[kinds[modality]],
-            examples["label"],
-            examples["class_prompts"],
-            modality=modality,
-            text_modality=text_modality(towers),
-            latency_examples=FLAGS.latency_examples,
-        )
+        for member in members:  # each setting checked before any conversion
+            member_model(model, modality, member)
     except ValueError as error:
         raise app.UsageError(f"--family_*: {error}") from None
+    family = export_family(
+        model,
+        tokenizer,
+        members,
+        os.path.join(output_dir, "family"),
+        examples[kinds[modality]],
+        examples["label"],
+        examples["class_prompts"],
+        modality=modality,
+        text_modality=text_modality(towers),
+        latency_examples=FLAGS.latency_examples,
+    )
     print(f"wrote {output_dir}/family/ ({len(family['members'])} members)")
 
 

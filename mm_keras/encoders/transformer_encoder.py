@@ -89,7 +89,11 @@ class TransformerEncoder(keras.layers.Layer):
                 f"intermediate_dim={intermediate_dim} for num_layers={num_layers}"
             )
         check_exit_threshold(exit_threshold)
-        if merge_tokens < 0 or (merge_tokens and exit_threshold is not None):
+        if (
+            not isinstance(merge_tokens, int)
+            or merge_tokens < 0
+            or (merge_tokens and exit_threshold is not None)
+        ):
             raise ValueError(
                 "Expected `merge_tokens` >= 0, and not with `exit_threshold` (an exited "
                 "example's tokens would still be merged). Received: "
@@ -123,6 +127,7 @@ class TransformerEncoder(keras.layers.Layer):
 
     def build(self, sequence_shape):
         tokens_shape = sequence_shape["tokens"]
+        self._merged_length(tokens_shape[1])  # too many merges fail here, not at a call
         for block in self.blocks:
             block.build(tokens_shape)
         self.final_norm.build(tokens_shape)
@@ -160,7 +165,7 @@ class TransformerEncoder(keras.layers.Layer):
         if exiting:
             exited = ops.zeros((ops.shape(tokens)[0],), "bool")
             layers_used = ops.zeros((ops.shape(tokens)[0],), "int32")
-            pooled = masked_mean(tokens, mask)
+            pooled = ops.cast(masked_mean(tokens, mask), "float32")
         hidden_states = []
         for i, (block, f) in enumerate(zip(self.blocks, fractions)):
             if i and self.merge_tokens:
@@ -197,12 +202,14 @@ class TransformerEncoder(keras.layers.Layer):
         # A batch of exited examples skips the block; `cond` keeps it out of the graph's
         # work, not only out of the result.
         new_tokens = ops.cond(ops.all(exited), lambda: tokens, run)
-        new_pooled = masked_mean(new_tokens, mask)
+        # In float32: under float16 the norms overflow, under bfloat16 a threshold such as
+        # 0.99 falls between representable similarities.
+        new_pooled = ops.cast(masked_mean(new_tokens, mask), "float32")
         similarity = ops.sum(l2_normalize(new_pooled) * l2_normalize(pooled), axis=-1)
         return new_tokens, ops.logical_or(exited, similarity >= threshold), new_pooled
 
     def _block_fractions(self, fraction):
-        if fraction is None or isinstance(fraction, (int, float)):
+        if not isinstance(fraction, (list, tuple)):
             return [fraction] * self.num_layers
         fractions = list(fraction)
         if len(fractions) != self.num_layers:
@@ -287,6 +294,8 @@ def truncate_encoder(encoder, num_layers):
         )
     config = encoder.get_config()
     config.update(num_layers=num_layers, name=f"{encoder.name}_to_{num_layers}")
+    if isinstance(encoder.intermediate_dim, list):
+        config["intermediate_dim"] = encoder.intermediate_dim[:num_layers]
     truncated = TransformerEncoder.from_config(config)
     width = encoder.final_norm.gamma.shape[-1]
     truncated.build({"tokens": (None, None, width), "mask": (None, None)})

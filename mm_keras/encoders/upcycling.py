@@ -36,6 +36,12 @@ def upcycle(
     """
     if not dense.built:
         raise ValueError("Expected a built (trained) dense encoder. Received an unbuilt one.")
+    if isinstance(dense.intermediate_dim, list) or dense.merge_tokens or dense.nested_fractions:
+        raise ValueError(
+            "Expected a plain dense encoder: one MLP width, no nested MLPs or token merging. "
+            f"Received: intermediate_dim={dense.intermediate_dim}, "
+            f"nested_fractions={dense.nested_fractions}, merge_tokens={dense.merge_tokens}"
+        )
     width = dense.final_norm.gamma.shape[0]
     encoder = SharedEncoder(
         dense.num_layers,

@@ -20,7 +20,6 @@ from ai_edge_litert.interpreter import Interpreter
 from mm_keras.eval import zero_shot_accuracy, zero_shot_classifier
 from mm_keras.export import staging
 from mm_keras.export.tflite import convert_tower, write_tflite
-from mm_keras.layers.pooling import pool_sequence
 from mm_keras.models import extract, with_inference_settings
 
 SIGNATURE = "embed"
@@ -46,13 +45,14 @@ def family_members(fractions=(), exit_thresholds=(), merge_tokens=()):
 
 def member_model(model, modality, member):
     """The `DualEncoder` of one member: `model` itself, a submodel, or a copy whose
-    `modality` encoder exits early or merges tokens."""
+    `modality` encoder (a shared encoder: every tower's) exits early or merges tokens."""
     if "fraction" in member:
         return extract(model, member["fraction"])
-    if "exit_threshold" in member:
-        return with_inference_settings(model, exit_threshold={modality: member["exit_threshold"]})
-    if "merge_tokens" in member:
-        return with_inference_settings(model, merge_tokens={modality: member["merge_tokens"]})
+    for setting in ("exit_threshold", "merge_tokens"):
+        if setting in member:
+            value = member[setting]
+            value = value if getattr(model, "shared_encoder", False) else {modality: value}
+            return with_inference_settings(model, **{setting: value})
     return model
 
 
@@ -70,9 +70,8 @@ def _keras_outputs(member, modality, inputs, batch_size=256):
     """The member's embeddings of `inputs` and, with early exit, the layers each used."""
     embeddings, layers = [], []
     for start in range(0, len(inputs), batch_size):
-        sequence = member.encode(modality, inputs[start : start + batch_size])
-        features = pool_sequence(sequence)
-        embeddings.append(np.asarray(member.project(modality, features)))
+        embedding, sequence = member.embed_and_encode(modality, inputs[start : start + batch_size])
+        embeddings.append(np.asarray(embedding))
         if "layers_used" in sequence:
             layers.append(np.asarray(sequence["layers_used"]))
     return np.concatenate(embeddings), (np.concatenate(layers) if layers else None)
@@ -207,14 +206,15 @@ def export_family(
             "Expected members from `family_members`: the full model first, names unique. "
             f"Received: {names}"
         )
+    # Every member first, so that a setting the model cannot take fails before any file.
+    elastic_models = [member_model(model, modality, member) for member in members]
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     staging.remove_stale(parent)
     staged = staging.make_directory("tmp", parent)
     try:
         reports = []
-        for member in members:
-            elastic = member_model(model, modality, member)
+        for member, elastic in zip(members, elastic_models):
             path = os.path.join(staged, f"{member['name']}.tflite")
             layers_used = "exit_threshold" in member
             write_tflite(convert_tower(elastic, modality, layers_used=layers_used), path)

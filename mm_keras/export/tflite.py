@@ -10,8 +10,6 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from mm_keras.layers.pooling import pool_sequence
-
 MODES = ("float32", "dynamic", "float16", "int8")
 
 # In "int8" mode only these run in int8: the weight-carrying matmuls and the embedding
@@ -142,14 +140,14 @@ def convert_tower(
 def _tower_outputs(model, modality, x, layers_used):
     if not layers_used:
         return {"embedding": model.embed(modality, x)}
-    sequence = model.encode(modality, x)
+    embedding, sequence = model.embed_and_encode(modality, x)
     if "layers_used" not in sequence:
         raise ValueError(
-            f"Expected the {modality!r} tower to exit early (an encoder with "
-            "`exit_threshold`), to report the layers it used. Received an encoder without"
+            f"Expected the {modality!r} tower to exit early, to report the layers it used. "
+            f"Received an encoder without `exit_threshold`: {sequence['tokens'].shape[1]} "
+            "tokens out, no `layers_used`"
         )
-    features = pool_sequence(sequence)
-    return {"embedding": model.project(modality, features), "layers_used": sequence["layers_used"]}
+    return {"embedding": embedding, "layers_used": sequence["layers_used"]}
 
 
 def _convert(converter, convert, modality, allow_flex):

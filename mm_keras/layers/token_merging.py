@@ -3,14 +3,11 @@
 import numpy as np
 from keras import ops
 
+from mm_keras.layers.pooling import l2_normalize
+
 # Finite stand-ins for ±inf: TFLite and XLA then never meet inf - inf or 0 * inf.
 _NEVER = -1e9
 _FIRST = 1e9
-
-
-def _unit(x, epsilon=1e-6):
-    """`x / max(‖x‖, epsilon)` along the last axis: a zero vector stays zero, never NaN."""
-    return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), epsilon**2))
 
 
 def merge_tokens(tokens, sizes, num_merged):
@@ -78,7 +75,9 @@ def merge_tokens(tokens, sizes, num_merged):
     size_a, size_b = ops.take(s, even, axis=1), ops.take(s, odd, axis=1)
     valid_a, valid_b = size_a > 0, size_b > 0
 
-    similarity = ops.matmul(_unit(a), ops.transpose(_unit(b), (0, 2, 1)))  # [B, Na, Nb]
+    similarity = ops.matmul(
+        l2_normalize(a), ops.transpose(l2_normalize(b), (0, 2, 1))
+    )  # [B, Na, Nb]
     similarity = ops.where(valid_b[:, None, :], similarity, _NEVER)
     # `top_k` returns the lowest index among equal values (`argmax` leaves ties open, and
     # Keras's converts to TFLite through a Flex op): the best match and its score at once.

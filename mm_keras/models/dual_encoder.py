@@ -208,17 +208,29 @@ class DualEncoder(TowersMixin, keras.Model):
     @property
     def nested_fractions(self):
         """The MatFormer fractions every encoder accepts (`TransformerEncoder`'s
-        `nested_fractions`), which `call(..., fraction=f)` takes; None if some encoder has
-        none."""
-        encoders = [self._encoder(m) for m in self.modalities]
-        fractions = {getattr(e, "nested_fractions", None) for e in encoders}
-        return fractions.pop() if len(fractions) == 1 else None
+        `nested_fractions`), which `call(..., fraction=f)` takes; None without nesting.
+        Encoders nested at different fractions raise a `ValueError`."""
+        fractions = {
+            m: getattr(self._encoder(m), "nested_fractions", None) for m in self.modalities
+        }
+        if len(set(fractions.values())) > 1:
+            # Joint training would call every tower at a fraction one of them lacks.
+            raise ValueError(
+                "Expected every encoder nested at the same fractions, or none. Received: "
+                f"nested_fractions by modality {fractions}"
+            )
+        return fractions[self.modalities[0]]
 
     def embed(self, modality, inputs, training=None, fraction=None):
         """Embeds one modality's raw input into unit-norm `[B, projection_dim]` vectors;
         `fraction` picks a MatFormer submodel (see `nested_fractions`)."""
-        features = self.features(modality, inputs, training, fraction)
-        return self.project(modality, features, training)
+        return self.embed_and_encode(modality, inputs, training, fraction)[0]
+
+    def embed_and_encode(self, modality, inputs, training=None, fraction=None):
+        """`(embedding, encoder output)`: `embed`'s result and the `encode` output it
+        pooled, whose `"layers_used"` an early-exit tower reports."""
+        sequence = self.encode(modality, inputs, training, fraction)
+        return self.project(modality, pool_sequence(sequence), training), sequence
 
     def features(self, modality, inputs, training=None, fraction=None):
         """One modality's tower features `[B, width]`, pooled, before the projection (what

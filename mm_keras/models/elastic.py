@@ -9,10 +9,15 @@ from mm_keras.models.inheritance import inherit_weights
 def _encoder_configs(config):
     """`{modality or None: encoder config dict}` of a `DualEncoder` config, edited in place
     by the callers (None: the shared encoder)."""
-    encoders = config["encoders"]
-    if "class_name" in encoders:
-        return {None: encoders["config"]}
-    return {m: encoder["config"] for m, encoder in encoders.items()}
+    encoders = config.get("encoders")
+    nodes = {None: encoders} if encoders and "class_name" in encoders else encoders or {}
+    kinds = {m: node.get("class_name") for m, node in nodes.items()}
+    if not kinds or set(kinds.values()) != {"TransformerEncoder"}:
+        raise ValueError(
+            "Expected a `DualEncoder` over `TransformerEncoder`s. Received encoders: "
+            f"{kinds or None}"
+        )
+    return {m: node["config"] for m, node in nodes.items()}
 
 
 def _per_modality(value, modalities, name):
@@ -48,8 +53,9 @@ def extract(model, fractions):
     Args:
         model: a built `DualEncoder` whose encoders are `TransformerEncoder`s, trained with
             `nested_fractions` (`ContrastiveTrainer` trains every granularity).
-        fractions: a float in (0, 1] for every block of every encoder, a list of one per
-            block, or a dict `{modality: float or list}` naming every modality.
+        fractions: one of the encoders' `nested_fractions` for every block of every
+            encoder, a list of one per block (Mix'n'Match), or a dict `{modality: fraction
+            or list}` naming every modality.
 
     Returns:
         The built `DualEncoder`, without `nested_fractions`.
@@ -60,19 +66,21 @@ def extract(model, fractions):
     """
     config = copy.deepcopy(model.get_config())
     encoders = _encoder_configs(config)
-    for modality, value in _per_modality(fractions, list(encoders), "fractions").items():
+    settings = _per_modality(fractions, list(encoders), "fractions")
+    if set(settings) != set(encoders):
+        raise ValueError(
+            f"Expected fractions for every modality {sorted(encoders)}. Received: {fractions}"
+        )
+    for modality, value in settings.items():
         encoder = encoders[modality]
-        if encoder.get("nested_fractions") is None:
-            raise ValueError(
-                "Expected a model whose encoders have `nested_fractions`. Received: the "
-                f"{modality or 'shared'} encoder, with none"
-            )
+        trained = tuple(encoder.get("nested_fractions") or ())
         layers = encoder["num_layers"]
         per_block = list(value) if isinstance(value, (list, tuple)) else [value] * layers
-        if len(per_block) != layers or not all(0 < f <= 1 for f in per_block):
+        if len(per_block) != layers or not set(per_block) <= set(trained):
             raise ValueError(
-                f"Expected one fraction in (0, 1] or {layers} of them (one per block). "
-                f"Received: fractions={value} for the {modality or 'shared'} encoder"
+                f"Expected one of the encoder's nested_fractions {trained}, or {layers} of "
+                f"them (one per block). Received: fractions={value} for the "
+                f"{modality or 'shared'} encoder"
             )
         widths = encoder["intermediate_dim"]
         widths = widths if isinstance(widths, list) else [widths] * layers

@@ -103,6 +103,12 @@ class FusionModel(TowersMixin, keras.Model):
                 "`encoders` must be a dict with the same modalities as `tokenizers`. "
                 f"Received: tokenizers for {sorted(tokenizers)}, encoders={encoders!r}"
             )
+        merging = {m: e.merge_tokens for m, e in encoders.items() if getattr(e, "merge_tokens", 0)}
+        if merging:
+            # Fusion aligns streams by their tokenizers' lengths and bridges block by block.
+            raise ValueError(
+                f"Expected encoders that keep their tokens. Received: merge_tokens={merging}"
+            )
         if fusion not in FUSIONS:
             raise ValueError(f"`fusion` must be one of {FUSIONS}. Received: fusion={fusion!r}")
         if fusion == "co_attention" and len(tokenizers) != 2:

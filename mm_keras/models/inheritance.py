@@ -122,9 +122,15 @@ def _shrunk(node, head_fraction, depth_fraction):
         k: _shrunk(v, head_fraction, depth_fraction) for k, v in node.items() if k != "build_config"
     }
     if {"num_layers", "num_heads", "intermediate_dim"} <= set(node):
-        node["num_layers"] = max(1, round(node["num_layers"] * depth_fraction))
+        layers = node["num_layers"]
+        node["num_layers"] = max(1, round(layers * depth_fraction))
         node["num_heads"] = round(node["num_heads"] * head_fraction)
-        node["intermediate_dim"] = max(1, round(node["intermediate_dim"] * head_fraction))
+        widths = node["intermediate_dim"]
+        if isinstance(widths, list):  # one per block (Mix'n'Match): those of the kept blocks
+            kept = evenly_spaced_layers(layers, node["num_layers"])
+            node["intermediate_dim"] = [max(1, round(widths[i] * head_fraction)) for i in kept]
+        else:
+            node["intermediate_dim"] = max(1, round(widths * head_fraction))
     if "hidden_dim" in node:
         node["hidden_dim"] = round(node["hidden_dim"] * head_fraction)
     return node

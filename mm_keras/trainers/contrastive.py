@@ -157,11 +157,13 @@ class ContrastiveTrainer(Trainer):
                 f"and `project` (a DualEncoder). Received: structure_weight={structure_weight}, "
                 f"model={type(model).__name__}"
             )
-        if structure_weight and getattr(model, "nested_fractions", None):
+        # Read here, so that encoders nested at different fractions fail before training.
+        nested = getattr(model, "nested_fractions", None)
+        if structure_weight and nested:
             raise ValueError(
                 "Expected `structure_weight` 0 for a model with nested (MatFormer) encoders, "
                 f"whose submodels it would not regularise. Received: "
-                f"structure_weight={structure_weight}, nested_fractions={model.nested_fractions}"
+                f"structure_weight={structure_weight}, nested_fractions={nested}"
             )
         if exit_loss_weight < 0 or (
             exit_loss_weight

@@ -156,12 +156,18 @@ class DistillationTrainer(ContrastiveTrainer):
         **kwargs,
     ):
         super().__init__(model, modalities=modalities, **kwargs)
-        if self.loss_name not in PAIR_LOSSES or self.structure_weight or self.exit_loss_weight:
+        nested = getattr(model, "nested_fractions", None)
+        if (
+            self.loss_name not in PAIR_LOSSES
+            or self.structure_weight
+            or self.exit_loss_weight
+            or nested
+        ):
             raise ValueError(
-                f"Distillation aligns a pair with one of {PAIR_LOSSES}, without STRUCTURE or "
-                f"a layer-wise exit loss. Received: loss={self.loss_name!r}, "
-                f"structure_weight={self.structure_weight}, "
-                f"exit_loss_weight={self.exit_loss_weight}"
+                f"Distillation aligns a pair with one of {PAIR_LOSSES}, without STRUCTURE, "
+                "a layer-wise exit loss or a nested (MatFormer) student. Received: "
+                f"loss={self.loss_name!r}, structure_weight={self.structure_weight}, "
+                f"exit_loss_weight={self.exit_loss_weight}, nested_fractions={nested}"
             )
         if (teacher is None) == (momentum is None):
             raise ValueError(

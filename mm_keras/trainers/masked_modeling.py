@@ -129,6 +129,11 @@ class MaskedModelingTrainer(Trainer):
                 f"predict. Received: num_visible={num_visible!r}, tokens per modality "
                 f"{ {m: positions for m, (positions, _) in shapes.items()} }"
             )
+        if getattr(encoder, "merge_tokens", 0):
+            raise ValueError(
+                "Expected an encoder that keeps its tokens, each the prediction of one "
+                f"masked position. Received: merge_tokens={encoder.merge_tokens}"
+            )
         router = (getattr(encoder, "moe", None) or {}).get("router")
         if getattr(encoder, "modality_norms", False) or router == "modality":
             raise ValueError(

@@ -117,6 +117,15 @@ def test_an_example_exits_once_a_block_changes_its_pooled_tokens_less_than_the_t
     np.testing.assert_array_equal(encoder(sequence, exit_threshold=1.0)["layers_used"], [3, 3])
 
 
+def test_early_exit_under_mixed_precision_measures_similarity_in_float32():
+    encoder = TransformerEncoder(3, 4, 64, dtype="mixed_float16")
+    sequence = _sequence()
+    sequence["tokens"] = sequence["tokens"] * 300.0  # its squared norm overflows float16
+    out = encoder(sequence, exit_threshold=0.0)
+    np.testing.assert_array_equal(out["layers_used"], [1, 1])  # every cosine is >= 0 here
+    assert np.all(np.isfinite(np.asarray(out["tokens"], "float32")))
+
+
 def test_merging_shrinks_the_sequence_before_each_later_block():
     sequence = {
         "tokens": np.random.default_rng(3).normal(size=(2, 16, 32)).astype("float32"),

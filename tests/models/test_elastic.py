@@ -7,10 +7,12 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from mm_keras.encoders import TransformerEncoder
+from mm_keras.encoders import TransformerEncoder, truncate_encoder
 from mm_keras.export.tflite import convert_tower, tflite_ops
-from mm_keras.models import DualEncoder, extract, with_inference_settings
+from mm_keras.losses.contrastive import clip_loss
+from mm_keras.models import DualEncoder, extract, shrink, with_inference_settings
 from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding
+from mm_keras.trainers import ContrastiveTrainer
 
 FRACTIONS = (0.25, 0.5, 1.0)
 
@@ -73,14 +75,29 @@ def test_extract_checks_its_arguments():
     model = _model(nested_fractions=FRACTIONS)
     with pytest.raises(ValueError, match="2 of them"):
         extract(model, [0.5])
+    with pytest.raises(ValueError, match=r"nested_fractions \(0.25, 0.5, 1.0\)"):
+        extract(model, 0.3)  # a width the model never trained
     with pytest.raises(ValueError, match="keyed by the model's modalities"):
         extract(model, {"audio": 0.5})
+    with pytest.raises(ValueError, match="for every modality"):
+        extract(model, {"image": 0.5})
+
+
+def test_a_mix_and_match_model_truncates_and_shrinks():
+    mixed = extract(_model(num_layers=2, nested_fractions=FRACTIONS), [0.25, 1.0])
+    assert truncate_encoder(mixed.encoders["image"], 1).intermediate_dim == [16]
+    student = shrink(mixed, width_fraction=0.5, depth_fraction=0.5)
+    assert student.encoders["image"].intermediate_dim == [8]
+
+
+def test_encoders_nested_at_different_fractions_are_refused_for_joint_training():
+    model = _model(nested_fractions=FRACTIONS)
+    model.encoders["text"].nested_fractions = (0.5, 1.0)
+    with pytest.raises(ValueError, match="nested at the same fractions"):
+        ContrastiveTrainer(model)
 
 
 def test_a_nested_model_trains_every_fraction_jointly():
-    from mm_keras.losses.contrastive import clip_loss
-    from mm_keras.trainers import ContrastiveTrainer
-
     model, inputs = _model(nested_fractions=FRACTIONS), _inputs(8)
     trainer = ContrastiveTrainer(model)
     trainer.compile(optimizer="adam")
@@ -97,9 +114,6 @@ def test_a_nested_model_trains_every_fraction_jointly():
 
 
 def test_the_layer_wise_exit_loss_contrasts_each_early_exit_with_the_other_full_tower():
-    from mm_keras.losses.contrastive import clip_loss
-    from mm_keras.trainers import ContrastiveTrainer
-
     model, inputs = _model(num_layers=3), _inputs(8)
     trainer = ContrastiveTrainer(model, exit_loss_weight=0.5)
     trainer.compile(optimizer="adam")
@@ -126,6 +140,12 @@ def test_inference_settings_copy_the_weights_and_change_only_the_encoders_named(
         np.testing.assert_allclose(embedding, model(inputs)[m], atol=1e-6)
     merging = with_inference_settings(model, merge_tokens={"image": 4})
     assert merging.encode("image", inputs["image"])["tokens"].shape[1] == 16 - 2 * 4
+    shared = DualEncoder(model.tokenizers, TransformerEncoder(2, 4, 64), projection_dim=16)
+    shared.build()
+    exiting = with_inference_settings(shared, exit_threshold=0.5)
+    assert exiting.encoders.exit_threshold == 0.5
+    with pytest.raises(ValueError, match="keyed by the model's modalities"):
+        with_inference_settings(shared, exit_threshold={"image": 0.5})
 
 
 def _pooled_similarities(model, images):

@@ -21,11 +21,18 @@ def _metrics(path):
         return json.load(f)
 
 
+# The default studies (match, robustness) shortened; the full run is the README's. On 2 CPU
+# cores about 100 s: fused 0.943 to 0.963 over seeds 0 to 2 (each modality alone at 0.49 to
+# 0.53); removing the tone costs 0.26 to 0.51 without modality dropout, 0.06 to 0.09 with it.
+SHORT = ("--num_layers=1", "--pretrain_epochs=10", "--pairs_per_image=1", "--epochs=3")
+
+
 def test_fusion_solves_the_two_input_task_and_modality_dropout_buys_robustness(tmp_path):
-    result = run_script("recipes/fusion.py", f"--output_dir={tmp_path}", timeout=900)
+    result = run_script("recipes/fusion.py", *SHORT, f"--output_dir={tmp_path}", timeout=600)
     metrics = _metrics(tmp_path)
-    # The bar: >= 0.95 fused, where each modality alone is at chance.
-    assert metrics["test_accuracy"] >= 0.95
+    # Fused, far above either modality alone, which is at chance (the full run's bar, 0.95,
+    # is the README's; this shorter run is held to 0.85).
+    assert metrics["test_accuracy"] >= 0.85
     # Every test image comes once with a matching tone and once with another: any model
     # that sees the image alone gets exactly half right.
     assert metrics["unimodal_baseline_accuracy_image"] == 0.5
