@@ -12,7 +12,6 @@ per query, and ship as a matrix.
 import json
 import os
 import shutil
-import time
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
@@ -20,6 +19,7 @@ from ai_edge_litert.interpreter import Interpreter
 from mm_keras.eval import zero_shot_accuracy, zero_shot_classifier
 from mm_keras.export import staging
 from mm_keras.export.tflite import convert_tower, write_tflite
+from mm_keras.export.verify import median_ms
 from mm_keras.models import extract, with_inference_settings
 
 SIGNATURE = "embed"
@@ -56,16 +56,6 @@ def member_model(model, modality, member):
     return model
 
 
-def _median_ms(run, examples):
-    run(examples[0])  # warm up outside the timing
-    times = []
-    for x in examples:
-        start = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
-
-
 def _keras_outputs(member, modality, inputs, batch_size=256):
     """The member's embeddings of `inputs` and, with early exit, the layers each used."""
     embeddings, layers = [], []
@@ -94,7 +84,7 @@ def verify_member(path, member, modality, inputs, labels, classifier, latency_ex
     )
     report = {
         "size_bytes": os.path.getsize(path),
-        "latency_ms_p50": _median_ms(run, inputs[:latency_examples]),
+        "latency_ms_p50": median_ms(run, inputs[:latency_examples]),
         "zero_shot_top1": zero_shot_accuracy(embeddings, classifier, labels),
         "keras_zero_shot_top1": zero_shot_accuracy(reference, classifier, labels),
         "max_abs_error": float(np.abs(embeddings - reference).max()),

@@ -37,7 +37,8 @@ LABEL_AWARE_RECALL = "label_aware_recall"
 RECALL_KS = (1, 5, 10)
 
 
-def _median_ms(fn, batches):
+def median_ms(fn, batches):
+    """Median milliseconds of `fn(x)` over `batches`, after one untimed warm-up call."""
     fn(batches[0])  # warm up outside the timing
     times = []
     for x in batches:
@@ -204,7 +205,7 @@ def measure(runner, examples, reference=None, latency_examples=50):
     count = min(latency_examples, len(examples[first]))
     for kind, name in ((first, "latency_ms_p50"), (second, f"latency_ms_p50_{second}")):
         items = [encoded[kind][i : i + 1] for i in range(count)]
-        metrics[name] = _median_ms(lambda x, kind=kind: runner.embed(kind, x), items)
+        metrics[name] = median_ms(lambda x, kind=kind: runner.embed(kind, x), items)
     return metrics, embeddings
 
 
