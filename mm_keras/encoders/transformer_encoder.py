@@ -160,6 +160,12 @@ class TransformerEncoder(keras.layers.Layer):
         fractions = self._block_fractions(fraction)
         threshold = self.exit_threshold if exit_threshold is None else exit_threshold
         check_exit_threshold(threshold)
+        if threshold is not None and self.merge_tokens:
+            raise ValueError(
+                "Expected no `exit_threshold` for an encoder that merges tokens (an exited "
+                f"example's tokens would still be merged). Received: exit_threshold={threshold}, "
+                f"merge_tokens={self.merge_tokens}"
+            )
         exiting = threshold is not None and not training
         sizes = ops.cast(mask, tokens.dtype) if self.merge_tokens else None
         if exiting:
@@ -177,7 +183,7 @@ class TransformerEncoder(keras.layers.Layer):
             else:
                 layers_used = layers_used + ops.cast(ops.logical_not(exited), "int32")
                 tokens, exited, pooled = self._exiting_block(
-                    block, tokens, mask, exited, pooled, threshold, f
+                    block, tokens, mask, exited, pooled, threshold, f, i == self.num_layers - 1
                 )
             hidden_states.append(tokens)
         outputs = {"tokens": self.final_norm(tokens), "mask": mask}
@@ -189,11 +195,12 @@ class TransformerEncoder(keras.layers.Layer):
             outputs["layers_used"] = layers_used
         return outputs
 
-    def _exiting_block(self, block, tokens, mask, exited, pooled, threshold, fraction):
+    def _exiting_block(self, block, tokens, mask, exited, pooled, threshold, fraction, last):
         """One block under early exit: (tokens, exited, pooled) after it.
 
         `exited`: whether each example exited before the block (it keeps its tokens); on
-        return, also whether its pooled tokens changed by less than the threshold here."""
+        return, also whether its pooled tokens changed by less than the threshold here
+        (after the `last` block there is nothing left to skip: not measured)."""
 
         def run():
             new = block(tokens, padding_mask=mask, fraction=fraction)
@@ -202,6 +209,8 @@ class TransformerEncoder(keras.layers.Layer):
         # A batch of exited examples skips the block; `cond` keeps it out of the graph's
         # work, not only out of the result.
         new_tokens = ops.cond(ops.all(exited), lambda: tokens, run)
+        if last:
+            return new_tokens, exited, pooled
         # In float32: under float16 the norms overflow, under bfloat16 a threshold such as
         # 0.99 falls between representable similarities.
         new_pooled = ops.cast(masked_mean(new_tokens, mask), "float32")
