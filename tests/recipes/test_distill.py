@@ -24,7 +24,13 @@ def _metrics(path):
 
 
 def test_the_student_keeps_the_teachers_accuracy_at_a_fraction_of_its_size(tmp_path):
-    run_script("recipes/distill.py", f"--output_dir={tmp_path}", timeout=600)
+    # The default teacher and student, trained for fewer epochs than the defaults' 30 and 20
+    # (the README's run): with --seed=0, 1, 2 the teacher's zero-shot top-1 was 0.953, 0.964,
+    # 0.958 and accuracy_retention 1.003, 0.980, 0.997 (param_fraction 0.153).
+    run_script(
+        "recipes/distill.py", "--epochs=12", "--distill_epochs=5", "--latency_examples=3",
+        f"--output_dir={tmp_path}", timeout=600,
+    )  # fmt: skip
     metrics = _metrics(tmp_path)
     # The issue's bars (speed is the benchmark's and the recipe's to report, not a test's).
     assert metrics["param_fraction"] <= 0.5
