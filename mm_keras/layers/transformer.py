@@ -93,19 +93,9 @@ class TransformerBlock(PreNormBlock):
     (2, 10, 64)
     """
 
-    def __init__(
-        self,
-        num_heads,
-        intermediate_dim,
-        dropout=0.0,
-        activation="gelu",
-        layer_norm_epsilon=1e-6,
-        nested_fractions=None,
-        **kwargs,
-    ):
-        super().__init__(
-            num_heads, intermediate_dim, dropout, activation, layer_norm_epsilon, **kwargs
-        )
+    def __init__(self, *args, nested_fractions=None, **kwargs):
+        # Keyword-only, so that PreNormBlock's arguments keep their positions.
+        super().__init__(*args, **kwargs)
         self.nested_fractions = check_nested_fractions(nested_fractions)
 
     def nested_units(self, fraction):

@@ -281,7 +281,7 @@ class ContrastiveTrainer(Trainer):
         embeddings = {m: per_block[-1] for m, per_block in exits.items()}
         loss, accuracy = self._embedding_loss(inputs, embeddings, labels, training)
         early = [
-            self._pair_loss({**embeddings, m: exit_embedding}, labels)[0]
+            self._pair_loss({**embeddings, m: exit_embedding}, labels)
             for m in self.modalities
             for exit_embedding in exits[m][:-1]
         ]
@@ -298,12 +298,16 @@ class ContrastiveTrainer(Trainer):
         if self.loss_name in N_MODAL_LOSSES:
             loss, accuracy = self._n_modal_loss(inputs, embeddings, labels, training)
         else:
-            loss, accuracy = self._pair_loss(embeddings, labels)
+            loss = self._pair_loss(embeddings, labels)
+            x, y = (embeddings[m] for m in self.modalities)
+            accuracy = 0.5 * (in_batch_accuracy(x, y, labels) + in_batch_accuracy(y, x, labels))
         if self.model.losses:
             loss = loss + tf.add_n(self.model.losses)
         return loss, accuracy
 
     def _pair_loss(self, embeddings, labels):
+        """CLIP or SigLIP between the pair's embeddings (the layer-wise exit terms need no
+        accuracy, so it is computed by the caller that logs it)."""
         x, y = (embeddings[m] for m in self.modalities)
         gather_fn = self._gather_fn()
         if self.loss_name == "clip":
@@ -318,8 +322,7 @@ class ContrastiveTrainer(Trainer):
                 gather_fn=gather_fn,
                 chunk_size=self.siglip_chunk_size,
             )
-        accuracy = 0.5 * (in_batch_accuracy(x, y, labels) + in_batch_accuracy(y, x, labels))
-        return loss, accuracy
+        return loss
 
     def _n_modal_loss(self, inputs, embeddings, labels, training):
         vectors = [embeddings[m] for m in self.modalities]
