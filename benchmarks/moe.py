@@ -1,37 +1,45 @@
-"""Forward+backward time of a top-1 mixture of experts against a dense FFN of equal active size.
+"""Forward+backward time of mixtures of experts against a dense FFN of equal active size.
 
     python benchmarks/moe.py                    # or: make benchmark
-    python benchmarks/moe.py --sequence_lengths=256 --xla=on
+    python benchmarks/moe.py --hidden_dims=256 --sequence_lengths=256 --xla=on
 
-Times three feed-forward layers on `[batch, N, D]` tokens (batch 32, N in 16, 64, 128,
-D = 64 by default), forward and backward (`tf.GradientTape` over an MSE loss plus the
-layer's auxiliary losses, gradients with respect to every trainable weight), each in a
-`tf.function`, with XLA (`jit_compile=True`) and without:
+Times feed-forward layers on `[B, N, D]` tokens, forward and backward (`tf.GradientTape`
+over an MSE loss plus the layer's auxiliary losses, gradients with respect to every
+trainable weight and the input), each in a `tf.function`, with XLA (`jit_compile=True`)
+and without, at every width D in `--hidden_dims` (each FFN 4·D wide) and sequence length N
+in `--sequence_lengths`, with B = `--tokens_per_call` / N sequences per call:
 
-* `MoEFeedForward(num_experts=8, intermediate_dim=256, top_k=1, capacity_factor=1.25)`,
-  the library's layer: token-choice top-1 routing (Switch Transformer, Fedus et al. 2021)
-  within each sequence, capacity C = ceil(1.25 · N / 8), `[B, E, C, D]` expert buffers;
-  for top-1 it computes each kept token's buffer row `(b · E + e) · C + slot`, scatters
-  the tokens there and gathers them back, so dispatch and combine cost O(B · N · D);
-* `EinsumDispatchMoE`, defined here: the same layer dispatching top-1 as it does top-k > 1,
-  through one-hot `[B, N, E, C]` einsums, O(B · N · E · C · D) (the alternative we tried
-  first; the layer's top-1 path was picked from this benchmark);
-* the named baseline, a dense FFN `D → 256 → D` (two `Dense` layers, GELU): the same
-  active parameters per token as one expert (the MoE adds a `D × E` router).
+* the named baseline, a dense FFN `D → 4D → D` (two `Dense` layers, GELU): the active
+  parameters per token of one expert;
+* `MoEFeedForward`, 8 experts of the same size, in the cases `CASES`: token-choice top-1
+  (Switch Transformer) and top-2 (GShard) at capacity factors 1.0 and 1.25, and expert
+  choice (Zhou et al. 2022) at 1.25; every one dispatches by row index (scatter, gather,
+  segment sum), with its routing statistics recorded, as `fit` runs it;
+* the alternatives the layer's choices were measured against: `EinsumDispatchMoE`, the
+  one-hot `[B, N, E, C]` dispatch and combine einsums the layer used for top-2 and expert
+  choice before (O(B·N·E·C·D)); `BatchedExpertsMoE`, the experts as one batched matmul
+  over `[E, B·C, D]` rather than one matmul per expert; and the top-1 layer with
+  `track_statistics=False`, which prices the routing statistics `fit` logs.
 
-Before timing, the check: with the same weights, both dispatches must give the same
-outputs, auxiliary loss and gradients (and outputs under a padding mask) to 1e-4, at every
-token count; the run stops otherwise.
+Each MoE time is reported over the dense time (`..._to_dense`) and over the dense time ×
+capacity factor × k (`..._to_capacity_scaled_dense`): the work the experts must do at best,
+so what remains above 1 is the cost of routing and dispatch.
+
+Before timing, the check: at a small size, for each router, the index dispatch and the
+einsum dispatch must give the same outputs, auxiliary loss and gradients to 1e-4, with and
+without a padding mask; the run stops otherwise.
 
 Each figure is the median time per call of `--calls` calls after a warm-up, best of
 `--rounds` alternating rounds (a shared 2-core machine is noisy; `timeit` recommends the
-best). CPU time per call (all cores, median round), which another process's load barely
-moves, is recorded beside it as a cross-check (`..._cpu_time_ratio`).
+best). CPU time per call (all cores, median round) is recorded beside it as a cross-check.
 
-Writes `benchmarks/results/moe.json`: `moe_to_dense_time_ratio` is `MoEFeedForward`'s time
-over the dense FFN's at the largest token count with XLA (`..._mean`: the mean over token
-counts; `..._no_xla`: the same without XLA); `einsum_moe_to_dense_time_ratio` is the same
-for `EinsumDispatchMoE`. Prints a table, then `moe_to_dense_time_ratio` last.
+Writes `benchmarks/results/moe.json`: the headline `moe_to_dense_time_ratio_width_<D>`,
+`moe_to_capacity_scaled_dense_time_ratio_width_<D>` (top-1, capacity 1.25) and
+`top2_moe_to_capacity_scaled_dense_time_ratio_width_<D>` (top-2, capacity 1.25), at the
+largest N with XLA; `moe_to_dense_time_ratio` and `einsum_moe_to_dense_time_ratio` are the
+width-64 figures (`..._no_xla` without XLA); `routing_statistics_time_cost` is the tracked
+top-1 layer's time over the untracked one's, minus 1. Prints a table, then
+`moe_to_dense_time_ratio_width_256` last.
 """
 
 import os
@@ -53,90 +61,136 @@ from keras import ops  # noqa: E402
 from mm_keras.layers import MoEFeedForward  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("batch_size", 32, "Sequences per call (B).")
-flags.DEFINE_list("sequence_lengths", ["16", "64", "128"], "Tokens per sequence (N); the "
-                  "headline is the last.")  # fmt: skip
-flags.DEFINE_integer("hidden_dim", 64, "Token width (D).")
-flags.DEFINE_integer("intermediate_dim", 256, "Hidden width of the dense FFN and of each expert.")
+flags.DEFINE_list("hidden_dims", ["64", "256", "512"], "Token widths D (each FFN is 4·D wide).")
+flags.DEFINE_list("sequence_lengths", ["64", "256"], "Tokens per sequence N; the headline is "
+                  "the last.")  # fmt: skip
+flags.DEFINE_integer("tokens_per_call", 4096, "B·N: sequences per call are this over N.")
 flags.DEFINE_integer("num_experts", 8, "Experts (E).")
-flags.DEFINE_float("capacity_factor", 1.25, "Expert capacity over an even share of tokens.")
 flags.DEFINE_enum("xla", "both", ["both", "on", "off"], "Time with jit_compile on, off, or both.")
-flags.DEFINE_integer("warmup_calls", 5, "Untimed calls after tracing, per function.")
-flags.DEFINE_integer("calls", 30, "Timed calls per round; the round's figure is their median.")
-flags.DEFINE_integer("rounds", 7, "Alternating rounds; the best is kept.")
+flags.DEFINE_integer("warmup_calls", 3, "Untimed calls after tracing, per function.")
+flags.DEFINE_integer("calls", 5, "Timed calls per round; the round's figure is their median.")
+flags.DEFINE_integer("rounds", 3, "Alternating rounds; the best is kept.")
 flags.DEFINE_float("atol", 1e-4, "Largest difference the equivalence check allows.")
 flags.DEFINE_string("output_dir", RESULTS_DIR, "Where moe.json is written.")
 
-IMPLEMENTATIONS = ("dense", "einsum_moe", "gather_moe")
+# name: (MoEFeedForward arguments, capacity factor × k: the capacity-scaled dense work).
+CASES = {
+    "top1_capacity_1.0": ({"top_k": 1, "capacity_factor": 1.0}, 1.0),
+    "top1_capacity_1.25": ({"top_k": 1, "capacity_factor": 1.25}, 1.25),
+    "top2_capacity_1.0": ({"top_k": 2, "capacity_factor": 1.0}, 2.0),
+    "top2_capacity_1.25": ({"top_k": 2, "capacity_factor": 1.25}, 2.5),
+    "expert_choice_capacity_1.25": (
+        {"router": "expert_choice", "top_k": 1, "capacity_factor": 1.25},
+        1.25,
+    ),
+}
+HEADLINE, TOP2 = "top1_capacity_1.25", "top2_capacity_1.25"
 
 
 class EinsumDispatchMoE(MoEFeedForward):
-    """`MoEFeedForward` with its top-1 routing dispatched by one-hot `[B, N, E, C]` einsums.
+    """`MoEFeedForward` routed through one-hot `[B, N, E, C]` dispatch and combine tensors.
 
-    The layer uses these einsums for top-k > 1 and expert choice; for top-1 it dispatches by
-    row index. This is the alternative measured against it: same router, capacity,
-    auxiliary losses and experts.
+    The layer's former top-k and expert-choice path, kept as the alternative its index
+    dispatch is checked and timed against: same router, capacity, losses and experts.
     """
 
-    def _index_dispatch(self, x, probs, valid, capacity):
-        return self._einsum_dispatch(x, *self._token_choice(probs, valid, capacity))
+    def _token_choice(self, x, probs, valid, capacity):
+        k, experts = self.top_k, self.num_experts
+        gates, chosen = ops.top_k(probs, k)  # [B, N, k]
+        if k > 1:
+            gates = gates / ops.sum(gates, axis=-1, keepdims=True)
+        choices = ops.one_hot(chosen, experts) * valid[:, :, None, None]  # [B, N, k, E]
+        tokens = ops.shape(choices)[1]
+        by_rank = ops.reshape(ops.transpose(choices, (0, 2, 1, 3)), (-1, k * tokens, experts))
+        position = (ops.cumsum(by_rank, axis=1) - 1.0) * by_rank
+        kept = by_rank * ops.cast(position < capacity, "float32")
+        slots = ops.one_hot(ops.cast(position, "int32"), capacity) * kept[..., None]
+        slots = ops.transpose(
+            ops.reshape(slots, (-1, k, tokens, experts, capacity)), (0, 2, 1, 3, 4)
+        )
+        dispatch = ops.sum(slots, axis=2)  # [B, N, E, C]
+        combine = ops.sum(slots * gates[:, :, :, None, None], axis=2)
+        dropped = ops.sum(by_rank) - ops.sum(kept)
+        return self._einsum(x, dispatch, combine, dropped, ops.sum(by_rank))
+
+    def _expert_choice(self, x, probs, valid, capacity):
+        scores = ops.where(valid[:, :, None] > 0, probs, -1.0)
+        gates, picked = ops.top_k(ops.transpose(scores, (0, 2, 1)), capacity)  # [B, E, C]
+        tokens = ops.shape(probs)[1]
+        slots = ops.one_hot(picked, tokens) * ops.cast(gates > 0, "float32")[..., None]
+        dispatch = ops.transpose(slots, (0, 3, 1, 2))  # [B, N, E, C]
+        combine = dispatch * ops.maximum(gates, 0.0)[:, None, :, :]
+        taken = ops.minimum(ops.sum(dispatch, axis=(2, 3)), 1.0) * valid
+        return self._einsum(x, dispatch, combine, ops.sum(valid) - ops.sum(taken), ops.sum(valid))
+
+    def _einsum(self, x, dispatch, combine, dropped, assigned):
+        buffers = ops.einsum("bnec,bnd->ebcd", ops.cast(dispatch, x.dtype), x)
+        batch, capacity = ops.shape(buffers)[1], ops.shape(buffers)[2]
+        out = self._experts(ops.reshape(buffers, (self.num_experts, -1, x.shape[2])))
+        out = ops.reshape(out, (self.num_experts, batch, capacity, x.shape[2]))
+        outputs = ops.einsum("bnec,ebcd->bnd", ops.cast(combine, x.dtype), out)
+        return outputs, ops.sum(dispatch, axis=(0, 1, 3)), dropped, assigned
 
 
-def dense_ffn():
-    """The baseline: `D → intermediate_dim → D`, GELU, as one expert."""
+class BatchedExpertsMoE(MoEFeedForward):
+    """`MoEFeedForward` with its experts as one batched matmul over `[E, B·C, D]`."""
+
+    def _experts(self, buffers):
+        hidden = ops.einsum("emd,edh->emh", buffers, self.expert_in_kernel)
+        hidden = self.activation(hidden + self.expert_in_bias[:, None, :])
+        out = ops.einsum("emh,ehd->emd", hidden, self.expert_out_kernel)
+        return out + self.expert_out_bias[:, None, :]
+
+
+def dense_ffn(dim):
+    """The baseline: `D → 4D → D`, GELU, as one expert."""
     return keras.Sequential(
         [
-            keras.layers.Dense(FLAGS.intermediate_dim, activation="gelu", name="inner"),
-            keras.layers.Dense(FLAGS.hidden_dim, name="outer"),
+            keras.layers.Dense(4 * dim, activation="gelu", name="inner"),
+            keras.layers.Dense(dim, name="outer"),
         ],
         name="dense_ffn",
     )
 
 
-def moe_layers(shape):
-    """The einsum alternative and the library's layer, built, with the same weights."""
-    kwargs = {
-        "num_experts": FLAGS.num_experts,
-        "intermediate_dim": FLAGS.intermediate_dim,
-        "top_k": 1,
-        "capacity_factor": FLAGS.capacity_factor,
-    }
-    einsum, gather = EinsumDispatchMoE(**kwargs), MoEFeedForward(**kwargs)
-    einsum.build(shape)
-    gather.build(shape)
-    gather.set_weights(einsum.get_weights())
-    return einsum, gather
-
-
 def loss_and_gradients(layer, x, target, mask=None):
     """MSE against `target` plus the layer's auxiliary losses, and its gradients."""
     with tf.GradientTape() as tape:
+        tape.watch(x)
         out = layer(x, padding_mask=mask, training=True)
         loss = ops.mean(ops.square(out - target)) + sum(layer.losses)
-    return out, loss, tape.gradient(loss, layer.trainable_variables)
+    return out, loss, tape.gradient(loss, [x, *layer.trainable_variables])
 
 
-def check_equivalence(einsum, gather, x, target):
-    """Largest difference between the two MoEs' outputs, losses and gradients (eager)."""
-    rng = np.random.default_rng(1)
-    mask = rng.random(x.shape[:2]) > 0.2
-    differences = {}
-    for name, padding in (("outputs", None), ("outputs_padded", mask)):
-        a, loss_a, grads_a = loss_and_gradients(einsum, x, target, padding)
-        b, loss_b, grads_b = loss_and_gradients(gather, x, target, padding)
-        differences[name] = float(np.max(np.abs(a - b)))
-        if padding is None:
-            differences["loss"] = float(abs(loss_a - loss_b))
-            differences["gradients"] = max(
+def check_equivalence(rng):
+    """Largest differences between index and einsum dispatch, per case (eager, small)."""
+    shape = (4, 16, 32)
+    x = tf.constant(rng.standard_normal(shape, dtype=np.float32))
+    target = tf.constant(rng.standard_normal(shape, dtype=np.float32))
+    mask = rng.random(shape[:2]) > 0.2
+    worst = {}
+    for name, (kwargs, _) in CASES.items():
+        index = MoEFeedForward(FLAGS.num_experts, 4 * shape[2], **kwargs)
+        einsum = EinsumDispatchMoE(FLAGS.num_experts, 4 * shape[2], **kwargs)
+        index.build(shape)
+        einsum.build(shape)
+        einsum.set_weights(index.get_weights())
+        differences = {}
+        for label, padding in (("", None), ("_padded", mask)):
+            a, loss_a, grads_a = loss_and_gradients(index, x, target, padding)
+            b, loss_b, grads_b = loss_and_gradients(einsum, x, target, padding)
+            differences[f"outputs{label}"] = float(np.max(np.abs(a - b)))
+            differences[f"loss{label}"] = float(abs(loss_a - loss_b))
+            differences[f"gradients{label}"] = max(
                 float(np.max(np.abs(ga - gb))) for ga, gb in zip(grads_a, grads_b)
             )
-    worst = max(differences.values())
-    if not worst <= FLAGS.atol:
-        raise RuntimeError(
-            f"The einsum and index dispatches differ: expected differences <= "
-            f"{FLAGS.atol}. Received: {differences}"
-        )
-    return differences
+        if not max(differences.values()) <= FLAGS.atol:
+            raise RuntimeError(
+                f"The index and einsum dispatches differ for {name}: expected differences "
+                f"<= {FLAGS.atol}. Received: {differences}"
+            )
+        worst[name] = max(differences.values())
+    return worst
 
 
 def train_step(layer, jit_compile):
@@ -145,8 +199,9 @@ def train_step(layer, jit_compile):
     @tf.function(jit_compile=jit_compile)
     def step(x, target):
         with tf.GradientTape() as tape:
+            tape.watch(x)
             loss = ops.mean(ops.square(layer(x, training=True) - target)) + sum(layer.losses)
-        return loss, tape.gradient(loss, layer.trainable_variables)
+        return loss, tape.gradient(loss, [x, *layer.trainable_variables])
 
     return step
 
@@ -162,144 +217,156 @@ def time_round(step, x, target, calls):
     return 1000 * statistics.median(times), 1000 * (time.process_time() - cpu) / calls
 
 
+def layers_for(dim):
+    """`{name: (layer, capacity-scaled work)}`: the baseline, the cases, the alternatives."""
+    experts = FLAGS.num_experts
+    layers = {"dense": (dense_ffn(dim), 1.0)}
+    for name, (kwargs, work) in CASES.items():
+        layers[name] = (MoEFeedForward(experts, 4 * dim, **kwargs), work)
+    for name in (TOP2, "expert_choice_capacity_1.25"):
+        kwargs, work = CASES[name]
+        layers[f"einsum_{name}"] = (EinsumDispatchMoE(experts, 4 * dim, **kwargs), work)
+    kwargs, work = CASES[HEADLINE]
+    layers[f"batched_experts_{HEADLINE}"] = (BatchedExpertsMoE(experts, 4 * dim, **kwargs), work)
+    layers[f"einsum_{HEADLINE}"] = (EinsumDispatchMoE(experts, 4 * dim, **kwargs), work)
+    untracked = MoEFeedForward(experts, 4 * dim, track_statistics=False, **kwargs)
+    layers[f"untracked_{HEADLINE}"] = (untracked, work)
+    return layers
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
+    dims = [int(d) for d in FLAGS.hidden_dims]
     lengths = [int(n) for n in FLAGS.sequence_lengths]
     jits = {"both": (True, False), "on": (True,), "off": (False,)}[FLAGS.xla]
-    batch, dim = FLAGS.batch_size, FLAGS.hidden_dim
 
-    steps, inputs, configs = {}, {}, {}
-    for n in lengths:
-        shape = (batch, n, dim)
-        x = tf.constant(rng.standard_normal(shape, dtype=np.float32))
-        target = tf.constant(rng.standard_normal(shape, dtype=np.float32))
-        inputs[n] = (x, target)
-        einsum, gather = moe_layers(shape)
-        dense = dense_ffn()
-        dense.build(shape)
-        _, statistics_ = einsum(x, return_statistics=True)
-        configs[n] = {
-            "tokens": batch * n,
-            "capacity": einsum.capacity(n, training=True),
-            "dropped_fraction": float(statistics_["dropped_fraction"]),
-            "max_abs_difference": check_equivalence(einsum, gather, x, target),
-        }
-        layers = {"dense": dense, "einsum_moe": einsum, "gather_moe": gather}
-        for name, layer in layers.items():
-            for jit in jits:
-                step = train_step(layer, jit)
-                for _ in range(FLAGS.warmup_calls + 1):  # trace, compile, warm up
-                    step(x, target)
-                steps[(n, name, jit)] = step
-        print(
-            f"N={n}: capacity {configs[n]['capacity']}, dropped "
-            f"{configs[n]['dropped_fraction']:.3f}, check passed "
-            f"(max difference {max(configs[n]['max_abs_difference'].values()):.1e})",
-            flush=True,
-        )
-    params = {
-        "dense": dense.count_params(),
-        "moe_total": einsum.count_params(),
-        "moe_active_per_token": einsum.count_params()
-        - (FLAGS.num_experts - 1) * (dense.count_params()),
-    }
+    check = check_equivalence(rng)
+    print(f"check passed: index = einsum dispatch, max difference {max(check.values()):.1e}")
+
+    steps, inputs, work, configs = {}, {}, {}, {}
+    for dim in dims:
+        for n in lengths:
+            batch = max(1, FLAGS.tokens_per_call // n)
+            shape = (batch, n, dim)
+            x = tf.constant(rng.standard_normal(shape, dtype=np.float32))
+            target = tf.constant(rng.standard_normal(shape, dtype=np.float32))
+            inputs[(dim, n)] = (x, target)
+            configs[(dim, n)] = {"batch_size": batch, "tokens": batch * n, "capacity": {}}
+            for name, (layer, scale) in layers_for(dim).items():
+                layer.build(shape)
+                work[name] = scale
+                if isinstance(layer, MoEFeedForward):
+                    configs[(dim, n)]["capacity"][name] = layer.capacity(n, training=True)
+                for jit in jits:
+                    step = train_step(layer, jit)
+                    for _ in range(FLAGS.warmup_calls + 1):  # trace, compile, warm up
+                        step(x, target)
+                    steps[(dim, n, name, jit)] = step
+            print(f"D={dim} N={n}: {batch} x {n} tokens, compiled", flush=True)
 
     rounds = {key: [] for key in steps}
     cpu_rounds = {key: [] for key in steps}
     for round_index in range(FLAGS.rounds):  # alternating, so a slow spell hits every figure
         for key, step in steps.items():
-            wall_ms, cpu_ms = time_round(step, *inputs[key[0]], FLAGS.calls)
+            wall_ms, cpu_ms = time_round(step, *inputs[key[:2]], FLAGS.calls)
             rounds[key].append(wall_ms)
             cpu_rounds[key].append(cpu_ms)
         print(f"round {round_index + 1}/{FLAGS.rounds} done", flush=True)
 
-    def ratios(figures, n, jit):
-        dense = figures[(n, "dense", jit)]
-        return (  # the library's layer first, then the alternative
-            figures[(n, "gather_moe", jit)] / dense,
-            figures[(n, "einsum_moe", jit)] / dense,
-        )
-
     best = {key: min(values) for key, values in rounds.items()}
-    medians = {key: statistics.median(values) for key, values in rounds.items()}
     cpu = {key: statistics.median(values) for key, values in cpu_rounds.items()}
-    for n in lengths:
+
+    def ratio(dim, n, name, jit, figures=best):
+        return figures[(dim, n, name, jit)] / figures[(dim, n, "dense", jit)]
+
+    table = {}
+    for (dim, n), config in configs.items():
+        entry = table[f"width_{dim}_tokens_{n}"] = dict(config)
         for jit in jits:
-            moe_ratio, einsum_ratio = ratios(best, n, jit)
-            configs[n]["xla" if jit else "no_xla"] = {
-                **{f"{name}_ms": best[(n, name, jit)] for name in IMPLEMENTATIONS},
-                **{f"{name}_median_round_ms": medians[(n, name, jit)] for name in IMPLEMENTATIONS},
-                **{f"{name}_cpu_ms": cpu[(n, name, jit)] for name in IMPLEMENTATIONS},
-                "moe_to_dense_time_ratio": moe_ratio,
-                "einsum_moe_to_dense_time_ratio": einsum_ratio,
-                "index_to_einsum_time_ratio": moe_ratio / einsum_ratio,
-                "moe_to_dense_cpu_time_ratio": ratios(cpu, n, jit)[0],
-                "einsum_moe_to_dense_cpu_time_ratio": ratios(cpu, n, jit)[1],
+            entry["xla" if jit else "no_xla"] = {
+                name: {
+                    "ms": best[(dim, n, name, jit)],
+                    "cpu_ms": cpu[(dim, n, name, jit)],
+                    "to_dense": ratio(dim, n, name, jit),
+                    "to_capacity_scaled_dense": ratio(dim, n, name, jit) / work[name],
+                    "cpu_to_dense": ratio(dim, n, name, jit, cpu),
+                }
+                for name in work
             }
 
     headline_jit, last = jits[0], lengths[-1]
     results = {
         "config": {
-            "batch_size": batch,
+            "hidden_dims": dims,
+            "intermediate_dims": [4 * d for d in dims],
             "sequence_lengths": lengths,
-            "hidden_dim": dim,
-            "intermediate_dim": FLAGS.intermediate_dim,
+            "tokens_per_call": FLAGS.tokens_per_call,
             "num_experts": FLAGS.num_experts,
-            "top_k": 1,
-            "capacity_factor": FLAGS.capacity_factor,
+            "cases": {name: kwargs for name, (kwargs, _) in CASES.items()},
             "xla": FLAGS.xla,
             "warmup_calls": FLAGS.warmup_calls,
             "calls": FLAGS.calls,
             "rounds": FLAGS.rounds,
         },
         "headline": (
-            f"MoEFeedForward (top-1, index dispatch) time over dense FFN time, "
-            f"forward+backward, at the "
-            f"largest token count ({batch} x {last}), "
-            f"{'XLA (jit_compile=True)' if headline_jit else 'no XLA'}; each time is the "
+            f"MoEFeedForward (8 experts, index dispatch, routing statistics recorded) time over "
+            f"the dense FFN's, forward+backward, {FLAGS.tokens_per_call} tokens per call in "
+            f"sequences of {last}, {'XLA' if headline_jit else 'no XLA'}; each time is the "
             "median per call, best of alternating rounds"
         ),
-        "moe_to_dense_time_ratio": ratios(best, last, headline_jit)[0],
-        "einsum_moe_to_dense_time_ratio": ratios(best, last, headline_jit)[1],
-        "moe_to_dense_time_ratio_mean": statistics.mean(
-            ratios(best, n, headline_jit)[0] for n in lengths
-        ),
-        "einsum_moe_to_dense_time_ratio_mean": statistics.mean(
-            ratios(best, n, headline_jit)[1] for n in lengths
-        ),
-        "moe_to_dense_cpu_time_ratio": ratios(cpu, last, headline_jit)[0],
-        "einsum_moe_to_dense_cpu_time_ratio": ratios(cpu, last, headline_jit)[1],
-        "params": params,
-        "sequence_lengths": {str(n): configs[n] for n in lengths},
+        "equivalence_max_abs_difference": check,
     }
+    for dim in dims:
+        results[f"moe_to_dense_time_ratio_width_{dim}"] = ratio(dim, last, HEADLINE, headline_jit)
+        results[f"moe_to_capacity_scaled_dense_time_ratio_width_{dim}"] = (
+            ratio(dim, last, HEADLINE, headline_jit) / work[HEADLINE]
+        )
+        results[f"top2_moe_to_capacity_scaled_dense_time_ratio_width_{dim}"] = (
+            ratio(dim, last, TOP2, headline_jit) / work[TOP2]
+        )
+    small = dims[0]
+    results["moe_to_dense_time_ratio"] = ratio(small, last, HEADLINE, headline_jit)
+    results["einsum_moe_to_dense_time_ratio"] = ratio(
+        small, last, f"einsum_{HEADLINE}", headline_jit
+    )
     if len(jits) == 2:
-        results["moe_to_dense_time_ratio_no_xla"] = ratios(best, last, False)[0]
-        results["einsum_moe_to_dense_time_ratio_no_xla"] = ratios(best, last, False)[1]
+        results["moe_to_dense_time_ratio_no_xla"] = ratio(small, last, HEADLINE, False)
+        results["einsum_moe_to_dense_time_ratio_no_xla"] = ratio(
+            small, last, f"einsum_{HEADLINE}", False
+        )
+    headline_dim = 256 if 256 in dims else dims[-1]
+    results["routing_statistics_time_cost"] = (
+        best[(headline_dim, last, HEADLINE, headline_jit)]
+        / best[(headline_dim, last, f"untracked_{HEADLINE}", headline_jit)]
+        - 1.0
+    )
+    results["cases"] = table
     path = write_results("moe", results, FLAGS.output_dir)
 
-    print(f"\n{'N':>5s} {'XLA':>4s} {'dense ms':>9s} {'einsum ms':>10s} {'gather ms':>10s} "
-          f"{'einsum/dense':>13s} {'gather/dense':>13s}")  # fmt: skip
-    for n in lengths:
-        for jit in jits:
-            f = configs[n]["xla" if jit else "no_xla"]
-            print(
-                f"{n:5d} {'on' if jit else 'off':>4s} {f['dense_ms']:9.2f} "
-                f"{f['einsum_moe_ms']:10.2f} {f['gather_moe_ms']:10.2f} "
-                f"{f['einsum_moe_to_dense_time_ratio']:13.2f} {f['moe_to_dense_time_ratio']:13.2f}"
-            )
-    print(f"wrote {path}")
     print(
-        f"einsum_moe_to_dense_time_ratio: {results['einsum_moe_to_dense_time_ratio']:.3f} "
-        f"(mean over N: {results['einsum_moe_to_dense_time_ratio_mean']:.3f})"
+        f"\n{'D':>4s} {'N':>4s} {'XLA':>4s} {'case':38s} {'ms':>9s} {'/dense':>7s} {'/scaled':>8s}"
     )
+    for dim, n in configs:
+        for jit in jits:
+            figures = table[f"width_{dim}_tokens_{n}"]["xla" if jit else "no_xla"]
+            for name, f in figures.items():
+                print(
+                    f"{dim:4d} {n:4d} {'on' if jit else 'off':>4s} {name:38s} {f['ms']:9.2f} "
+                    f"{f['to_dense']:7.3f} {f['to_capacity_scaled_dense']:8.3f}"
+                )
+    print(f"wrote {path}")
+    print(f"routing_statistics_time_cost: {results['routing_statistics_time_cost']:.4f}")
+    for dim in dims:
+        top1 = results[f"moe_to_capacity_scaled_dense_time_ratio_width_{dim}"]
+        top2 = results[f"top2_moe_to_capacity_scaled_dense_time_ratio_width_{dim}"]
+        print(f"width {dim}: top-1 {top1:.3f}, top-2 {top2:.3f} of the capacity-scaled dense time")
+    key = f"moe_to_dense_time_ratio_width_{headline_dim}"
     print(
-        f"moe_to_dense_time_ratio: {results['moe_to_dense_time_ratio']:.3f} "
-        f"(MoEFeedForward / dense FFN, forward+backward, {batch} x {last} tokens, "
-        f"{'XLA' if headline_jit else 'no XLA'}; mean over N: "
-        f"{results['moe_to_dense_time_ratio_mean']:.3f})"
+        f"{key}: {results[key]:.3f} (MoEFeedForward top-1, capacity 1.25 / dense FFN, "
+        f"{'XLA' if headline_jit else 'no XLA'})"
     )
 
 

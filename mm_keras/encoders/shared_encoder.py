@@ -2,6 +2,7 @@
 
 import keras
 
+from mm_keras.layers.activations import get_activation
 from mm_keras.layers.modality_block import ModalityAwareBlock
 
 
@@ -67,7 +68,7 @@ class SharedEncoder(keras.layers.Layer):
         self.moe_every = moe_every
         self.modality_norms = modality_norms
         self.dropout = dropout
-        self.activation = keras.activations.get(activation)
+        self.activation = get_activation(activation)
         self.layer_norm_epsilon = layer_norm_epsilon
         self.blocks = [
             ModalityAwareBlock(

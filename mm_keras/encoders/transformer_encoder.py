@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from mm_keras.layers.activations import get_activation
 from mm_keras.layers.pooling import l2_normalize, masked_mean
 from mm_keras.layers.token_merging import merge_tokens
 from mm_keras.layers.transformer import TransformerBlock, check_nested_fractions
@@ -103,7 +104,7 @@ class TransformerEncoder(keras.layers.Layer):
         self.num_heads = num_heads
         self.intermediate_dim = list(widths) if widths is not None else intermediate_dim
         self.dropout = dropout
-        self.activation = keras.activations.get(activation)
+        self.activation = get_activation(activation)
         self.layer_norm_epsilon = layer_norm_epsilon
         self.nested_fractions = check_nested_fractions(nested_fractions)
         self.exit_threshold = exit_threshold

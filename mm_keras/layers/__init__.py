@@ -1,5 +1,6 @@
 """Reusable Keras layers."""
 
+from mm_keras.layers.activations import quick_gelu
 from mm_keras.layers.attention import MultiHeadSelfAttention
 from mm_keras.layers.fusion import (
     BridgeConnector,
@@ -11,7 +12,7 @@ from mm_keras.layers.fusion import (
 )
 from mm_keras.layers.masked_decoder import MaskedTokenDecoder
 from mm_keras.layers.modality_block import ModalityAwareBlock
-from mm_keras.layers.moe import MoEFeedForward
+from mm_keras.layers.moe import MoEFeedForward, RoutingStatistics
 from mm_keras.layers.projector import MLPProjector
 from mm_keras.layers.token_merging import merge_tokens
 from mm_keras.layers.transformer import TransformerBlock

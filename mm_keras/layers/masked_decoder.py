@@ -2,6 +2,7 @@
 
 import keras
 
+from mm_keras.layers.activations import get_activation
 from mm_keras.layers.fusion import CrossAttentionBlock
 from mm_keras.layers.transformer import TransformerBlock
 
@@ -70,7 +71,7 @@ class MaskedTokenDecoder(keras.layers.Layer):
         self.intermediate_dim = intermediate_dim
         self.num_layers = num_layers
         self.dropout = dropout
-        self.activation = keras.activations.get(activation)
+        self.activation = get_activation(activation)
         self.layer_norm_epsilon = layer_norm_epsilon
         block = dict(
             num_heads=num_heads,

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from mm_keras.layers.activations import get_activation
 from mm_keras.layers.attention import MultiHeadSelfAttention
 
 
@@ -31,7 +32,7 @@ class PreNormBlock(keras.layers.Layer):
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.dropout = dropout
-        self.activation = keras.activations.get(activation)
+        self.activation = get_activation(activation)
         self.layer_norm_epsilon = layer_norm_epsilon
 
     def head_size(self, inputs_shape):

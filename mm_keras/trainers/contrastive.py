@@ -203,7 +203,7 @@ class ContrastiveTrainer(Trainer):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.accuracy_tracker]
+        return [self.loss_tracker, self.accuracy_tracker, *self.routing_metrics()]
 
     def build(self, input_shape=None):
         if not self.model.built:
@@ -391,12 +391,12 @@ class ContrastiveTrainer(Trainer):
     def test_step(self, data):
         inputs, labels = self._split(data)
         loss, accuracy = self._loss_and_accuracy(inputs, labels, training=False)
-        return self._update_metrics(loss, accuracy)
+        return self._update_metrics(loss, accuracy, training=False)
 
-    def _update_metrics(self, loss, accuracy):
+    def _update_metrics(self, loss, accuracy, training=True):
         self.loss_tracker.update_state(loss)
         self.accuracy_tracker.update_state(accuracy)
-        return self.metric_results()
+        return self.metric_results(training)
 
     def get_config(self):
         config = super().get_config()

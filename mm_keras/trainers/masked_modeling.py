@@ -175,7 +175,7 @@ class MaskedModelingTrainer(Trainer):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, *self.modality_trackers.values()]
+        return [self.loss_tracker, *self.modality_trackers.values(), *self.routing_metrics()]
 
     def build(self, input_shape=None):
         input_shape = input_shape or {}
@@ -304,13 +304,13 @@ class MaskedModelingTrainer(Trainer):
 
     def test_step(self, data):
         loss, losses = self._step_losses(data, EVALUATION_STEP, training=False)
-        return self._update_metrics(loss, losses)
+        return self._update_metrics(loss, losses, training=False)
 
-    def _update_metrics(self, loss, losses):
+    def _update_metrics(self, loss, losses, training=True):
         self.loss_tracker.update_state(loss)
         for m, value in losses.items():
             self.modality_trackers[m].update_state(value)
-        return self.metric_results()
+        return self.metric_results(training)
 
     def _subset(self, modalities):
         modalities = self.modalities if modalities is None else modalities

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.scripts import run_script
 
 
@@ -107,26 +109,36 @@ def test_siglip_memory_benchmark_measures_each_chunk_size_and_checks_equality(tm
     assert results["chunked_equals_full"]["max_abs_diff_gradients"] <= 1e-5
 
 
-def test_moe_benchmark_checks_gather_dispatch_and_writes_its_ratios(tmp_path):
+def test_moe_benchmark_checks_the_index_dispatch_and_writes_its_ratios(tmp_path):
     result = run_script(
         "benchmarks/moe.py",
-        "--batch_size=4",
-        "--sequence_lengths=8,16",
+        "--hidden_dims=16",
+        "--sequence_lengths=16",
+        "--tokens_per_call=64",
+        "--xla=on",
         "--warmup_calls=1",
         "--calls=2",
         "--rounds=1",
         f"--output_dir={tmp_path}",
     )
-    assert result.stdout.strip().splitlines()[-1].startswith("moe_to_dense_time_ratio")
+    assert result.stdout.strip().splitlines()[-1].startswith("moe_to_dense_time_ratio_width_16")
     with open(tmp_path / "moe.json") as f:
         results = json.load(f)
-    for key in ("moe_to_dense_time_ratio", "einsum_moe_to_dense_time_ratio"):
+    assert max(results["equivalence_max_abs_difference"].values()) <= 1e-4
+    for key in (
+        "moe_to_dense_time_ratio",
+        "einsum_moe_to_dense_time_ratio",
+        "moe_to_dense_time_ratio_width_16",
+        "moe_to_capacity_scaled_dense_time_ratio_width_16",
+        "top2_moe_to_capacity_scaled_dense_time_ratio_width_16",
+    ):
         assert results[key] > 0
-    largest = results["sequence_lengths"]["16"]
-    assert largest["capacity"] == 3  # ceil(1.25 * 16 / 8)
-    assert max(largest["max_abs_difference"].values()) <= 1e-4
-    for name in ("dense", "einsum_moe", "gather_moe"):
-        assert largest["xla"][f"{name}_ms"] > 0 and largest["no_xla"][f"{name}_ms"] > 0
+    case = results["cases"]["width_16_tokens_16"]
+    assert case["batch_size"] == 4
+    assert case["capacity"]["top1_capacity_1.25"] == 3  # ceil(1.25 * 16 / 8)
+    assert case["capacity"]["top2_capacity_1.25"] == 5  # ceil(1.25 * 2 * 16 / 8)
+    top2 = case["xla"]["top2_capacity_1.25"]
+    assert top2["to_capacity_scaled_dense"] == pytest.approx(top2["to_dense"] / 2.5)
 
 
 def test_fusion_benchmark_compares_the_variants_on_one_task(tmp_path):

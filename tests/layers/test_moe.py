@@ -173,6 +173,62 @@ def test_auxiliary_loss_gradient_matches_finite_differences():
         np.testing.assert_allclose(gradient[i, j], (values[0] - values[1]) / 2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"top_k": 1}, {"top_k": 2, "capacity_factor": 0.5}, {"router": "expert_choice"}],
+    ids=["top1", "top2_dropping", "expert_choice"],
+)
+def test_gradients_through_the_index_dispatch_match_finite_differences(kwargs):
+    # Routing is piecewise constant: small steps move gates and experts, not choices.
+    # The experts in float64 (the router stays float32), so a step can be small.
+    layer = _layer(dtype="float64", **kwargs)
+    x = tf.constant(_inputs(10), "float64")
+    weights = np.random.default_rng(11).normal(size=x.shape)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        objective = tf.reduce_sum(layer(x) * weights)
+    grad_x, grad_kernel = tape.gradient(objective, [x, layer.expert_in_kernel])
+
+    def objective_at(inputs):
+        return float(np.sum(np.asarray(layer(inputs)) * weights))
+
+    step = 1e-4
+    for b, n, d in ((0, 1, 2), (2, 5, 7)):
+        shifted = [np.array(x) for _ in range(2)]
+        shifted[0][b, n, d] += step
+        shifted[1][b, n, d] -= step
+        numeric = (objective_at(shifted[0]) - objective_at(shifted[1])) / (2 * step)
+        np.testing.assert_allclose(float(grad_x[b, n, d]), numeric, rtol=1e-3, atol=1e-4)
+    kernel = np.asarray(layer.expert_in_kernel)
+    for index in ((0, 3, 4), (E - 1, 1, 9)):
+        values = []
+        for sign in (1, -1):
+            shifted = kernel.copy()
+            shifted[index] += sign * step
+            layer.expert_in_kernel.assign(shifted)
+            values.append(objective_at(x))
+        layer.expert_in_kernel.assign(kernel)
+        numeric = (values[0] - values[1]) / (2 * step)
+        np.testing.assert_allclose(float(grad_kernel[index]), numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_routing_statistics_are_epoch_means_recorded_only_when_training():
+    layer = _layer(top_k=2, capacity_factor=0.5)
+    steps = [_inputs(12), _inputs(13)]
+    layer(steps[0])  # inference records nothing
+    assert float(layer.routing_statistics.count) == 0
+    expected = [layer(x, training=True, return_statistics=True)[1] for x in steps]
+    results = layer.routing_statistics.result()
+    prefix = layer.routing_statistics.name
+    for name in ("dropped_fraction", "router_entropy"):
+        mean = np.mean([float(s[name]) for s in expected])
+        np.testing.assert_allclose(float(results[f"{prefix}/{name}"]), mean, rtol=1e-6)
+    load = np.mean([np.asarray(s["expert_load"]) for s in expected], axis=0)
+    recorded = [float(results[f"{prefix}/expert_{e}_load"]) for e in range(E)]
+    np.testing.assert_allclose(recorded, load, rtol=1e-6)
+    assert MoEFeedForward(E, H, track_statistics=False).get_config()["track_statistics"] is False
+
+
 def test_padding_is_routed_nowhere():
     layer = _layer(capacity_factor=1.0)
     x = _inputs(7, batch=1)

@@ -2,6 +2,9 @@
 
 import json
 
+import numpy as np
+
+from mm_keras.training import read_training_log
 from tests.scripts import run_script, script_usage_error
 
 
@@ -33,6 +36,15 @@ def test_modality_routed_recipe_runs_end_to_end(tmp_path):
     # Two experts per modality, each taking part of its modality's tokens.
     assert 0.0 < metrics["min_expert_load_fraction"] <= 0.25 <= metrics["max_expert_load_fraction"]
     assert metrics["reload_max_abs_diff"] < 1e-5
+    # The routing statistics of the sparse block (the second), per epoch, while it trained.
+    log = read_training_log(tmp_path / "training_log.csv")
+    block = "dual_encoder/shared_encoder/block_1/moe/"
+    loads = np.stack([log[f"{block}expert_{e}_load"] for e in range(4)])
+    assert loads.shape == (4, 3)
+    np.testing.assert_allclose(loads.sum(axis=0), 1.0, atol=1e-5)
+    assert np.all((0.0 <= log[f"{block}dropped_fraction"]) & (log[f"{block}dropped_fraction"] < 1))
+    assert np.all(log[f"{block}router_entropy"] > 0)
+    assert not [key for key in log if key.startswith("val_") and "moe/" in key]
 
 
 def test_recipe_refuses_a_configuration_without_a_sparse_block(tmp_path):
