@@ -4,8 +4,9 @@
     python benchmarks/train_step.py --batch_size=128 --hidden_dim=128
 
 Both models are trained by the same `ContrastiveTrainer` (same CLIP loss, AdamW, `fit`) on
-the same in-memory batches, with the same width, depth, heads, MLP width, patch size, text
-length and projection size; only the towers differ. The baseline wraps keras-hub's
+the same in-memory batches, with the same width, depth, heads, MLP width and activation
+(`--activation`: keras-hub's CLIP default, quick-GELU, unless told otherwise), patch size,
+text length and projection size; only the towers differ. The baseline wraps keras-hub's
 `CLIPBackbone` (`CLIPVisionEncoder` + `CLIPTextEncoder`) in an adapter that rescales the
 uint8 images as `ImagePatchTokenizer` does and L2-normalizes its embeddings.
 
@@ -61,6 +62,8 @@ flags.DEFINE_integer("patch_size", 8, "Patch side in pixels.")
 flags.DEFINE_integer("sequence_length", 12, "Text ids per example.")
 flags.DEFINE_integer("vocabulary_size", 200, "Text vocabulary size.")
 flags.DEFINE_integer("projection_dim", 64, "Joint embedding size.")
+flags.DEFINE_enum("activation", "quick_gelu", ["quick_gelu", "gelu"], "The MLP activation of "
+                  "both models' towers (keras-hub's CLIP default is quick_gelu).")  # fmt: skip
 flags.DEFINE_integer("steps", 50, "Timed steps per round.")
 flags.DEFINE_integer("rounds", 9, "Alternating timing rounds; the best is reported.")
 flags.DEFINE_string("output_dir", RESULTS_DIR, "Where train_step.json is written.")
@@ -79,6 +82,7 @@ class KerasHubCLIP(keras.Model):
                 num_layers=FLAGS.num_layers,
                 num_heads=FLAGS.num_heads,
                 intermediate_dim=2 * width,
+                intermediate_activation=FLAGS.activation,
                 image_shape=(FLAGS.image_size, FLAGS.image_size, 1),
             ),
             text_encoder=keras_hub.models.CLIPTextEncoder(
@@ -88,6 +92,7 @@ class KerasHubCLIP(keras.Model):
                 num_layers=FLAGS.num_layers,
                 num_heads=FLAGS.num_heads,
                 intermediate_dim=2 * width,
+                intermediate_activation=FLAGS.activation,
                 max_sequence_length=FLAGS.sequence_length,
             ),
             projection_dim=FLAGS.projection_dim,
@@ -119,7 +124,10 @@ def mm_keras_model():
         "text": TextEmbedding(FLAGS.vocabulary_size, FLAGS.sequence_length, width),
     }
     encoders = {
-        m: TransformerEncoder(FLAGS.num_layers, FLAGS.num_heads, 2 * width) for m in tokenizers
+        m: TransformerEncoder(
+            FLAGS.num_layers, FLAGS.num_heads, 2 * width, activation=FLAGS.activation
+        )
+        for m in tokenizers
     }
     return DualEncoder(tokenizers, encoders, FLAGS.projection_dim)
 
@@ -271,6 +279,7 @@ def main(argv):
                 "sequence_length",
                 "vocabulary_size",
                 "projection_dim",
+                "activation",
                 "steps",
                 "rounds",
             )

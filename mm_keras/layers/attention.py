@@ -35,6 +35,31 @@ def scaled_dot_product_attention(
     return ops.matmul(dropout(weights, training=training), value)
 
 
+def project_heads(inputs, kernel, bias):
+    """`[B, N, D]` tokens times a `[D, (parts,) H, d_k]` kernel, plus bias: a list of
+    `parts` heads-first `[B, H, N, d_k]` tensors (one without a parts axis).
+
+    One 2-D matmul, a reshape and a transpose, and `unstack` rather than slicing: a
+    slice's gradient is a full-size zero tensor per part, and einsums over the 5-D layout
+    differentiate slowly without XLA. Together they halved the attention's share of a
+    training step without XLA (`benchmarks/train_step.py`).
+    """
+    heads, key_dim = kernel.shape[-2], kernel.shape[-1]
+    parts = kernel.shape[1] if len(kernel.shape) == 4 else 1
+    projected = ops.matmul(inputs, ops.reshape(kernel, (inputs.shape[-1], -1)))
+    projected = projected + ops.reshape(bias, (-1,))
+    projected = ops.reshape(projected, (*ops.shape(inputs)[:2], parts, heads, key_dim))
+    return ops.unstack(ops.transpose(projected, (2, 0, 3, 1, 4)), parts)
+
+
+def merge_heads(attended, kernel, bias):
+    """Heads-first `[B, H, N, d_k]` back to `[B, N, D]` through an `[H, d_k, D]` kernel."""
+    heads, key_dim, width = kernel.shape
+    merged = ops.transpose(attended, (0, 2, 1, 3))
+    merged = ops.reshape(merged, (*ops.shape(merged)[:2], heads * key_dim))
+    return ops.matmul(merged, ops.reshape(kernel, (heads * key_dim, width))) + bias
+
+
 class AttentionHeads(keras.layers.Layer):
     """The arguments, checks and config that multi-head attention layers share.
 
@@ -103,13 +128,11 @@ class MultiHeadSelfAttention(AttentionHeads):
         )
 
     def call(self, inputs, padding_mask=None, training=None, token_sizes=None):
-        # Heads-first layout, so the two attention products are plain batched matmuls.
-        qkv = ops.einsum("bnd,dthk->tbhnk", inputs, self.qkv_kernel) + self.qkv_bias
-        query, key, value = qkv[0], qkv[1], qkv[2]  # [B, H, N, d_k] each
+        query, key, value = project_heads(inputs, self.qkv_kernel, self.qkv_bias)
         attended = scaled_dot_product_attention(
             query, key, value, padding_mask, self.attention_dropout, training, token_sizes
         )  # [B, H, N, d_k]
-        return ops.einsum("bhnk,hkd->bnd", attended, self.output_kernel) + self.output_bias
+        return merge_heads(attended, self.output_kernel, self.output_bias)
 
     def compute_output_shape(self, inputs_shape):
         return inputs_shape

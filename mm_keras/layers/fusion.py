@@ -3,7 +3,12 @@
 import keras
 from keras import ops
 
-from mm_keras.layers.attention import AttentionHeads, scaled_dot_product_attention
+from mm_keras.layers.attention import (
+    AttentionHeads,
+    merge_heads,
+    project_heads,
+    scaled_dot_product_attention,
+)
 from mm_keras.layers.transformer import PreNormBlock, TransformerBlock
 
 
@@ -54,14 +59,12 @@ class MultiHeadCrossAttention(AttentionHeads):
         )
 
     def call(self, inputs, context, context_mask=None, training=None):
-        query = ops.einsum("bnd,dhk->bhnk", inputs, self.query_kernel) + self.query_bias
-        key_value = ops.einsum("bmd,dthk->tbhmk", context, self.key_value_kernel)
-        key_value = key_value + self.key_value_bias
-        key, value = key_value[0], key_value[1]  # [B, H, Nk, d_k]
+        (query,) = project_heads(inputs, self.query_kernel, self.query_bias)
+        key, value = project_heads(context, self.key_value_kernel, self.key_value_bias)
         attended = scaled_dot_product_attention(
             query, key, value, context_mask, self.attention_dropout, training
         )  # [B, H, Nq, d_k]
-        return ops.einsum("bhnk,hkd->bnd", attended, self.output_kernel) + self.output_bias
+        return merge_heads(attended, self.output_kernel, self.output_bias)
 
     def compute_output_shape(self, inputs_shape, context_shape=None):
         return inputs_shape

@@ -21,6 +21,7 @@ def test_benchmark_writes_ratio_and_both_jit_settings(tmp_path):
     with open(os.path.join(tmp_path, "train_step.json")) as f:
         results = json.load(f)
     assert results["ratio_vs_keras_hub"] > 0
+    assert results["config"]["activation"] == "quick_gelu"  # on both sides
     for name in ("mm_keras", "keras_hub"):
         assert results[name]["steps_per_second_jit"] > 0
         assert results[name]["steps_per_second_no_jit"] > 0
