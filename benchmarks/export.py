@@ -11,9 +11,16 @@ median latency per example, best of alternating rounds. The mobile image tower's
 SavedModel `embed_image_pixels` signature is timed against calling the Keras model
 directly (`model({"image": x})`), and against the same Keras call inside a `tf.function`.
 
+"Near the limit" as a number: the headline image tower's matmul FLOPs per example (patch
+embedding, each block's projections, attention products and MLP, the projection head) over
+its float32 and int8 latencies (`achieved_gflops`), beside this machine's measured peak
+(`peak_gflops`): one large FULLY_CONNECTED (`[256, 1024] × [1024, 1024]`) converted to
+TFLite in float32 and in full int8, run the same way.
+
 Writes `benchmarks/results/export.json` with `latency_ratio_dynamic`,
-`latency_ratio_int8` and `latency_ratio_saved_model` for the image tower of the last
-`--configs` entry (the mobile-size one by default), and prints those ratios last.
+`latency_ratio_int8`, `latency_ratio_saved_model`, `achieved_gflops` and `peak_gflops` for
+the image tower of the last `--configs` entry (the mobile-size one by default), and prints
+those ratios last.
 """
 
 import os
@@ -50,6 +57,7 @@ CONFIGS = {
     "mobile": dict(width=256, layers=4, mlp=1024, image=64, patch=8, text=64),
 }
 VOCABULARY_SIZE = 1000
+PROJECTION_DIM = 128
 
 
 def build(config):
@@ -61,7 +69,7 @@ def build(config):
             "text": TextEmbedding(VOCABULARY_SIZE, config["text"], width),
         },
         {m: TransformerEncoder(config["layers"], 4, config["mlp"]) for m in ("image", "text")},
-        projection_dim=128,
+        projection_dim=PROJECTION_DIM,
     )
     model.build()
     return model
@@ -119,6 +127,48 @@ def tflite_latencies(model, modality):
     return details
 
 
+def image_tower_flops(model, config):
+    """FLOPs (2 per multiply-add) of the image tower's matmuls for one example."""
+    channels = tower_input_spec(model, "image").shape[-1]
+    width, mlp = config["width"], config["mlp"]
+    patches = (config["image"] // config["patch"]) ** 2
+    embedding = 2 * patches * config["patch"] ** 2 * channels * width
+    projections = 2 * patches * width * (3 * width + width + 2 * mlp)
+    attention = 2 * 2 * patches * patches * width  # scores and weighted values, all heads
+    head = 2 * width * PROJECTION_DIM
+    return embedding + config["layers"] * (projections + attention) + head
+
+
+def peak_gflops():
+    """GFLOP/s of one `[256, 1024] × [1024, 1024]` FULLY_CONNECTED in TFLite, float32 and
+    full int8, one thread: the most this machine's TFLite kernels do on a matmul."""
+    rows, inner, outer = 256, 1024, 1024
+    rng = np.random.default_rng(0)
+    kernel = tf.constant(rng.normal(size=(inner, outer)).astype("float32") * 0.03)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, rows, inner], tf.float32)])
+    def matmul(x):  # the batch axis `tflite_invoker` adds, free to reshape away
+        return tf.matmul(tf.reshape(x, (rows, inner)), kernel)
+
+    calibration = rng.normal(size=(1, rows, inner)).astype("float32")
+    peaks = {}
+    for mode in ("float32", "int8"):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [matmul.get_concrete_function()], matmul
+        )
+        example = calibration
+        if mode == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([calibration] for _ in range(4))
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = converter.inference_output_type = tf.int8
+            example = rng.integers(-128, 128, (1, rows, inner)).astype("int8")
+        invoke = tflite_invoker(converter.convert(), example[0])
+        best = min(median_ms(invoke, 20) for _ in range(FLAGS.rounds))
+        peaks[mode] = 2 * rows * inner * outer / (best / 1000) / 1e9
+    return peaks
+
+
 def saved_model_latencies(model):
     """SavedModel `embed_image_pixels` vs the Keras model, one image per call."""
     pixels = tf.constant(sample_inputs(model, "image", 1, seed=1))
@@ -171,12 +221,28 @@ def main(argv):
     results["latency_ratio_dynamic"] = image["dynamic"]["latency_ratio"]
     results["latency_ratio_int8"] = image["int8"]["latency_ratio"]
     results["latency_ratio_saved_model"] = results[headline]["saved_model"]["ratio_vs_keras_direct"]
+    flops = image_tower_flops(build(CONFIGS[headline]), CONFIGS[headline])
+    results["image_tower_gflop"] = flops / 1e9
+    results["achieved_gflops"] = {
+        mode: flops / (image[mode]["latency_ms_p50"] / 1000) / 1e9 for mode in ("float32", "int8")
+    }
+    results["peak_gflops"] = peak_gflops()
+    results["fraction_of_peak"] = {
+        mode: results["achieved_gflops"][mode] / results["peak_gflops"][mode]
+        for mode in ("float32", "int8")
+    }
     path = write_results("export", results, FLAGS.output_dir)
     saved = results[headline]["saved_model"]
     print(
         f"\n{headline} image tower, SavedModel {saved['saved_model_latency_ms_p50']:.2f} ms, "
         f"Keras direct {saved['keras_direct_latency_ms_p50']:.2f} ms, "
         f"Keras tf.function {saved['keras_tf_function_latency_ms_p50']:.2f} ms"
+    )
+    achieved, peak = results["achieved_gflops"], results["peak_gflops"]
+    print(
+        f"{headline} image tower, {flops / 1e9:.3f} GFLOP: float32 {achieved['float32']:.1f} "
+        f"GFLOP/s of a {peak['float32']:.1f} peak, "
+        f"int8 {achieved['int8']:.1f} of {peak['int8']:.1f}"
     )
     print(f"wrote {path}")
     print(

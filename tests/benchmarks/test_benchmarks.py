@@ -22,6 +22,12 @@ def test_export_benchmark_writes_latency_ratios(tmp_path):
         assert results[key] > 0
     assert results["demo"]["image"]["float32"]["latency_ratio"] == 1.0
     assert "FULLY_CONNECTED" in results["demo"]["text"]["int8"]["int8_ops"]
+    # Demo image tower: 16 patches of 8x8x1, width 64, 2 blocks of MLP 128, projection 128.
+    block = 2 * 16 * 64 * (4 * 64 + 2 * 128) + 4 * 16 * 16 * 64
+    flops = 2 * 16 * 64 * 64 + 2 * block + 2 * 64 * 128
+    assert results["image_tower_gflop"] == pytest.approx(flops / 1e9)
+    for mode in ("float32", "int8"):
+        assert 0 < results["achieved_gflops"][mode] and 0 < results["peak_gflops"][mode]
 
 
 def test_serving_benchmark_has_no_errors_and_survives_the_mixed_load(tmp_path):
