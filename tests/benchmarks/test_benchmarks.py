@@ -22,6 +22,8 @@ def test_export_benchmark_writes_latency_ratios(tmp_path):
         assert results[key] > 0
     assert results["demo"]["image"]["float32"]["latency_ratio"] == 1.0
     assert "FULLY_CONNECTED" in results["demo"]["text"]["int8"]["int8_ops"]
+    assert results["int8_mean_cosine_to_float32"] > 0.99
+    assert results["demo"]["text"]["float32"]["mean_cosine_to_float32"] == pytest.approx(1.0)
     # Demo image tower: 16 patches of 8x8x1, width 64, 2 blocks of MLP 128, projection 128.
     block = 2 * 16 * 64 * (4 * 64 + 2 * 128) + 4 * 16 * 16 * 64
     flops = 2 * 16 * 64 * 64 + 2 * block + 2 * 64 * 128
