@@ -11,7 +11,7 @@ def quick_gelu(x):
     From Hendrycks & Gimpel (2016), used by OpenAI's CLIP (Radford et al. 2021) and so by
     keras-hub's `CLIPVisionEncoder` and `CLIPTextEncoder`; cheaper than the exact (erf)
     GELU, Keras's default `"gelu"`. Pass `activation="quick_gelu"` to an encoder to train
-    as those towers do, or to load their weights without changing what the MLPs compute.
+    as those towers do.
 
     Example:
     >>> float(quick_gelu(np.float32(1.0)))

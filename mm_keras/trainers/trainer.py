@@ -38,27 +38,43 @@ class Trainer(keras.Model):
                 self.optimizer.build(self.trainable_variables)
 
     def routing_metrics(self):
-        """`RoutingStatistics` of the trainable `MoEFeedForward` layers this trainer holds."""
-        return [
-            layer.routing_statistics
-            for layer in self._flatten_layers(include_self=False)
-            if isinstance(layer, MoEFeedForward)
-            and layer.trainable
-            and layer.routing_statistics is not None
-        ]
+        """`RoutingStatistics` of the trainable `MoEFeedForward` layers this trainer holds,
+        each named by its layer's path below the trainer (`dual_encoder/.../moe`)."""
+        metrics, names = [], set()
+        for layer in self._flatten_layers(include_self=False):
+            metric = getattr(layer, "routing_statistics", None)
+            if not isinstance(layer, MoEFeedForward) or not layer.trainable or metric is None:
+                continue
+            name = base = (layer.path or layer.name).removeprefix(f"{self.name}/")
+            copies = 0
+            while name in names:  # two layers built apart under the same names
+                copies += 1
+                name = f"{base}_{copies}"
+            names.add(name)
+            metric.name = name
+            metrics.append(metric)
+        return metrics
 
     def metric_results(self, training=True):
-        """`{name: result}` of every metric, for `train_step` and `test_step` to return."""
+        """`{name: result}` of every metric, for `train_step` and `test_step` to return;
+        the routing statistics only for a training step."""
         results = {}
         for metric in self.metrics:
-            if isinstance(metric, RoutingStatistics):
-                if training:  # named by layer path, which starts here when built here
-                    prefix = f"{self.name}/"
-                    results.update({k.removeprefix(prefix): v for k, v in metric.result().items()})
-            else:
+            if not isinstance(metric, RoutingStatistics):
                 results[metric.name] = metric.result()
+            elif training:
+                results.update(metric.result())
         if num_workers(tf.distribute.get_strategy()) > 1:
             # Keras averages a multi-worker step's logs with `reduce("MEAN", axis=0)`,
             # which fails on scalars (tensorflow/tensorflow#72388): give them that axis.
             results = {name: value[None] for name, value in results.items()}
         return results
+
+    def _get_metrics_result_or_logs(self, logs):
+        # Keras takes the metrics' cross-replica results over a step's logs when their keys
+        # are the same; evaluation logs leave out the routing statistics, so match those
+        # keys only.
+        results = self.get_metrics_result()
+        if isinstance(logs, dict) and logs and set(logs) <= set(results):
+            return {key: results[key] for key in logs}
+        return logs

@@ -145,8 +145,7 @@ def test_moe_benchmark_checks_the_index_dispatch_and_writes_its_ratios(tmp_path)
     assert case["batch_size"] == 4
     assert case["capacity"]["top1_capacity_1.25"] == 3  # ceil(1.25 * 16 / 8)
     assert case["capacity"]["top2_capacity_1.25"] == 5  # ceil(1.25 * 2 * 16 / 8)
-    top2 = case["xla"]["top2_capacity_1.25"]
-    assert top2["to_capacity_scaled_dense"] == pytest.approx(top2["to_dense"] / 2.5)
+    assert {"dense", "top2_capacity_1.25", "einsum_top2_capacity_1.25"} <= set(case["xla"])
 
 
 def test_fusion_benchmark_compares_the_variants_on_one_task(tmp_path):

@@ -212,21 +212,45 @@ def test_gradients_through_the_index_dispatch_match_finite_differences(kwargs):
         np.testing.assert_allclose(float(grad_kernel[index]), numeric, rtol=1e-4, atol=1e-6)
 
 
-def test_routing_statistics_are_epoch_means_recorded_only_when_training():
+def test_routing_statistics_are_token_weighted_and_recorded_only_when_training():
     layer = _layer(top_k=2, capacity_factor=0.5)
-    steps = [_inputs(12), _inputs(13)]
-    layer(steps[0])  # inference records nothing
-    assert float(layer.routing_statistics.count) == 0
-    expected = [layer(x, training=True, return_statistics=True)[1] for x in steps]
-    results = layer.routing_statistics.result()
-    prefix = layer.routing_statistics.name
-    for name in ("dropped_fraction", "router_entropy"):
-        mean = np.mean([float(s[name]) for s in expected])
-        np.testing.assert_allclose(float(results[f"{prefix}/{name}"]), mean, rtol=1e-6)
-    load = np.mean([np.asarray(s["expert_load"]) for s in expected], axis=0)
+    x = [_inputs(12), _inputs(13)]
+    masks = [np.ones(x[0].shape[:2], bool), np.arange(N)[None, :] < np.array([[8], [3], [1]])]
+    layer(x[0])  # inference records nothing
+    assert float(layer.routing_statistics.tokens) == 0
+    calls = [
+        layer(a, padding_mask=m, training=True, return_statistics=True)[1] for a, m in zip(x, masks)
+    ]
+    # Pooled over both calls by their tokens, from each call's own ratios.
+    tokens = np.array([m.sum() for m in masks], float)
+    dropped = np.array([float(c["dropped_fraction"]) for c in calls])
+    kept = 2 * tokens * (1 - dropped)
+    entropy = np.array([float(c["router_entropy"]) for c in calls])
+    expected = {
+        "dropped_fraction": np.sum(dropped * 2 * tokens) / np.sum(2 * tokens),
+        "router_entropy": np.sum(entropy * tokens) / tokens.sum(),
+    }
+    load = np.sum([np.asarray(c["expert_load"]) * k for c, k in zip(calls, kept)], 0) / kept.sum()
+    results, prefix = layer.routing_statistics.result(), layer.routing_statistics.name
+    for name, value in expected.items():
+        np.testing.assert_allclose(float(results[f"{prefix}/{name}"]), value, rtol=1e-5)
     recorded = [float(results[f"{prefix}/expert_{e}_load"]) for e in range(E)]
-    np.testing.assert_allclose(recorded, load, rtol=1e-6)
+    np.testing.assert_allclose(recorded, load, rtol=1e-5)
+    frozen = _layer()
+    frozen.trainable = False
+    frozen(x[0], training=True)
+    assert float(frozen.routing_statistics.tokens) == 0
     assert MoEFeedForward(E, H, track_statistics=False).get_config()["track_statistics"] is False
+
+
+def test_a_plain_keras_model_keeps_its_metrics_and_evaluate_result():
+    inputs = keras.Input((N, D))
+    model = keras.Model(inputs, inputs + MoEFeedForward(E, H)(inputs))
+    model.compile(optimizer="adam", loss="mse")
+    x = _inputs(14, batch=8)
+    history = model.fit(x, x, epochs=1, verbose=0, validation_data=(x, x))
+    assert set(history.history) == {"loss", "val_loss"}
+    assert isinstance(model.evaluate(x, x, verbose=0), float)
 
 
 def test_padding_is_routed_nowhere():
@@ -287,7 +311,9 @@ def test_bad_arguments_raise():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"top_k": 2}, {"router": "modality", "num_modalities": 2}], ids=["token", "modality"]
+    "kwargs",
+    [{"top_k": 2}, {"router": "expert_choice"}, {"router": "modality", "num_modalities": 2}],
+    ids=["token", "expert", "modality"],
 )
 def test_converts_to_builtin_tflite_and_matches_keras(kwargs, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
