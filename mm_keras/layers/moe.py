@@ -300,11 +300,10 @@ class MoEFeedForward(keras.layers.Layer):
         outputs = ops.segment_sum(
             ops.reshape(out, (-1, dim)) * weights, row, num_segments=batch * tokens
         )
-        taken = ops.segment_sum(
-            ops.cast(ops.reshape(gates > 0, (-1,)), "float32"), row, num_segments=batch * tokens
-        )
+        real = ops.cast(gates > 0, "float32")  # [E, B, C]: slots holding a real token
+        taken = ops.segment_sum(ops.reshape(real, (-1,)), row, num_segments=batch * tokens)
         taken = ops.minimum(ops.reshape(taken, (batch, tokens)), 1.0) * valid
-        load = ops.sum(ops.cast(gates > 0, "float32"), axis=(1, 2))
+        load = ops.sum(real, axis=(1, 2))
         outputs = ops.reshape(outputs, (batch, tokens, dim))
         return outputs, load, ops.sum(valid) - ops.sum(taken), ops.sum(valid)
 
