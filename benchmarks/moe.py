@@ -19,11 +19,15 @@ in `--sequence_lengths`, with B = `--tokens_per_call` / N sequences per call:
   one-hot `[B, N, E, C]` dispatch and combine einsums the layer used for top-2 and expert
   choice before (O(B·N·E·C·D)); `BatchedExpertsMoE`, the experts as one batched matmul
   over `[E, B·C, D]` rather than one matmul per expert; and the top-1 layer with
-  `track_statistics=False`, which prices the routing statistics `fit` logs.
+  `track_statistics=False`, which prices the routing statistics `fit` logs;
+* `ExpertsOnlyMoE`: the top-1 layer's experts on buffers filled without routing.
 
 Each MoE time is reported over the dense time (`..._to_dense`) and over the dense time ×
-capacity factor × k (`..._to_capacity_scaled_dense`): the work the experts must do at best,
-so what remains above 1 is the cost of routing and dispatch.
+capacity factor × k (`..._to_capacity_scaled_dense`): the work the experts must do at best.
+What remains above 1 splits in two: the experts' own matmuls against one dense matmul of
+as many rows (`experts_only_..._to_capacity_scaled_dense`: E weight matrices, each used
+for 1/E of the rows), and routing, dispatch and combination (the layer's time over the
+experts-only time, `routing_and_dispatch_time_cost_width_<D>`).
 
 Before timing, the check: at a small size, for each router, the index dispatch and the
 einsum dispatch must give the same outputs, auxiliary loss and gradients to 1e-4, with and
@@ -132,6 +136,25 @@ class EinsumDispatchMoE(MoEFeedForward):
         return outputs, ops.sum(dispatch, axis=(0, 1, 3)), dropped, assigned
 
 
+class ExpertsOnlyMoE(MoEFeedForward):
+    """`MoEFeedForward`'s experts without routing: the token rows, repeated to fill the
+    `[E, B·C, D]` buffers, go straight in, and the first B·N output rows come back.
+
+    Its time over the capacity-scaled dense time is what the experts' own matmuls cost
+    beyond one dense matmul of as many rows; the layer's time over its time is what
+    routing, dispatch and combination cost.
+    """
+
+    def _token_choice(self, x, probs, valid, capacity):
+        batch, tokens, dim = x.shape
+        rows = self.num_experts * batch * capacity
+        flat = ops.reshape(x, (-1, dim))
+        filled = ops.tile(flat, (-(-rows // (batch * tokens)), 1))[:rows]
+        out = self._experts(ops.reshape(filled, (self.num_experts, batch * capacity, dim)))
+        outputs = ops.reshape(ops.reshape(out, (-1, dim))[: batch * tokens], x.shape)
+        return outputs, ops.zeros((self.num_experts,)), 0.0, ops.sum(valid)
+
+
 class BatchedExpertsMoE(MoEFeedForward):
     """`MoEFeedForward` with its experts as one batched matmul over `[E, B·C, D]`."""
 
@@ -231,6 +254,8 @@ def layers_for(dim):
     layers[f"einsum_{HEADLINE}"] = (EinsumDispatchMoE(experts, 4 * dim, **kwargs), work)
     untracked = MoEFeedForward(experts, 4 * dim, track_statistics=False, **kwargs)
     layers[f"untracked_{HEADLINE}"] = (untracked, work)
+    only = ExpertsOnlyMoE(experts, 4 * dim, track_statistics=False, **kwargs)
+    layers[f"experts_only_{HEADLINE}"] = (only, work)
     return layers
 
 
@@ -343,6 +368,15 @@ def main(argv):
         / best[(headline_dim, last, f"untracked_{HEADLINE}", headline_jit)]
         - 1.0
     )
+    for dim in dims:
+        results[f"experts_only_to_capacity_scaled_dense_time_ratio_width_{dim}"] = (
+            ratio(dim, last, f"experts_only_{HEADLINE}", headline_jit) / work[HEADLINE]
+        )
+        results[f"routing_and_dispatch_time_cost_width_{dim}"] = (
+            best[(dim, last, HEADLINE, headline_jit)]
+            / best[(dim, last, f"experts_only_{HEADLINE}", headline_jit)]
+            - 1.0
+        )
     results["cases"] = table
     path = write_results("moe", results, FLAGS.output_dir)
 
@@ -362,7 +396,11 @@ def main(argv):
     for dim in dims:
         top1 = results[f"moe_to_capacity_scaled_dense_time_ratio_width_{dim}"]
         top2 = results[f"top2_moe_to_capacity_scaled_dense_time_ratio_width_{dim}"]
-        print(f"width {dim}: top-1 {top1:.3f}, top-2 {top2:.3f} of the capacity-scaled dense time")
+        only = results[f"experts_only_to_capacity_scaled_dense_time_ratio_width_{dim}"]
+        print(
+            f"width {dim}: top-1 {top1:.3f}, top-2 {top2:.3f}, experts alone {only:.3f} of the "
+            "capacity-scaled dense time"
+        )
     key = f"moe_to_dense_time_ratio_width_{headline_dim}"
     print(
         f"{key}: {results[key]:.3f} (MoEFeedForward top-1, capacity 1.25 / dense FFN, "

@@ -13,6 +13,7 @@ def test_export_benchmark_writes_latency_ratios(tmp_path):
         "--configs=demo",
         "--invocations=5",
         "--rounds=1",
+        "--zero_shot_epochs=1",
         f"--output_dir={tmp_path}",
     )
     assert "latency_ratio_int8" in result.stdout.strip().splitlines()[-1]
@@ -30,6 +31,15 @@ def test_export_benchmark_writes_latency_ratios(tmp_path):
     assert results["image_tower_gflop"] == pytest.approx(flops / 1e9)
     for mode in ("float32", "int8"):
         assert 0 < results["achieved_gflops"][mode] and 0 < results["peak_gflops"][mode]
+    trained = results["demo"]["trained"]
+    assert trained["epochs"] == 1 and trained["test_images"] > 0
+    accuracy = trained["zero_shot"]
+    for runtime in ("keras", "float32", "int8"):
+        assert 0.0 <= accuracy[runtime] <= 1.0
+    # The float32 file embeds as Keras does (to ~1e-6): at most one near-tie may flip.
+    assert accuracy["float32"] == pytest.approx(accuracy["keras"], abs=1 / trained["test_images"])
+    drop = 100 * (accuracy["float32"] - accuracy["int8"])
+    assert results["int8_zero_shot_drop"] == pytest.approx(drop)
 
 
 def test_serving_benchmark_has_no_errors_and_survives_the_mixed_load(tmp_path):
@@ -139,8 +149,10 @@ def test_moe_benchmark_checks_the_index_dispatch_and_writes_its_ratios(tmp_path)
         "moe_to_dense_time_ratio_width_16",
         "moe_to_capacity_scaled_dense_time_ratio_width_16",
         "top2_moe_to_capacity_scaled_dense_time_ratio_width_16",
+        "experts_only_to_capacity_scaled_dense_time_ratio_width_16",
     ):
         assert results[key] > 0
+    assert results["routing_and_dispatch_time_cost_width_16"] > -1
     case = results["cases"]["width_16_tokens_16"]
     assert case["batch_size"] == 4
     assert case["capacity"]["top1_capacity_1.25"] == 3  # ceil(1.25 * 16 / 8)
