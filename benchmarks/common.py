@@ -17,7 +17,8 @@ CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf1
 
 
 def cpu():
-    """The CPU's model name and which of `CPU_FEATURES` it has (Linux; empty elsewhere)."""
+    """The CPU's model name and which of `CPU_FEATURES` it has, from `/proc/cpuinfo`
+    (Linux; the features are x86 names, so other CPUs list none)."""
     try:
         with open("/proc/cpuinfo") as f:
             info = f.read()

@@ -26,12 +26,14 @@ Each MoE time is reported over the dense time (`..._to_dense`) and over the dens
 capacity factor × k (`..._to_capacity_scaled_dense`): the work the experts must do at best.
 What remains above 1 splits in two: the experts' own matmuls against one dense matmul of
 as many rows (`experts_only_..._to_capacity_scaled_dense`: E weight matrices, each used
-for 1/E of the rows), and routing, dispatch and combination (the layer's time over the
-experts-only time, `routing_and_dispatch_time_cost_width_<D>`).
+for 1/E of the rows), and routing: the router, its losses, dispatch and combination (the
+untracked top-1 layer's time over the experts-only time, minus 1,
+`routing_and_dispatch_time_cost_width_<D>`).
 
-Before timing, the check: at a small size, for each router, the index dispatch and the
+Before timing, the checks: at a small size, for each router, the index dispatch and the
 einsum dispatch must give the same outputs, auxiliary loss and gradients to 1e-4, with and
-without a padding mask; the run stops otherwise.
+without a padding mask, and `ExpertsOnlyMoE` must compute what its docstring says (against
+NumPy); the run stops otherwise.
 
 Each figure is the median time per call of `--calls` calls after a warm-up, best of
 `--rounds` alternating rounds (a shared 2-core machine is noisy; `timeit` recommends the
@@ -46,6 +48,7 @@ top-1 layer's time over the untracked one's, minus 1. Prints a table, then
 `moe_to_dense_time_ratio_width_256` last.
 """
 
+import math
 import os
 import statistics
 import sys
@@ -137,22 +140,32 @@ class EinsumDispatchMoE(MoEFeedForward):
 
 
 class ExpertsOnlyMoE(MoEFeedForward):
-    """`MoEFeedForward`'s experts without routing: the token rows, repeated to fill the
-    `[E, B·C, D]` buffers, go straight in, and the first B·N output rows come back.
+    """`MoEFeedForward`'s experts alone: no router, auxiliary losses or dispatch.
 
-    Its time over the capacity-scaled dense time is what the experts' own matmuls cost
-    beyond one dense matmul of as many rows; the layer's time over its time is what
-    routing, dispatch and combination cost.
+    The B·N token rows, followed by as many of them again as the `[E, B·C, D]` buffers
+    have room for, go straight into the experts. Each output row past the first B·N is
+    added onto the row it copied, so every expert's work reaches the loss. Its time over
+    the capacity-scaled dense time is what E experts, each on 1/E of the rows (with the
+    buffers' split and stack, as the layer has them), cost against one dense matmul over
+    all of them. The untracked layer's time over its time is what routing (the router, its
+    losses, dispatch and combination) costs. Needs static shapes and B·N <= E·B·C <= 2·B·N
+    (top-1 at capacity factors from 1 to 2).
     """
 
-    def _token_choice(self, x, probs, valid, capacity):
-        batch, tokens, dim = x.shape
-        rows = self.num_experts * batch * capacity
-        flat = ops.reshape(x, (-1, dim))
-        filled = ops.tile(flat, (-(-rows // (batch * tokens)), 1))[:rows]
-        out = self._experts(ops.reshape(filled, (self.num_experts, batch * capacity, dim)))
-        outputs = ops.reshape(ops.reshape(out, (-1, dim))[: batch * tokens], x.shape)
-        return outputs, ops.zeros((self.num_experts,)), 0.0, ops.sum(valid)
+    def call(self, inputs, padding_mask=None, training=None, **kwargs):
+        batch, tokens, dim = inputs.shape
+        count = batch * tokens
+        rows = self.num_experts * batch * self.capacity(tokens, training)
+        if not count <= rows <= 2 * count:
+            raise ValueError(
+                f"Expected between B·N = {count} and 2·B·N expert rows. Received: E·B·C = {rows}"
+            )
+        flat = ops.reshape(inputs, (count, dim))
+        filled = ops.concatenate([flat, flat[: rows - count]], axis=0)
+        out = self._experts(ops.reshape(filled, (self.num_experts, -1, dim)))
+        out = ops.reshape(out, (rows, dim))
+        folded = out[:count] + ops.pad(out[count:], ((0, 2 * count - rows), (0, 0)))
+        return ops.reshape(folded, inputs.shape)
 
 
 class BatchedExpertsMoE(MoEFeedForward):
@@ -216,6 +229,39 @@ def check_equivalence(rng):
     return worst
 
 
+def check_experts_only(rng):
+    """Largest difference between `ExpertsOnlyMoE` and its definition in NumPy (small)."""
+    batch, tokens, dim = 4, 16, 8
+    layer = ExpertsOnlyMoE(FLAGS.num_experts, 4 * dim, **CASES[HEADLINE][0])
+    x = rng.standard_normal((batch, tokens, dim)).astype(np.float32)
+    layer.build(x.shape)
+    count, rows = batch * tokens, FLAGS.num_experts * batch * layer.capacity(tokens, True)
+    flat = x.reshape(count, dim)
+    filled = np.concatenate([flat, flat[: rows - count]]).reshape(FLAGS.num_experts, -1, dim)
+    w_in, b_in, w_out, b_out = (
+        np.asarray(w)
+        for w in (
+            layer.expert_in_kernel,
+            layer.expert_in_bias,
+            layer.expert_out_kernel,
+            layer.expert_out_bias,
+        )
+    )
+    hidden = filled @ w_in + b_in[:, None, :]
+    hidden = 0.5 * hidden * (1.0 + np.vectorize(math.erf)(hidden / math.sqrt(2.0)))  # GELU
+    out = (hidden @ w_out + b_out[:, None, :]).reshape(rows, dim)
+    expected = out[:count].copy()
+    expected[: rows - count] += out[count:]
+    actual = np.asarray(layer(tf.constant(x), training=True)).reshape(count, dim)
+    difference = float(np.max(np.abs(actual - expected)))
+    if not difference <= FLAGS.atol:
+        raise RuntimeError(
+            f"ExpertsOnlyMoE differs from its definition: expected a difference <= {FLAGS.atol}. "
+            f"Received: {difference}"
+        )
+    return difference
+
+
 def train_step(layer, jit_compile):
     """One forward+backward pass of `layer`, as a `tf.function`."""
 
@@ -270,6 +316,7 @@ def main(argv):
 
     check = check_equivalence(rng)
     print(f"check passed: index = einsum dispatch, max difference {max(check.values()):.1e}")
+    experts_only_check = check_experts_only(rng)
 
     steps, inputs, work, configs = {}, {}, {}, {}
     for dim in dims:
@@ -343,6 +390,7 @@ def main(argv):
             "median per call, best of alternating rounds"
         ),
         "equivalence_max_abs_difference": check,
+        "experts_only_max_abs_difference": experts_only_check,
     }
     for dim in dims:
         results[f"moe_to_dense_time_ratio_width_{dim}"] = ratio(dim, last, HEADLINE, headline_jit)
@@ -351,6 +399,14 @@ def main(argv):
         )
         results[f"top2_moe_to_capacity_scaled_dense_time_ratio_width_{dim}"] = (
             ratio(dim, last, TOP2, headline_jit) / work[TOP2]
+        )
+        results[f"experts_only_to_capacity_scaled_dense_time_ratio_width_{dim}"] = (
+            ratio(dim, last, f"experts_only_{HEADLINE}", headline_jit) / work[HEADLINE]
+        )
+        results[f"routing_and_dispatch_time_cost_width_{dim}"] = (
+            best[(dim, last, f"untracked_{HEADLINE}", headline_jit)]
+            / best[(dim, last, f"experts_only_{HEADLINE}", headline_jit)]
+            - 1.0
         )
     small = dims[0]
     results["moe_to_dense_time_ratio"] = ratio(small, last, HEADLINE, headline_jit)
@@ -368,15 +424,6 @@ def main(argv):
         / best[(headline_dim, last, f"untracked_{HEADLINE}", headline_jit)]
         - 1.0
     )
-    for dim in dims:
-        results[f"experts_only_to_capacity_scaled_dense_time_ratio_width_{dim}"] = (
-            ratio(dim, last, f"experts_only_{HEADLINE}", headline_jit) / work[HEADLINE]
-        )
-        results[f"routing_and_dispatch_time_cost_width_{dim}"] = (
-            best[(dim, last, HEADLINE, headline_jit)]
-            / best[(dim, last, f"experts_only_{HEADLINE}", headline_jit)]
-            - 1.0
-        )
     results["cases"] = table
     path = write_results("moe", results, FLAGS.output_dir)
 

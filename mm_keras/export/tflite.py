@@ -16,8 +16,11 @@ MODES = ("float32", "dynamic", "float16", "int8")
 # lookup (a copy). The rest (LayerNorm's MEAN, SQUARED_DIFFERENCE, RSQRT, elementwise
 # ADD/MUL, attention's BATCH_MATMUL, ...) stays float: the TFLite CPU kernels for those in
 # int8 are slow and the QUANTIZE/DEQUANTIZE between them costs more than they save
-# (measured on a width-256 tower: all-int8 1.1x the float32 latency, matmuls-only 0.33x;
-# adding GELU 0.35x, adding attention's BATCH_MATMUL 0.64x; per-channel weights 0.33x too).
+# (measured on a width-256 tower on a 2-core machine: all-int8 1.1x the float32 latency,
+# matmuls-only 0.33x; adding GELU 0.35x, adding attention's BATCH_MATMUL 0.64x; per-channel
+# weights 0.33x too. On a Xeon with AVX-512 VNNI and AMX: matmuls-only 0.23x, from
+# `benchmarks/export.py`; FULLY_CONNECTED and BATCH_MATMUL in int8 0.73x and every op in
+# int8 1.25x, with ai-edge-quantizer, see docs/DESIGN.md).
 INT8_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "GATHER")
 
 _OP_NAMES = {

