@@ -177,11 +177,15 @@ class AudioSpectrogramTokenizer(PatchTokenizer):
         self.mel_matrix = tf.signal.linear_to_mel_weight_matrix(
             num_mel_bins, self.fft_length // 2 + 1, sample_rate, lower_edge_hertz, upper
         ).numpy()
+        # oneDNN's bfloat16 Conv2D returns NaN for some shapes on CPUs with AVX-512 BF16 (a
+        # [64, 30, 32, 1] log-mel in 2x32 patches: 2,048 NaN outputs of 61,440), so under
+        # a bfloat16 policy the patch projection, a small share of the tower, runs in float32.
+        bfloat16 = self.dtype_policy.compute_dtype == "bfloat16"
         self.patch_projection = keras.layers.Conv2D(
             hidden_dim,
             kernel_size=patch_size,
             strides=patch_size,
-            dtype=self.dtype_policy,
+            dtype="float32" if bfloat16 else self.dtype_policy,
             name="patch_projection",
         )
 
@@ -264,7 +268,7 @@ class AudioSpectrogramTokenizer(PatchTokenizer):
     def call(self, waveforms, training=None):
         spectrogram = self._spectrogram(waveforms, training)
         patches = self.patch_projection(spectrogram)  # [B, time patches, mel patches, D]
-        return self.token_sequence(patches)
+        return self.token_sequence(ops.cast(patches, self.compute_dtype))
 
     def get_config(self):
         config = super().get_config()

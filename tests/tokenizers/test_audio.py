@@ -158,3 +158,18 @@ def test_length_is_checked_on_the_values_when_the_traced_shape_is_unknown():
     assert fn(tf.zeros((1, 4000))).shape[0] == 1
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[4000\].*expected shape"):
         fn(tf.zeros((4000,)))
+
+
+def test_a_bfloat16_tokenizer_gives_the_float32_tokens_to_bfloat16_precision():
+    # oneDNN's bfloat16 Conv2D returned NaN for this batch's log-mel (64 clips, 2x32
+    # patches) on a CPU with AVX-512 BF16; the patch projection runs in float32 instead.
+    clips = datasets.load_digits_arrays("train", ("audio",))["audio"][:64]
+    config = {**CONFIG, "hidden_dim": 64, "patch_size": (2, 32)}
+    exact = AudioSpectrogramTokenizer(**config)
+    half = AudioSpectrogramTokenizer(**config, dtype="mixed_bfloat16")
+    exact.build(clips.shape)
+    half.build(clips.shape)
+    half.set_weights(exact.get_weights())
+    tokens = np.asarray(tf.cast(half(clips)["tokens"], "float32"))
+    assert half(clips)["tokens"].dtype == "bfloat16"
+    np.testing.assert_allclose(tokens, exact(clips)["tokens"], atol=0.05, rtol=0.02)
