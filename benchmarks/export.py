@@ -135,6 +135,11 @@ def tflite_embeddings(tflite_model, inputs):
     return np.concatenate([next(iter(runner(**{name: x[None]}).values())) for x in inputs])
 
 
+def unit_rows(x):
+    """Each row of `x` over its L2 norm, for cosines."""
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
 def tflite_latencies(model, modality):
     example = sample_inputs(model, modality, 1, seed=1)[0]
     calibration = sample_inputs(model, modality, 32)
@@ -146,9 +151,9 @@ def tflite_latencies(model, modality):
         details[mode] = {"size_bytes": len(tflite_model)}
         embeddings[mode] = tflite_embeddings(tflite_model, held_out)
         if mode == "float32":
-            reference = embeddings[mode] / np.linalg.norm(embeddings[mode], axis=-1)[:, None]
-        unit = embeddings[mode] / np.linalg.norm(embeddings[mode], axis=-1)[:, None]
-        details[mode]["mean_cosine_to_float32"] = float(np.mean(np.sum(unit * reference, -1)))
+            reference = unit_rows(embeddings[mode])
+        cosine = np.sum(unit_rows(embeddings[mode]) * reference, -1)
+        details[mode]["mean_cosine_to_float32"] = float(np.mean(cosine))
         if mode == "int8":
             details[mode]["int8_ops"] = int8_ops(tflite_model)
     best = {mode: float("inf") for mode in MODES}
@@ -234,9 +239,7 @@ def trained_zero_shot(config, epochs):
         tflite_model = convert_tower(model, "image", mode, representative_inputs=calibration)
         images[mode] = tflite_embeddings(tflite_model, test["image"])
     accuracy = {k: zero_shot_accuracy(v, classifier, test["label"]) for k, v in images.items()}
-    cosine = np.sum(images["float32"] * images["keras"], -1) / (
-        np.linalg.norm(images["float32"], axis=-1) * np.linalg.norm(images["keras"], axis=-1)
-    )
+    cosine = np.sum(unit_rows(images["float32"]) * unit_rows(images["keras"]), -1)
     return {
         "epochs": epochs,
         "train_seconds": seconds,
