@@ -87,3 +87,24 @@ def test_a_settled_uint8_trace_adds_no_check_ops():
     graph = tf.function(lambda x: layer(x)["tokens"]).get_concrete_function(spec).graph
     ops = {op.type for op in graph.get_operations()}
     assert not ops & {"EnsureShape", "CheckNumerics"}
+
+
+@pytest.mark.parametrize(
+    "image_size, patch_size, num_channels", [(32, 4, 1), (32, 8, 3), (224, 32, 3)]
+)
+def test_a_bfloat16_tokenizer_gives_the_float32_tokens_to_bfloat16_precision(
+    image_size, patch_size, num_channels
+):
+    # The audio tokenizer's bfloat16 Conv2D returned NaN from oneDNN on an AVX-512 BF16 CPU;
+    # the image projection stays in bfloat16, so its usual shapes are checked here.
+    images = _images((16, image_size, image_size, num_channels))
+    config = {"image_size": image_size, "patch_size": patch_size, "hidden_dim": 64}
+    exact = ImagePatchTokenizer(**config, num_channels=num_channels)
+    half = ImagePatchTokenizer(**config, num_channels=num_channels, dtype="mixed_bfloat16")
+    exact.build(images.shape)
+    half.build(images.shape)
+    half.set_weights(exact.get_weights())
+    tokens = half(images)["tokens"]
+    assert tokens.dtype == "bfloat16"
+    tokens = np.asarray(tf.cast(tokens, "float32"))
+    np.testing.assert_allclose(tokens, exact(images)["tokens"], atol=0.05, rtol=0.02)

@@ -50,3 +50,19 @@ def test_shape_is_checked_on_the_values_when_the_traced_shape_is_unknown():
     assert fn(tf.zeros((1, 4, 16, 16, 1))).shape[0] == 1
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[1,3,16,16,1\].*expected"):
         fn(tf.zeros((1, 3, 16, 16, 1)))
+
+
+def test_a_bfloat16_tokenizer_gives_the_float32_tokens_to_bfloat16_precision():
+    # As for images: the audio tokenizer's bfloat16 Conv2D returned NaN from oneDNN on an
+    # AVX-512 BF16 CPU, and the tubelet projection stays in bfloat16.
+    videos = _videos((8, 8, 32, 32, 3))
+    config = {**CONFIG, "num_frames": 8, "image_size": 32, "patch_size": 4, "num_channels": 3}
+    exact = VideoTubeletTokenizer(**config)
+    half = VideoTubeletTokenizer(**config, dtype="mixed_bfloat16")
+    exact.build(videos.shape)
+    half.build(videos.shape)
+    half.set_weights(exact.get_weights())
+    tokens = half(videos)["tokens"]
+    assert tokens.dtype == "bfloat16"
+    tokens = np.asarray(tf.cast(tokens, "float32"))
+    np.testing.assert_allclose(tokens, exact(videos)["tokens"], atol=0.05, rtol=0.02)
