@@ -169,13 +169,21 @@ class ExpertsOnlyMoE(MoEFeedForward):
 
 
 class BatchedExpertsMoE(MoEFeedForward):
-    """`MoEFeedForward` with its experts as one batched matmul over `[E, B·C, D]`."""
+    """`MoEFeedForward` with its experts as one batched matmul over `[E, B·C, D]`, on its
+    per-expert weights stacked."""
 
     def _experts(self, buffers):
-        hidden = ops.einsum("emd,edh->emh", buffers, self.expert_in_kernel)
-        hidden = self.activation(hidden + self.expert_in_bias[:, None, :])
-        out = ops.einsum("emh,ehd->emd", hidden, self.expert_out_kernel)
-        return out + self.expert_out_bias[:, None, :]
+        w_in, b_in, w_out, b_out = (
+            ops.stack([w.value for w in weights])
+            for weights in (
+                self.expert_in_kernels,
+                self.expert_in_biases,
+                self.expert_out_kernels,
+                self.expert_out_biases,
+            )
+        )
+        hidden = self.activation(ops.einsum("emd,edh->emh", buffers, w_in) + b_in[:, None, :])
+        return ops.einsum("emh,ehd->emd", hidden, w_out) + b_out[:, None, :]
 
 
 def dense_ffn(dim):
@@ -239,12 +247,12 @@ def check_experts_only(rng):
     flat = x.reshape(count, dim)
     filled = np.concatenate([flat, flat[: rows - count]]).reshape(FLAGS.num_experts, -1, dim)
     w_in, b_in, w_out, b_out = (
-        np.asarray(w)
-        for w in (
-            layer.expert_in_kernel,
-            layer.expert_in_bias,
-            layer.expert_out_kernel,
-            layer.expert_out_bias,
+        np.stack([np.asarray(w) for w in weights])
+        for weights in (
+            layer.expert_in_kernels,
+            layer.expert_in_biases,
+            layer.expert_out_kernels,
+            layer.expert_out_biases,
         )
     )
     hidden = filled @ w_in + b_in[:, None, :]

@@ -76,10 +76,14 @@ def upcycle(
         if target.moe:
             experts = target.feed_forward
             count = experts.num_experts
-            experts.expert_in_kernel.assign(noisy_copies(source.mlp_in.kernel, count))
-            experts.expert_in_bias.assign(noisy_copies(source.mlp_in.bias, count))
-            experts.expert_out_kernel.assign(noisy_copies(source.mlp_out.kernel, count))
-            experts.expert_out_bias.assign(noisy_copies(source.mlp_out.bias, count))
+            for variables, weight in (
+                (experts.expert_in_kernels, source.mlp_in.kernel),
+                (experts.expert_in_biases, source.mlp_in.bias),
+                (experts.expert_out_kernels, source.mlp_out.kernel),
+                (experts.expert_out_biases, source.mlp_out.bias),
+            ):
+                for variable, copy in zip(variables, noisy_copies(weight, count)):
+                    variable.assign(copy)
         else:
             target.mlp_in.set_weights(source.mlp_in.get_weights())
             target.mlp_out.set_weights(source.mlp_out.get_weights())

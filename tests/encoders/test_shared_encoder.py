@@ -61,7 +61,7 @@ def test_upcycling_noise_makes_experts_differ():
     dense = TransformerEncoder(2, 4, 64)
     dense(_sequence())
     sparse = upcycle(dense, 2, {"num_experts": 4}, noise_std=0.05, seed=0)
-    kernels = np.asarray(sparse.blocks[1].feed_forward.expert_in_kernel)
+    kernels = np.stack([np.asarray(k) for k in sparse.blocks[1].feed_forward.expert_in_kernels])
     dense_kernel = np.asarray(dense.blocks[1].mlp_in.kernel)
     assert not np.allclose(kernels[0], kernels[1])
     noise = kernels - dense_kernel[None]

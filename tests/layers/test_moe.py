@@ -23,7 +23,7 @@ def _layer(**kwargs):
     # A router with decided preferences, so ties and near-ties do not blur the references.
     rng = np.random.default_rng(42)
     layer.router_kernel.assign(rng.normal(size=(D, E)).astype("float32"))
-    for weight in (layer.expert_in_bias, layer.expert_out_bias):
+    for weight in (*layer.expert_in_biases, *layer.expert_out_biases):
         weight.assign(rng.normal(size=weight.shape).astype("float32") * 0.1)
     return layer
 
@@ -39,8 +39,8 @@ def _softmax(z):
 
 def _expert(w, e, x):
     """Expert e's MLP on tokens x [..., D] (ReLU)."""
-    hidden = np.maximum(x @ w["expert_in_kernel"][e] + w["expert_in_bias"][e], 0.0)
-    return hidden @ w["expert_out_kernel"][e] + w["expert_out_bias"][e]
+    hidden = np.maximum(x @ w[f"expert_{e}_in_kernel"] + w[f"expert_{e}_in_bias"], 0.0)
+    return hidden @ w[f"expert_{e}_out_kernel"] + w[f"expert_{e}_out_bias"]
 
 
 def _token_choice_reference(layer, x, capacity, allowed=None):
@@ -187,7 +187,8 @@ def test_gradients_through_the_index_dispatch_match_finite_differences(kwargs):
     with tf.GradientTape() as tape:
         tape.watch(x)
         objective = tf.reduce_sum(layer(x) * weights)
-    grad_x, grad_kernel = tape.gradient(objective, [x, layer.expert_in_kernel])
+    kernels = [layer.expert_in_kernels[0], layer.expert_in_kernels[-1]]
+    grad_x, *grad_kernels = tape.gradient(objective, [x, *kernels])
 
     def objective_at(inputs):
         return float(np.sum(np.asarray(layer(inputs)) * weights))
@@ -199,17 +200,28 @@ def test_gradients_through_the_index_dispatch_match_finite_differences(kwargs):
         shifted[1][b, n, d] -= step
         numeric = (objective_at(shifted[0]) - objective_at(shifted[1])) / (2 * step)
         np.testing.assert_allclose(float(grad_x[b, n, d]), numeric, rtol=1e-3, atol=1e-4)
-    kernel = np.asarray(layer.expert_in_kernel)
-    for index in ((0, 3, 4), (E - 1, 1, 9)):
+    for variable, grad_kernel, index in zip(kernels, grad_kernels, ((3, 4), (1, 9))):
+        kernel = np.asarray(variable)
         values = []
         for sign in (1, -1):
             shifted = kernel.copy()
             shifted[index] += sign * step
-            layer.expert_in_kernel.assign(shifted)
+            variable.assign(shifted)
             values.append(objective_at(x))
-        layer.expert_in_kernel.assign(kernel)
+        variable.assign(kernel)
         numeric = (values[0] - values[1]) / (2 * step)
         np.testing.assert_allclose(float(grad_kernel[index]), numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_experts_start_different_at_the_stacked_glorot_scale():
+    layer = MoEFeedForward(E, H)
+    layer.build((None, N, D))
+    kernels = np.stack([np.asarray(k) for k in layer.expert_in_kernels])
+    assert not np.allclose(kernels[0], kernels[1])
+    # Glorot uniform over all E experts' fans: limit sqrt(6 / (E·(D + H))).
+    limit = np.sqrt(6.0 / (E * (D + H)))
+    assert np.abs(kernels).max() <= limit
+    np.testing.assert_allclose(kernels.std(), limit / np.sqrt(3.0), rtol=0.1)
 
 
 def test_routing_statistics_are_token_weighted_and_recorded_only_when_training():
