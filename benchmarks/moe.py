@@ -17,9 +17,12 @@ in `--sequence_lengths`, with B = `--tokens_per_call` / N sequences per call:
   segment sum), with its routing statistics recorded, as `fit` runs it;
 * the alternatives the layer's choices were measured against: `EinsumDispatchMoE`, the
   one-hot `[B, N, E, C]` dispatch and combine einsums the layer used for top-2 and expert
-  choice before (O(B·N·E·C·D)); `BatchedExpertsMoE`, the experts as one batched matmul
-  over `[E, B·C, D]` rather than one matmul per expert; and the top-1 layer with
-  `track_statistics=False`, which prices the routing statistics `fit` logs;
+  choice before (O(B·N·E·C·D)); `StackedWeightsMoE`, the experts' weights as one stacked
+  `[E, ...]` variable per kind, as the layer kept them before, rather than one variable
+  per expert (`stacked_weights_to_per_expert_time_ratio_width_<D>`); `BatchedExpertsMoE`,
+  the experts as one batched matmul over `[E, B·C, D]` on stacked weights rather than one
+  matmul per expert; and the top-1 layer with `track_statistics=False`, which prices the
+  routing statistics `fit` logs;
 * `ExpertsOnlyMoE`: the top-1 layer's experts on buffers filled without routing.
 
 Each MoE time is reported over the dense time (`..._to_dense`) and over the dense time ×
@@ -32,8 +35,9 @@ untracked top-1 layer's time over the experts-only time, minus 1,
 
 Before timing, the checks: at a small size, for each router, the index dispatch and the
 einsum dispatch must give the same outputs, auxiliary loss and gradients to 1e-4, with and
-without a padding mask, and `ExpertsOnlyMoE` must compute what its docstring says (against
-NumPy); the run stops otherwise.
+without a padding mask, so must the layer and its stacked-weight alternatives on the same
+weights, and `ExpertsOnlyMoE` must compute what its docstring says (against NumPy); the
+run stops otherwise.
 
 Each figure is the median time per call of `--calls` calls after a warm-up, best of
 `--rounds` alternating rounds (a shared 2-core machine is noisy; `timeit` recommends the
@@ -168,20 +172,44 @@ class ExpertsOnlyMoE(MoEFeedForward):
         return ops.reshape(folded, inputs.shape)
 
 
-class BatchedExpertsMoE(MoEFeedForward):
-    """`MoEFeedForward` with its experts as one batched matmul over `[E, B·C, D]`, on its
-    per-expert weights stacked."""
+class StackedWeightsMoE(MoEFeedForward):
+    """`MoEFeedForward` with its experts' weights as the layer kept them before: one
+    stacked `[E, ...]` variable per kind (built from the per-expert weights' values, which
+    it leaves untrained), unstacked into the per-expert matmuls on every call, so their
+    gradients stack back."""
+
+    def build(self, inputs_shape):
+        super().build(inputs_shape)
+        self.stacked_weights = []
+        for name, weights in (
+            ("in_kernel", self.expert_in_kernels),
+            ("in_bias", self.expert_in_biases),
+            ("out_kernel", self.expert_out_kernels),
+            ("out_bias", self.expert_out_biases),
+        ):
+            values = np.stack([np.asarray(w) for w in weights])
+            stacked = self.add_weight(name=f"expert_{name}", shape=values.shape)
+            stacked.assign(values)
+            self.stacked_weights.append(stacked)
+            for w in weights:
+                w.trainable = False
 
     def _experts(self, buffers):
-        w_in, b_in, w_out, b_out = (
-            ops.stack([w.value for w in weights])
-            for weights in (
-                self.expert_in_kernels,
-                self.expert_in_biases,
-                self.expert_out_kernels,
-                self.expert_out_biases,
-            )
-        )
+        outputs = []
+        for rows, w_in, b_in, w_out, b_out in zip(
+            ops.unstack(buffers), *(ops.unstack(w) for w in self.stacked_weights)
+        ):
+            hidden = self.activation(ops.matmul(rows, w_in) + b_in)
+            outputs.append(ops.matmul(hidden, w_out) + b_out)
+        return ops.stack(outputs)
+
+
+class BatchedExpertsMoE(StackedWeightsMoE):
+    """`MoEFeedForward` with its experts as one batched matmul over `[E, B·C, D]`, on
+    stacked weights."""
+
+    def _experts(self, buffers):
+        w_in, b_in, w_out, b_out = self.stacked_weights
         hidden = self.activation(ops.einsum("emd,edh->emh", buffers, w_in) + b_in[:, None, :])
         return ops.einsum("emh,ehd->emd", hidden, w_out) + b_out[:, None, :]
 
@@ -234,6 +262,53 @@ def check_equivalence(rng):
                 f"<= {FLAGS.atol}. Received: {differences}"
             )
         worst[name] = max(differences.values())
+    return worst
+
+
+def check_stacked_weights(rng):
+    """Largest difference between the layer and `StackedWeightsMoE` and `BatchedExpertsMoE`
+    on the same weights: outputs, loss and gradients (eager, small)."""
+    shape = (4, 16, 32)
+    x = tf.constant(rng.standard_normal(shape, dtype=np.float32))
+    target = tf.constant(rng.standard_normal(shape, dtype=np.float32))
+    kwargs = CASES[HEADLINE][0]
+    layer = MoEFeedForward(FLAGS.num_experts, 4 * shape[2], **kwargs)
+    layer.build(shape)
+    kinds = (
+        layer.expert_in_kernels,
+        layer.expert_in_biases,
+        layer.expert_out_kernels,
+        layer.expert_out_biases,
+    )
+    out, loss, grads = loss_and_gradients(layer, x, target)
+    per_variable = dict(zip([v.path for v in layer.trainable_variables], grads[1:]))
+    expected = [per_variable[layer.router_kernel.path]] + [
+        np.stack([per_variable[w.path] for w in weights]) for weights in kinds
+    ]
+    worst = 0.0
+    for alternative in (StackedWeightsMoE, BatchedExpertsMoE):
+        other = alternative(FLAGS.num_experts, 4 * shape[2], **kwargs)
+        other.build(shape)
+        other.router_kernel.assign(layer.router_kernel)
+        for stacked, weights in zip(other.stacked_weights, kinds):
+            stacked.assign(np.stack([np.asarray(w) for w in weights]))
+        out_b, loss_b, grads_b = loss_and_gradients(other, x, target)
+        per_variable = dict(zip([v.path for v in other.trainable_variables], grads_b[1:]))
+        actual = [per_variable[other.router_kernel.path]] + [
+            per_variable[w.path] for w in other.stacked_weights
+        ]
+        worst = max(
+            worst,
+            float(np.max(np.abs(out - out_b))),
+            float(abs(loss - loss_b)),
+            float(np.max(np.abs(grads[0] - grads_b[0]))),
+            *(float(np.max(np.abs(a - b))) for a, b in zip(expected, actual)),
+        )
+    if not worst <= FLAGS.atol:
+        raise RuntimeError(
+            "The stacked-weight alternatives differ from the layer: expected differences "
+            f"<= {FLAGS.atol}. Received: {worst}"
+        )
     return worst
 
 
@@ -305,6 +380,8 @@ def layers_for(dim):
         layers[f"einsum_{name}"] = (EinsumDispatchMoE(experts, 4 * dim, **kwargs), work)
     kwargs, work = CASES[HEADLINE]
     layers[f"batched_experts_{HEADLINE}"] = (BatchedExpertsMoE(experts, 4 * dim, **kwargs), work)
+    stacked = StackedWeightsMoE(experts, 4 * dim, **kwargs)
+    layers[f"stacked_weights_{HEADLINE}"] = (stacked, work)
     layers[f"einsum_{HEADLINE}"] = (EinsumDispatchMoE(experts, 4 * dim, **kwargs), work)
     untracked = MoEFeedForward(experts, 4 * dim, track_statistics=False, **kwargs)
     layers[f"untracked_{HEADLINE}"] = (untracked, work)
@@ -325,6 +402,7 @@ def main(argv):
     check = check_equivalence(rng)
     print(f"check passed: index = einsum dispatch, max difference {max(check.values()):.1e}")
     experts_only_check = check_experts_only(rng)
+    stacked_check = check_stacked_weights(rng)
 
     steps, inputs, work, configs = {}, {}, {}, {}
     for dim in dims:
@@ -399,6 +477,7 @@ def main(argv):
         ),
         "equivalence_max_abs_difference": check,
         "experts_only_max_abs_difference": experts_only_check,
+        "stacked_weights_max_abs_difference": stacked_check,
     }
     for dim in dims:
         results[f"moe_to_dense_time_ratio_width_{dim}"] = ratio(dim, last, HEADLINE, headline_jit)
@@ -410,6 +489,10 @@ def main(argv):
         )
         results[f"experts_only_to_capacity_scaled_dense_time_ratio_width_{dim}"] = (
             ratio(dim, last, f"experts_only_{HEADLINE}", headline_jit) / work[HEADLINE]
+        )
+        results[f"stacked_weights_to_per_expert_time_ratio_width_{dim}"] = (
+            best[(dim, last, f"stacked_weights_{HEADLINE}", headline_jit)]
+            / best[(dim, last, HEADLINE, headline_jit)]
         )
         results[f"routing_and_dispatch_time_cost_width_{dim}"] = (
             best[(dim, last, f"untracked_{HEADLINE}", headline_jit)]
@@ -452,9 +535,10 @@ def main(argv):
         top1 = results[f"moe_to_capacity_scaled_dense_time_ratio_width_{dim}"]
         top2 = results[f"top2_moe_to_capacity_scaled_dense_time_ratio_width_{dim}"]
         only = results[f"experts_only_to_capacity_scaled_dense_time_ratio_width_{dim}"]
+        stacked = results[f"stacked_weights_to_per_expert_time_ratio_width_{dim}"]
         print(
             f"width {dim}: top-1 {top1:.3f}, top-2 {top2:.3f}, experts alone {only:.3f} of the "
-            "capacity-scaled dense time"
+            f"capacity-scaled dense time; stacked weights {stacked:.3f} of the top-1 time"
         )
     key = f"moe_to_dense_time_ratio_width_{headline_dim}"
     print(

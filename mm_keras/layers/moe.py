@@ -212,10 +212,11 @@ class MoEFeedForward(keras.layers.Layer):
         )
 
         # One variable per expert and kind, not one stacked `[E, ...]` variable each:
-        # slicing those into per-expert matmuls and stacking their gradients back are
-        # copies, 4-6% of the layer's time with XLA at widths 256 and 512. The initializer
-        # keeps the stacked kernels' scale, Glorot over E·(D + F); one instance per
-        # kernel, as an initializer instance repeats its draws.
+        # slicing that per expert and stacking the gradients back are copies, which made
+        # the layer 1.06x as slow at width 256 and 1.04x at 512 with XLA on CPU
+        # (`benchmarks/moe.py`, `stacked_weights_to_per_expert_time_ratio_width_<D>`).
+        # The initializer keeps the stacked kernels' scale, Glorot over E·(D + F); one
+        # instance per kernel, as an initializer instance repeats its draws.
         def kernel():
             return keras.initializers.VarianceScaling(1.0 / experts, "fan_avg", "uniform")
 
@@ -325,9 +326,9 @@ class MoEFeedForward(keras.layers.Layer):
         """Every expert's MLP on its `[B·C, D]` rows of the `[E, B·C, D]` buffers.
 
         One plain matmul per expert, on its own weights. Measured in `benchmarks/moe.py`
-        against one batched matmul over all experts: at widths 256 and 512 that ran 2-15%
-        slower with XLA on CPU, and from 2% faster to 5% slower without (12% faster at
-        width 64, where the experts are a small part of the time).
+        against one batched matmul over all experts (on stacked weights): at widths 256 and
+        512 that ran 7% and 19% slower with XLA on CPU and 8% and 15% slower without, and
+        4-5% faster at width 64, where the experts are a small part of the time.
         """
         outputs = []
         for rows, w_in, b_in, w_out, b_out in zip(

@@ -147,10 +147,12 @@ def test_moe_benchmark_checks_the_index_dispatch_and_writes_its_ratios(tmp_path)
         "moe_to_capacity_scaled_dense_time_ratio_width_16",
         "top2_moe_to_capacity_scaled_dense_time_ratio_width_16",
         "experts_only_to_capacity_scaled_dense_time_ratio_width_16",
+        "stacked_weights_to_per_expert_time_ratio_width_16",
     ):
         assert results[key] > 0
     assert "routing_and_dispatch_time_cost_width_16" in results
     assert results["experts_only_max_abs_difference"] <= 1e-4
+    assert results["stacked_weights_max_abs_difference"] <= 1e-4
     case = results["cases"]["width_16_tokens_16"]
     assert case["batch_size"] == 4
     assert case["capacity"]["top1_capacity_1.25"] == 3  # ceil(1.25 * 16 / 8)

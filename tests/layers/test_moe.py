@@ -216,12 +216,13 @@ def test_gradients_through_the_index_dispatch_match_finite_differences(kwargs):
 def test_experts_start_different_at_the_stacked_glorot_scale():
     layer = MoEFeedForward(E, H)
     layer.build((None, N, D))
-    kernels = np.stack([np.asarray(k) for k in layer.expert_in_kernels])
-    assert not np.allclose(kernels[0], kernels[1])
     # Glorot uniform over all E experts' fans: limit sqrt(6 / (E·(D + H))).
     limit = np.sqrt(6.0 / (E * (D + H)))
-    assert np.abs(kernels).max() <= limit
-    np.testing.assert_allclose(kernels.std(), limit / np.sqrt(3.0), rtol=0.1)
+    for weights in (layer.expert_in_kernels, layer.expert_out_kernels):
+        kernels = np.stack([np.asarray(k) for k in weights])
+        assert not np.allclose(kernels[0], kernels[1])
+        assert np.abs(kernels).max() <= limit
+        np.testing.assert_allclose(kernels.std(), limit / np.sqrt(3.0), rtol=0.1)
 
 
 def test_routing_statistics_are_token_weighted_and_recorded_only_when_training():
