@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from mm_keras.tokenizers import ImagePatchTokenizer
 from tests.roundtrip import check_layer_roundtrip
+from tests.tokenizers.precision import check_bfloat16_tokens
 
 
 def _images(shape=(2, 16, 16, 1)):
@@ -99,12 +100,4 @@ def test_a_bfloat16_tokenizer_gives_the_float32_tokens_to_bfloat16_precision(
     # the image projection stays in bfloat16, so its usual shapes are checked here.
     images = _images((16, image_size, image_size, num_channels))
     config = {"image_size": image_size, "patch_size": patch_size, "hidden_dim": 64}
-    exact = ImagePatchTokenizer(**config, num_channels=num_channels)
-    half = ImagePatchTokenizer(**config, num_channels=num_channels, dtype="mixed_bfloat16")
-    exact.build(images.shape)
-    half.build(images.shape)
-    half.set_weights(exact.get_weights())
-    tokens = half(images)["tokens"]
-    assert tokens.dtype == "bfloat16"
-    tokens = np.asarray(tf.cast(tokens, "float32"))
-    np.testing.assert_allclose(tokens, exact(images)["tokens"], atol=0.05, rtol=0.02)
+    check_bfloat16_tokens(ImagePatchTokenizer, {**config, "num_channels": num_channels}, images)

@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from mm_keras.tokenizers.video import VideoTubeletTokenizer
 from tests.roundtrip import check_layer_roundtrip
+from tests.tokenizers.precision import check_bfloat16_tokens
 
 CONFIG = {"num_frames": 4, "image_size": 16, "patch_size": 8, "tubelet_size": 2, "hidden_dim": 32}
 
@@ -57,12 +58,4 @@ def test_a_bfloat16_tokenizer_gives_the_float32_tokens_to_bfloat16_precision():
     # AVX-512 BF16 CPU, and the tubelet projection stays in bfloat16.
     videos = _videos((8, 8, 32, 32, 3))
     config = {**CONFIG, "num_frames": 8, "image_size": 32, "patch_size": 4, "num_channels": 3}
-    exact = VideoTubeletTokenizer(**config)
-    half = VideoTubeletTokenizer(**config, dtype="mixed_bfloat16")
-    exact.build(videos.shape)
-    half.build(videos.shape)
-    half.set_weights(exact.get_weights())
-    tokens = half(videos)["tokens"]
-    assert tokens.dtype == "bfloat16"
-    tokens = np.asarray(tf.cast(tokens, "float32"))
-    np.testing.assert_allclose(tokens, exact(videos)["tokens"], atol=0.05, rtol=0.02)
+    check_bfloat16_tokens(VideoTubeletTokenizer, config, videos)
