@@ -172,6 +172,21 @@ class ExpertsOnlyMoE(MoEFeedForward):
         return ops.reshape(folded, inputs.shape)
 
 
+def expert_weights(layer):
+    """`layer`'s per-expert weight lists: in-kernels, in-biases, out-kernels, out-biases."""
+    return (
+        layer.expert_in_kernels,
+        layer.expert_in_biases,
+        layer.expert_out_kernels,
+        layer.expert_out_biases,
+    )
+
+
+def stacked_expert_weights(layer):
+    """Each of `expert_weights(layer)` stacked into one `[E, ...]` array."""
+    return [np.stack([np.asarray(w) for w in weights]) for weights in expert_weights(layer)]
+
+
 class StackedWeightsMoE(MoEFeedForward):
     """`MoEFeedForward` with its experts' weights as the layer kept them before: one
     stacked `[E, ...]` variable per kind (built from the per-expert weights' values, which
@@ -181,13 +196,11 @@ class StackedWeightsMoE(MoEFeedForward):
     def build(self, inputs_shape):
         super().build(inputs_shape)
         self.stacked_weights = []
-        for name, weights in (
-            ("in_kernel", self.expert_in_kernels),
-            ("in_bias", self.expert_in_biases),
-            ("out_kernel", self.expert_out_kernels),
-            ("out_bias", self.expert_out_biases),
+        for name, weights, values in zip(
+            ("in_kernel", "in_bias", "out_kernel", "out_bias"),
+            expert_weights(self),
+            stacked_expert_weights(self),
         ):
-            values = np.stack([np.asarray(w) for w in weights])
             stacked = self.add_weight(name=f"expert_{name}", shape=values.shape)
             stacked.assign(values)
             self.stacked_weights.append(stacked)
@@ -274,12 +287,7 @@ def check_stacked_weights(rng):
     kwargs = CASES[HEADLINE][0]
     layer = MoEFeedForward(FLAGS.num_experts, 4 * shape[2], **kwargs)
     layer.build(shape)
-    kinds = (
-        layer.expert_in_kernels,
-        layer.expert_in_biases,
-        layer.expert_out_kernels,
-        layer.expert_out_biases,
-    )
+    kinds = expert_weights(layer)
     out, loss, grads = loss_and_gradients(layer, x, target)
     per_variable = dict(zip([v.path for v in layer.trainable_variables], grads[1:]))
     expected = [per_variable[layer.router_kernel.path]] + [
@@ -290,8 +298,8 @@ def check_stacked_weights(rng):
         other = alternative(FLAGS.num_experts, 4 * shape[2], **kwargs)
         other.build(shape)
         other.router_kernel.assign(layer.router_kernel)
-        for stacked, weights in zip(other.stacked_weights, kinds):
-            stacked.assign(np.stack([np.asarray(w) for w in weights]))
+        for stacked, values in zip(other.stacked_weights, stacked_expert_weights(layer)):
+            stacked.assign(values)
         out_b, loss_b, grads_b = loss_and_gradients(other, x, target)
         per_variable = dict(zip([v.path for v in other.trainable_variables], grads_b[1:]))
         actual = [per_variable[other.router_kernel.path]] + [
@@ -321,15 +329,7 @@ def check_experts_only(rng):
     count, rows = batch * tokens, FLAGS.num_experts * batch * layer.capacity(tokens, True)
     flat = x.reshape(count, dim)
     filled = np.concatenate([flat, flat[: rows - count]]).reshape(FLAGS.num_experts, -1, dim)
-    w_in, b_in, w_out, b_out = (
-        np.stack([np.asarray(w) for w in weights])
-        for weights in (
-            layer.expert_in_kernels,
-            layer.expert_in_biases,
-            layer.expert_out_kernels,
-            layer.expert_out_biases,
-        )
-    )
+    w_in, b_in, w_out, b_out = stacked_expert_weights(layer)
     hidden = filled @ w_in + b_in[:, None, :]
     hidden = 0.5 * hidden * (1.0 + np.vectorize(math.erf)(hidden / math.sqrt(2.0)))  # GELU
     out = (hidden @ w_out + b_out[:, None, :]).reshape(rows, dim)

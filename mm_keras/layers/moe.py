@@ -222,25 +222,16 @@ class MoEFeedForward(keras.layers.Layer):
 
         self.expert_in_kernels, self.expert_in_biases = [], []
         self.expert_out_kernels, self.expert_out_biases = [], []
+        kinds = (
+            ("in_kernel", self.expert_in_kernels, (hidden_dim, inner), kernel),
+            ("in_bias", self.expert_in_biases, (inner,), keras.initializers.Zeros),
+            ("out_kernel", self.expert_out_kernels, (inner, hidden_dim), kernel),
+            ("out_bias", self.expert_out_biases, (hidden_dim,), keras.initializers.Zeros),
+        )
         for e in range(experts):
-            self.expert_in_kernels.append(
-                self.add_weight(
-                    name=f"expert_{e}_in_kernel", shape=(hidden_dim, inner), initializer=kernel()
-                )
-            )
-            self.expert_in_biases.append(
-                self.add_weight(name=f"expert_{e}_in_bias", shape=(inner,), initializer="zeros")
-            )
-            self.expert_out_kernels.append(
-                self.add_weight(
-                    name=f"expert_{e}_out_kernel", shape=(inner, hidden_dim), initializer=kernel()
-                )
-            )
-            self.expert_out_biases.append(
-                self.add_weight(
-                    name=f"expert_{e}_out_bias", shape=(hidden_dim,), initializer="zeros"
-                )
-            )
+            for kind, variables, shape, initializer in kinds:
+                name = f"expert_{e}_{kind}"
+                variables.append(self.add_weight(name=name, shape=shape, initializer=initializer()))
         if self.track_statistics:
             self._untracked_statistics(RoutingStatistics(experts, name=self.path or self.name))
 
