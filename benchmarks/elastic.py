@@ -19,9 +19,7 @@ Writes `benchmarks/results/elastic.json`: per config and member, `latency_ms_p50
 """
 
 import os
-import statistics
 import sys
-import time
 
 from absl import app, flags
 
@@ -37,6 +35,7 @@ from common import RESULTS_DIR, write_results  # noqa: E402
 from mm_keras.encoders import TransformerEncoder  # noqa: E402
 from mm_keras.export.family import family_members, member_model  # noqa: E402
 from mm_keras.export.tflite import convert_tower  # noqa: E402
+from mm_keras.export.verify import best_median_ms  # noqa: E402
 from mm_keras.models import DualEncoder  # noqa: E402
 from mm_keras.tokenizers import ImagePatchTokenizer, TextEmbedding  # noqa: E402
 
@@ -73,26 +72,17 @@ def build(config):
     return model
 
 
-def interpreter_call(flatbuffer, image):
+def interpreter_call(flatbuffer):
+    """`call(image)`: one invocation of the file's interpreter on `image`."""
     interpreter = Interpreter(model_content=flatbuffer, num_threads=1)
     interpreter.allocate_tensors()
     (detail,) = interpreter.get_input_details()
-    interpreter.set_tensor(detail["index"], image)
 
-    def call():
+    def call(image):
+        interpreter.set_tensor(detail["index"], image)
         interpreter.invoke()
 
     return call
-
-
-def median_ms(call, invocations):
-    call()
-    times = []
-    for _ in range(invocations):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
 
 
 def benchmark(config):
@@ -106,12 +96,9 @@ def benchmark(config):
     calls, results = {}, {}
     for member in members:
         flatbuffer = convert_tower(member_model(model, "image", member), "image")
-        calls[member["name"]] = interpreter_call(flatbuffer, image)
+        calls[member["name"]] = interpreter_call(flatbuffer)
         results[member["name"]] = {"size_bytes": len(flatbuffer)}
-    best = {name: float("inf") for name in calls}
-    for _ in range(FLAGS.rounds):
-        for name, call in calls.items():
-            best[name] = min(best[name], median_ms(call, FLAGS.invocations))
+    best = best_median_ms(calls, [image] * FLAGS.invocations, FLAGS.rounds)
     for name in calls:
         results[name].update(latency_ms_p50=best[name], latency_vs_full=best[name] / best["full"])
         print(f"  {name}: {best[name]:.3f} ms, {best[name] / best['full']:.2f} of full")

@@ -76,7 +76,7 @@ flags.DEFINE_list("merge_tokens", ["8", "12", "16"], "Image tokens merged before
 flags.DEFINE_float(
     "max_validation_drop", 0.005, "Largest validation accuracy loss of a reported setting."
 )
-flags.DEFINE_integer("epochs", 30, "Training epochs of every model.")
+flags.DEFINE_integer("epochs", 60, "Training epochs of every model.")
 flags.DEFINE_float(
     "exit_loss_weight", 1.0, "Weight of the layer-wise loss that trains every exit (MuE)."
 )

@@ -19,7 +19,7 @@ from ai_edge_litert.interpreter import Interpreter
 from mm_keras.eval import zero_shot_accuracy, zero_shot_classifier
 from mm_keras.export import staging
 from mm_keras.export.tflite import convert_tower, write_tflite
-from mm_keras.export.verify import median_ms
+from mm_keras.export.verify import best_median_ms
 from mm_keras.models import extract, with_inference_settings
 
 SIGNATURE = "embed"
@@ -67,8 +67,13 @@ def _keras_outputs(member, modality, inputs, batch_size=256):
     return np.concatenate(embeddings), (np.concatenate(layers) if layers else None)
 
 
-def verify_member(path, member, modality, inputs, labels, classifier, latency_examples):
-    """Runs one member's TFLite file on `inputs` and compares it with its Keras model."""
+def verify_member(path, member, modality, inputs, labels, classifier):
+    """Runs one member's TFLite file on `inputs` and compares it with its Keras model.
+
+    Returns:
+        `(report, run)`: the report's figures, and `run(x)`, which embeds one example with
+        the file, for timing.
+    """
     interpreter = Interpreter(model_path=path, num_threads=1)
     runner = interpreter.get_signature_runner(SIGNATURE)
     (input_name,) = interpreter.get_signature_list()[SIGNATURE]["inputs"]
@@ -84,7 +89,6 @@ def verify_member(path, member, modality, inputs, labels, classifier, latency_ex
     )
     report = {
         "size_bytes": os.path.getsize(path),
-        "latency_ms_p50": median_ms(run, inputs[:latency_examples]),
         "zero_shot_top1": zero_shot_accuracy(embeddings, classifier, labels),
         "keras_zero_shot_top1": zero_shot_accuracy(reference, classifier, labels),
         "max_abs_error": float(np.abs(embeddings - reference).max()),
@@ -97,7 +101,7 @@ def verify_member(path, member, modality, inputs, labels, classifier, latency_ex
             keras_layers_used_mean=float(np.mean(reference_layers)),
             layers_used_agreement=float(np.mean(layers == reference_layers)),
         )
-    return report
+    return report, run
 
 
 def pareto_front(members):
@@ -151,6 +155,7 @@ def export_family(
     modality="image",
     text_modality="text",
     latency_examples=50,
+    latency_rounds=3,
     verbose=True,
 ):
     """Writes one verified TFLite file per member, `report.json` and `pareto.png`.
@@ -159,7 +164,8 @@ def export_family(
 
         output_dir/<member>.tflite   the member's `modality` tower, float32, builtin ops
         output_dir/report.json       per member: its settings, `size_bytes`,
-                                     `latency_ms_p50` (1 thread, batch 1) and
+                                     `latency_ms_p50` (1 thread, batch 1; the
+                                     members take turns, best of rounds) and
                                      `latency_vs_full`, `zero_shot_top1` from the file's
                                      embeddings (and `keras_zero_shot_top1`),
                                      `max_abs_error` and `mean_cosine` against the member's
@@ -178,7 +184,9 @@ def export_family(
         class_prompts: one list of prompts per class.
         modality: the tower each file holds.
         text_modality: the model's text tower, which embeds the prompts.
-        latency_examples: int, examples timed one at a time.
+        latency_examples: int, examples timed one at a time per member and round.
+        latency_rounds: int, rounds of timing, the members taking turns in each, so that
+            the machine's drift falls on all alike; each keeps its best round's median.
         verbose: bool, print a line per member.
 
     Returns:
@@ -203,24 +211,26 @@ def export_family(
     staging.remove_stale(parent)
     staged = staging.make_directory("tmp", parent)
     try:
-        reports = []
+        reports, runs = [], {}
         for member, elastic in zip(members, elastic_models):
             path = os.path.join(staged, f"{member['name']}.tflite")
             layers_used = "exit_threshold" in member
             write_tflite(convert_tower(elastic, modality, layers_used=layers_used), path)
             classifier = zero_shot_classifier(elastic, tokenizer, class_prompts, text_modality)
-            report = {**member, "file": os.path.basename(path)}
-            report.update(
-                verify_member(path, elastic, modality, inputs, labels, classifier, latency_examples)
+            report, runs[member["name"]] = verify_member(
+                path, elastic, modality, inputs, labels, classifier
             )
-            reports.append(report)
+            reports.append({**member, "file": os.path.basename(path), **report})
+        latency = best_median_ms(runs, inputs[:latency_examples], latency_rounds)
+        for report in reports:
+            report["latency_ms_p50"] = latency[report["name"]]
+            report["latency_vs_full"] = report["latency_ms_p50"] / latency["full"]
             if verbose:
                 print(
-                    f"  {member['name']}: {report['latency_ms_p50']:.3f} ms, zero-shot "
+                    f"  {report['name']}: {report['latency_ms_p50']:.3f} ms "
+                    f"({report['latency_vs_full']:.2f} of full), zero-shot "
                     f"{report['zero_shot_top1']:.3f}, {report['size_bytes'] / 1e6:.2f} MB"
                 )
-        for report in reports:
-            report["latency_vs_full"] = report["latency_ms_p50"] / reports[0]["latency_ms_p50"]
         front = pareto_front(reports)
         family = {"modality": modality, "members": reports, "pareto_front": front}
         with open(os.path.join(staged, "report.json"), "w") as f:

@@ -48,6 +48,30 @@ def median_ms(fn, batches):
     return 1000.0 * float(np.median(times))
 
 
+def best_median_ms(calls, batches, rounds=3):
+    """Each call's best `median_ms` over `batches` in `rounds` rounds, the calls taking turns.
+
+    A machine's speed drifts (other processes, frequency steps): timing one call after
+    another lets the drift decide their ratio, so they alternate round by round and each
+    keeps its best round, as `timeit` recommends.
+
+    Args:
+        calls: dict of name to `fn(x)`.
+        batches: the inputs each call runs on, one at a time.
+        rounds: int >= 1.
+
+    Returns:
+        A dict of name to milliseconds.
+    """
+    if rounds < 1:
+        raise ValueError(f"Expected rounds >= 1. Received: rounds={rounds}")
+    best = {name: float("inf") for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            best[name] = min(best[name], median_ms(fn, batches))
+    return best
+
+
 def directory_size(path):
     return sum(
         os.path.getsize(os.path.join(root, name))
