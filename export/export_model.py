@@ -36,7 +36,7 @@ With `--family_fractions`, `--family_exit_thresholds` or `--family_merge_tokens`
 export writes an elastic model's family instead (`mm_keras.export.export_family`): one
 float32 TFLite file of the `--family_modality` tower per member (the full model, each
 MatFormer width of a model trained with `nested_fractions`, each early-exit threshold,
-each number of tokens merged per block), each verified on the held-out examples, into
+each number or schedule of tokens merged per block), each verified on the held-out examples, into
 `family/` with `report.json` (size, latency, zero-shot accuracy, error; blocks run under
 early exit) and `pareto.png` (accuracy against latency):
 
@@ -57,7 +57,12 @@ import tensorflow as tf  # noqa: E402
 
 from mm_keras.data import Pipeline, datasets, record_error_message  # noqa: E402
 from mm_keras.export import MODES, export_artifacts, verify  # noqa: E402
-from mm_keras.export.family import export_family, family_members, member_model  # noqa: E402
+from mm_keras.export.family import (  # noqa: E402
+    export_family,
+    family_members,
+    member_model,
+    parse_merge_tokens,
+)
 from mm_keras.export.saved_model import (  # noqa: E402
     DEFAULT_MAX_AUDIO_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -98,7 +103,12 @@ flags.DEFINE_integer("calibration_examples", 256, "Training examples that calibr
 flags.DEFINE_integer("latency_examples", 50, "Examples timed one at a time per tower.")
 flags.DEFINE_list("family_fractions", [], "MatFormer widths of the family to export.")
 flags.DEFINE_list("family_exit_thresholds", [], "Early-exit thresholds of the family.")
-flags.DEFINE_list("family_merge_tokens", [], "Tokens merged before each block, per member.")
+flags.DEFINE_list(
+    "family_merge_tokens",
+    [],
+    "Tokens merged before each block after the first, per member; or one count per block, "
+    "joined by '-' (0-32-0-0: 32 before the second block only).",
+)
 flags.DEFINE_string(
     "family_modality", None, "The family's tower; default: the exported tower that is not text."
 )
@@ -268,7 +278,7 @@ def write_family(model, tokenizer, towers, examples, output_dir):
         members = family_members(
             [float(f) for f in FLAGS.family_fractions],
             [float(t) for t in FLAGS.family_exit_thresholds],
-            [int(r) for r in FLAGS.family_merge_tokens],
+            [parse_merge_tokens(r) for r in FLAGS.family_merge_tokens],
         )
         for member in members:  # each setting checked before any conversion
             member_model(model, modality, member)

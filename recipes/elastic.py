@@ -18,7 +18,8 @@ submodel's embeddings and the trained model's (0.0: it is the same model).
 Early exit (MuE, Tang et al., 2023) of the image tower, on the first seed's model: for each
 of `--exit_thresholds`, the average number of encoder blocks run per test image and the
 zero-shot accuracy. Token reduction (ToMe, Bolya et al., 2023): `--merge_tokens` image
-tokens merged away before each block after the first. The setting reported
+tokens merged away before each block after the first, or per block (`0-32-0-0`: one merge
+of 32 before the second block). The setting reported
 (`early_exit_*`, `token_reduction_*`) is the one that saves most while losing at most
 `--max_validation_drop` of zero-shot accuracy on the validation split; the figures are
 the test split's.
@@ -52,7 +53,12 @@ import tensorflow as tf  # noqa: E402
 from mm_keras.callbacks import save_model_atomically  # noqa: E402
 from mm_keras.encoders import TransformerEncoder  # noqa: E402
 from mm_keras.eval import zero_shot_accuracy, zero_shot_classifier  # noqa: E402
-from mm_keras.export.family import export_family, family_members, member_model  # noqa: E402
+from mm_keras.export.family import (  # noqa: E402
+    export_family,
+    family_members,
+    member_model,
+    parse_merge_tokens,
+)
 from mm_keras.layers.transformer import nested_units  # noqa: E402
 from mm_keras.models import DualEncoder, extract  # noqa: E402
 from mm_keras.trainers import ContrastiveTrainer  # noqa: E402
@@ -72,7 +78,12 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the width study.")
 flags.DEFINE_list(
     "exit_thresholds", ["0.7", "0.8", "0.85", "0.9", "0.95"], "Early-exit thresholds."
 )
-flags.DEFINE_list("merge_tokens", ["8", "12", "16"], "Image tokens merged before each block.")
+flags.DEFINE_list(
+    "merge_tokens",
+    ["8", "12", "16", "0-32-0-0"],
+    "Image tokens merged before each block after the first, per member; or one count per "
+    "block joined by '-' (0-32-0-0: 32 before the second block only).",
+)
 flags.DEFINE_float(
     "max_validation_drop", 0.005, "Largest validation accuracy loss of a reported setting."
 )
@@ -209,17 +220,26 @@ def main(argv):
     tokenizer = splits.text_tokenizer(None, FLAGS.vocabulary_size, FLAGS.sequence_length)
     test = Evaluation(splits.arrays("test"), tokenizer, splits.class_prompts)
     validation = Evaluation(splits.arrays("validation"), tokenizer, splits.class_prompts)
+    fractions = [float(f) for f in FLAGS.fractions]
+    try:
+        members = family_members(
+            fractions,
+            [float(t) for t in FLAGS.exit_thresholds],
+            [parse_merge_tokens(r) for r in FLAGS.merge_tokens],
+        )
+        # A setting the model cannot take fails now, on an untrained model, not after training.
+        untrained = build_model(tokenizer.vocabulary_size, 0, nested=fractions)
+        untrained.build()
+        for member in members:
+            member_model(untrained, "image", member)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     started = time.time()
     model, metrics = width_study(splits, tokenizer, test, label_aware)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     save_model_atomically(model, os.path.join(FLAGS.output_dir, "model.keras"))
     tokenizer.save_vocabulary(os.path.join(FLAGS.output_dir, "vocabulary.txt"))
 
-    members = family_members(
-        [float(f) for f in FLAGS.fractions],
-        [float(t) for t in FLAGS.exit_thresholds],
-        [int(r) for r in FLAGS.merge_tokens],
-    )
     print("Exporting the family (float32 TFLite image towers, 1 thread):")
     family = export_family(
         model,

@@ -36,7 +36,11 @@ class TransformerEncoder(keras.layers.Layer):
       `[B]` int32, the blocks each example ran. Training runs every block.
     * `merge_tokens`: r tokens merged away before every block but the first (ToMe, Bolya
       et al., 2023, `mm_keras.layers.merge_tokens`), N → N - r·(L-1) tokens with static
-      shapes, for patch-token towers (image, audio, video). Attention is proportional (a
+      shapes, for patch-token towers (image, audio, video); or a schedule, one count per
+      block, such as `[0, 32, 0, 0]`: one merge of 32 tokens before the second block
+      does the work of three merges of 16 (the same tokens per later block in all) at a
+      third of their cost, which matters where a merge costs nearly as much as a small
+      block (a TFLite file at width 64). Attention is proportional (a
       merged key's logit gains log of the tokens it stands for) and the output holds
       `"token_sizes"`, which `pool_sequence` weighs the tokens by; the mask is that of the
       merged tokens.
@@ -55,6 +59,7 @@ class TransformerEncoder(keras.layers.Layer):
         exit_threshold: optional float in [-1, 1], the similarity at which an example exits
             in inference; None runs every block. `call`'s own `exit_threshold` overrides it.
         merge_tokens: int, tokens merged away before each block after the first; 0: none.
+            Or a list of `num_layers` ints, the tokens merged away before each block.
 
     Example:
     >>> encoder = TransformerEncoder(num_layers=2, num_heads=4, intermediate_dim=128)
@@ -65,6 +70,9 @@ class TransformerEncoder(keras.layers.Layer):
     >>> elastic = TransformerEncoder(4, 4, 128, exit_threshold=0.99, merge_tokens=2)
     >>> elastic(seq)["tokens"].shape  # 10 - 2 * 3 tokens
     (2, 4, 64)
+    >>> once = TransformerEncoder(4, 4, 128, merge_tokens=[0, 5, 0, 0])
+    >>> once(seq)["tokens"].shape  # 10 - 5 tokens
+    (2, 5, 64)
     """
 
     def __init__(
@@ -90,15 +98,15 @@ class TransformerEncoder(keras.layers.Layer):
                 f"intermediate_dim={intermediate_dim} for num_layers={num_layers}"
             )
         check_exit_threshold(exit_threshold)
-        if (
-            not isinstance(merge_tokens, int)
-            or merge_tokens < 0
-            or (merge_tokens and exit_threshold is not None)
+        schedule = list(merge_tokens) if isinstance(merge_tokens, (list, tuple)) else None
+        counts = schedule if schedule is not None else [merge_tokens]
+        if not all(isinstance(r, int) and r >= 0 for r in counts) or (
+            any(counts) and exit_threshold is not None
         ):
             raise ValueError(
-                "Expected `merge_tokens` >= 0, and not with `exit_threshold` (an exited "
-                "example's tokens would still be merged). Received: "
-                f"merge_tokens={merge_tokens}, exit_threshold={exit_threshold}"
+                "Expected `merge_tokens` >= 0 or a list of such ints, and not with "
+                "`exit_threshold` (an exited example's tokens would still be merged). "
+                f"Received: merge_tokens={merge_tokens}, exit_threshold={exit_threshold}"
             )
         self.num_layers = num_layers
         self.num_heads = num_heads
@@ -108,6 +116,9 @@ class TransformerEncoder(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.nested_fractions = check_nested_fractions(nested_fractions)
         self.exit_threshold = exit_threshold
+        # A schedule without merges is stored as 0, which every "does it merge?" test reads.
+        if schedule is not None:
+            merge_tokens = schedule if any(schedule) else 0
         self.merge_tokens = merge_tokens
         self.blocks = [
             TransformerBlock(
@@ -133,20 +144,34 @@ class TransformerEncoder(keras.layers.Layer):
             block.build(tokens_shape)
         self.final_norm.build(tokens_shape)
 
+    def _merge_schedule(self):
+        """The tokens merged away before each block. A schedule of the wrong length fails
+        here, at build, as too many merges do, so that a model rebuilt with other settings
+        (`with_inference_settings`) reports it as it is, not wrapped by deserialization."""
+        if isinstance(self.merge_tokens, list):
+            if len(self.merge_tokens) != self.num_layers:
+                raise ValueError(
+                    f"Expected `merge_tokens` as one count per block, {self.num_layers} of "
+                    f"them. Received: merge_tokens={self.merge_tokens}"
+                )
+            return self.merge_tokens
+        return [0] + [self.merge_tokens] * (self.num_layers - 1) if self.num_layers else []
+
     def _merged_length(self, length):
         """The number of tokens left after every merge, checked: each merge takes at most
         half of the tokens it sees."""
-        merges = max(self.num_layers - 1, 0)
-        if length is None or not self.merge_tokens or not merges:
+        schedule = self._merge_schedule()
+        if length is None:
             return length
-        last_merge_input = length - self.merge_tokens * (merges - 1)
-        if self.merge_tokens > last_merge_input // 2:
+        # Block i's merge sees N - (the tokens merged before it) and takes at most half.
+        need = max((2 * r + sum(schedule[:i]) for i, r in enumerate(schedule) if r), default=0)
+        if length < need:
             raise ValueError(
-                f"Expected at least {self.merge_tokens * (merges + 1)} tokens, to merge "
-                f"merge_tokens={self.merge_tokens} before each of {merges} blocks. "
-                f"Received: {length} tokens"
+                f"Expected at least {need} tokens, to merge merge_tokens={self.merge_tokens} "
+                f"across {self.num_layers} blocks (a merge takes at most half of the tokens "
+                f"it sees). Received: {length} tokens"
             )
-        return length - self.merge_tokens * merges
+        return length - sum(schedule)
 
     def call(
         self,
@@ -174,9 +199,10 @@ class TransformerEncoder(keras.layers.Layer):
             layers_used = ops.zeros((ops.shape(tokens)[0],), "int32")
             pooled = ops.cast(masked_mean(tokens, mask), "float32")
         hidden_states = []
-        for i, (block, f) in enumerate(zip(self.blocks, fractions)):
-            if i and self.merge_tokens:
-                tokens, sizes = merge_tokens(tokens, sizes, self.merge_tokens)
+        schedule = self._merge_schedule()
+        for i, (block, f, merged_away) in enumerate(zip(self.blocks, fractions, schedule)):
+            if merged_away:
+                tokens, sizes = merge_tokens(tokens, sizes, merged_away)
                 mask = sizes > 0
             if not exiting:
                 merged = {} if sizes is None else {"token_sizes": sizes}
@@ -244,10 +270,11 @@ class TransformerEncoder(keras.layers.Layer):
         if self.merge_tokens:
             outputs["token_sizes"] = keras.KerasTensor((batch, merged), self.compute_dtype)
         if return_hidden_states:
-            # Block i sees the tokens left after i merges.
+            # Block i runs on what the merges before it, its own included, leave.
+            schedule = self._merge_schedule()
             outputs["hidden_states"] = [
                 keras.KerasTensor(
-                    (batch, None if length is None else length - i * self.merge_tokens, width),
+                    (batch, None if length is None else length - sum(schedule[: i + 1]), width),
                     self.compute_dtype,
                 )
                 for i in range(self.num_layers)

@@ -28,19 +28,47 @@ SIGNATURE = "embed"
 def family_members(fractions=(), exit_thresholds=(), merge_tokens=()):
     """The member settings: the full model, then each width, exit threshold and merge count.
 
+    Args:
+        fractions: MatFormer widths.
+        exit_thresholds: early-exit similarities.
+        merge_tokens: each an int (tokens merged before every block after the first) or
+            a list of one int per block (see `TransformerEncoder`).
+
     Returns:
         A list of dicts with `"name"` and at most one of `"fraction"`, `"exit_threshold"`
         and `"merge_tokens"`.
 
     Example:
-    >>> [m["name"] for m in family_members([0.5], [0.99], [8])]
-    ['full', 'width_0.5', 'exit_0.99', 'merge_8']
+    >>> [m["name"] for m in family_members([0.5], [0.99], [8, [0, 32, 0, 0]])]
+    ['full', 'width_0.5', 'exit_0.99', 'merge_8', 'merge_0-32-0-0']
     """
     members = [{"name": "full"}]
     members += [{"name": f"width_{f:g}", "fraction": float(f)} for f in fractions if f != 1.0]
     members += [{"name": f"exit_{t:g}", "exit_threshold": float(t)} for t in exit_thresholds]
-    members += [{"name": f"merge_{r}", "merge_tokens": int(r)} for r in merge_tokens if r]
+    for r in merge_tokens:
+        if isinstance(r, (list, tuple)) and any(r):
+            r = [int(count) for count in r]
+            members.append({"name": "merge_" + "-".join(map(str, r)), "merge_tokens": r})
+        elif not isinstance(r, (list, tuple)) and r:
+            members.append({"name": f"merge_{r}", "merge_tokens": int(r)})
     return members
+
+
+def parse_merge_tokens(text):
+    """A command line's merge setting: `"16"` → 16, `"0-32-0-0"` → `[0, 32, 0, 0]`.
+
+    Example:
+    >>> parse_merge_tokens("0-32-0-0")
+    [0, 32, 0, 0]
+    """
+    try:
+        counts = [int(part) for part in text.split("-")]
+    except ValueError:
+        raise ValueError(
+            "Expected tokens merged per block, an int or ints joined by '-' (one per block). "
+            f"Received: {text!r}"
+        ) from None
+    return counts[0] if len(counts) == 1 else counts
 
 
 def member_model(model, modality, member):

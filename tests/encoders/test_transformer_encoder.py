@@ -23,6 +23,7 @@ def _sequence():
         ({"num_layers": 2, "intermediate_dim": [64, 32], "nested_fractions": (0.5, 1.0),
           "exit_threshold": 0.9}, 5),
         ({"num_layers": 3, "merge_tokens": 1}, 3),
+        ({"num_layers": 3, "merge_tokens": [0, 2, 0]}, 3),
     ],
 )  # fmt: skip
 def test_roundtrip(options, length):
@@ -136,6 +137,30 @@ def test_merging_shrinks_the_sequence_before_each_later_block():
     assert [s.shape[1] for s in states] == [16, 12, 8]
     with pytest.raises(ValueError, match="at least 25 tokens"):
         TransformerEncoder(5, 4, 64, merge_tokens=5)(sequence)
+
+
+def test_a_merge_schedule_merges_its_counts_before_each_block():
+    sequence = {
+        "tokens": np.random.default_rng(3).normal(size=(2, 16, 32)).astype("float32"),
+        "mask": np.ones((2, 16), bool),
+    }
+    encoder = TransformerEncoder(3, 4, 64, merge_tokens=[2, 0, 4])
+    states = encoder(sequence, return_hidden_states=True)["hidden_states"]
+    assert [s.shape[1] for s in states] == [14, 14, 10]
+    # An int r is the schedule [0, r, r]: same weights, same outputs.
+    every = TransformerEncoder(3, 4, 64, merge_tokens=3)
+    schedule = TransformerEncoder(3, 4, 64, merge_tokens=[0, 3, 3])
+    for encoder in (every, schedule):
+        encoder.build({"tokens": (None, 16, 32), "mask": (None, 16)})
+    schedule.set_weights(every.get_weights())
+    np.testing.assert_array_equal(every(sequence)["tokens"], schedule(sequence)["tokens"])
+    # No merge at all is stored as 0, like the int.
+    assert TransformerEncoder(2, 4, 64, merge_tokens=[0, 0]).get_config()["merge_tokens"] == 0
+    # 16 tokens take 8 before the first block, then at most 4 of the 8 left.
+    with pytest.raises(ValueError, match="at least 18 tokens.*merge_tokens=\\[8, 5\\]"):
+        TransformerEncoder(2, 4, 64, merge_tokens=[8, 5])(sequence)
+    with pytest.raises(ValueError, match="one count per block, 3 of them.*=\\[0, 4\\]"):
+        TransformerEncoder(3, 4, 64, merge_tokens=[0, 4])(sequence)
 
 
 def test_merging_duplicate_tokens_changes_nothing_the_tower_pools():

@@ -43,14 +43,24 @@ def test_the_recipe_writes_its_figures_and_a_verified_family(tmp_path):
     export = tmp_path / "export"
     run_script(
         "export/export_model.py", f"--model={tmp_path / 'model.keras'}",
-        f"--output_dir={export}", "--family_fractions=0.5", "--family_merge_tokens=1",
+        f"--output_dir={export}", "--family_fractions=0.5", "--family_merge_tokens=1,0-8",
         "--latency_examples=5",
     )  # fmt: skip
     with open(export / "family" / "report.json") as f:
-        names = [m["name"] for m in json.load(f)["members"]]
-    assert names == ["full", "width_0.5", "merge_1"]
+        family = {m["name"]: m for m in json.load(f)["members"]}
+    assert list(family) == ["full", "width_0.5", "merge_1", "merge_0-8"]
+    assert family["merge_0-8"]["merge_tokens"] == [0, 8]
+    assert family["merge_0-8"]["max_abs_error"] < 1e-4
     error = script_usage_error(
         "export/export_model.py", f"--model={tmp_path / 'model.keras'}",
         f"--output_dir={export}", "--family_merge_tokens=40",
     )  # fmt: skip
     assert "merge_tokens=40" in error and "Traceback" not in error
+
+
+def test_a_merge_setting_the_model_cannot_take_stops_the_recipe_before_training(tmp_path):
+    # Two blocks, so a schedule needs two counts: this one fails before any training.
+    error = script_usage_error("recipes/elastic.py", *TINY, "--merge_tokens=0-2-0",
+                               f"--output_dir={tmp_path}")  # fmt: skip
+    assert "merge_tokens=[0, 2, 0]" in error and "Traceback" not in error
+    assert not (tmp_path / "model.keras").exists()
