@@ -31,11 +31,12 @@ with one thread at batch 1 and verified against its Keras model: `family/report.
 the blocks the file ran), `family/pareto.png`. The first seed's model is saved as
 `model.keras` with `vocabulary.txt`; `metrics.json` holds the tables.
 
-On 2 CPU cores with the defaults, about 37 minutes (2,208 s): the extracted widths 1.0, 0.5
+On 2 CPU cores with the defaults, about 35 minutes (2,109 s): the extracted widths 1.0, 0.5
 and 0.25 score 0.989 each zero-shot against 0.982, 0.991 and 0.987 trained alone (three
-seeds); early exit at 0.7 runs 50% fewer image blocks at no loss, 37% faster in TFLite;
-merging 16 tokens per block loses nothing and is 10% faster (at this width each merge costs
-nearly half a block). The tables are in the README.
+seeds); early exit at 0.7 runs 50% fewer image blocks at no loss, 32% faster in TFLite;
+one merge of 32 tokens before the second block is 27% faster at no loss (merging 16
+before each later block, 10%: at this width each merge costs nearly half a block). The
+tables are in the README.
 """
 
 import json
