@@ -60,7 +60,7 @@ from mm_keras.export import MODES, export_artifacts, verify  # noqa: E402
 from mm_keras.export.family import (  # noqa: E402
     export_family,
     family_members,
-    member_model,
+    member_models,
     parse_merge_tokens,
 )
 from mm_keras.export.saved_model import (  # noqa: E402
@@ -280,8 +280,7 @@ def write_family(model, tokenizer, towers, examples, output_dir):
             [float(t) for t in FLAGS.family_exit_thresholds],
             [parse_merge_tokens(r) for r in FLAGS.family_merge_tokens],
         )
-        for member in members:  # each setting checked before any conversion
-            member_model(model, modality, member)
+        member_models(model, modality, members)  # each setting checked before any conversion
     except ValueError as error:
         raise app.UsageError(f"--family_*: {error}") from None
     family = export_family(

@@ -58,6 +58,7 @@ from mm_keras.export.family import (  # noqa: E402
     export_family,
     family_members,
     member_model,
+    member_models,
     parse_merge_tokens,
 )
 from mm_keras.layers.transformer import nested_units  # noqa: E402
@@ -231,8 +232,7 @@ def main(argv):
         # A setting the model cannot take fails now, on an untrained model, not after training.
         untrained = build_model(tokenizer.vocabulary_size, 0, nested=fractions)
         untrained.build()
-        for member in members:
-            member_model(untrained, "image", member)
+        member_models(untrained, "image", members)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     started = time.time()

@@ -46,12 +46,17 @@ def family_members(fractions=(), exit_thresholds=(), merge_tokens=()):
     members += [{"name": f"width_{f:g}", "fraction": float(f)} for f in fractions if f != 1.0]
     members += [{"name": f"exit_{t:g}", "exit_threshold": float(t)} for t in exit_thresholds]
     for r in merge_tokens:
-        if isinstance(r, (list, tuple)) and any(r):
-            r = [int(count) for count in r]
-            members.append({"name": "merge_" + "-".join(map(str, r)), "merge_tokens": r})
-        elif not isinstance(r, (list, tuple)) and r:
-            members.append({"name": f"merge_{r}", "merge_tokens": int(r)})
+        r = [int(count) for count in r] if isinstance(r, (list, tuple)) else int(r)
+        if np.any(r):
+            members.append({"name": f"merge_{merge_text(r)}", "merge_tokens": r})
     return members
+
+
+def merge_text(merge_tokens):
+    """The inverse of `parse_merge_tokens`: 16 → `"16"`, `[0, 32, 0, 0]` → `"0-32-0-0"`."""
+    if isinstance(merge_tokens, int):
+        return str(merge_tokens)
+    return "-".join(map(str, merge_tokens))
 
 
 def parse_merge_tokens(text):
@@ -82,6 +87,12 @@ def member_model(model, modality, member):
             value = value if getattr(model, "shared_encoder", False) else {modality: value}
             return with_inference_settings(model, **{setting: value})
     return model
+
+
+def member_models(model, modality, members):
+    """Every member's `DualEncoder` (see `member_model`), all built before any is used, so
+    that a setting the model cannot take raises its `ValueError` before any work."""
+    return [member_model(model, modality, member) for member in members]
 
 
 def _keras_outputs(member, modality, inputs, batch_size=256):
@@ -232,8 +243,7 @@ def export_family(
             "Expected members from `family_members`: the full model first, names unique. "
             f"Received: {names}"
         )
-    # Every member first, so that a setting the model cannot take fails before any file.
-    elastic_models = [member_model(model, modality, member) for member in members]
+    elastic_models = member_models(model, modality, members)
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     staging.remove_stale(parent)

@@ -158,6 +158,17 @@ class TowersMixin:
                 )
         return super().predict(x, *args, **kwargs)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Without a strategy Keras creates the weights and the optimizer's slots inside the
+        # first traced step, each behind a `tf.cond` that initializes it once: a tenth of a
+        # small model's first `fit`. Built eagerly instead, from the tokenizers' shapes.
+        with self.distribute_strategy.scope():
+            if not self.built:
+                self.build()
+            if self.optimizer is not None and not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def get_build_config(self):
         # Recorded whichever way the model was built (also with no shapes), so that a
         # reloaded model gets Keras's default SavedModel signature right.

@@ -3,7 +3,7 @@ itself is exported and verified end to end in `tests/recipes/test_elastic.py`.""
 
 import pytest
 
-from mm_keras.export.family import family_members, parse_merge_tokens
+from mm_keras.export.family import family_members, merge_text, parse_merge_tokens
 
 
 def test_members_are_named_by_their_setting():
@@ -22,3 +22,5 @@ def test_merge_settings_parse_from_the_command_line():
     assert parse_merge_tokens("0-32-0-0") == [0, 32, 0, 0]
     with pytest.raises(ValueError, match="joined by '-'.*Received: '0,32'"):
         parse_merge_tokens("0,32")
+    for text in ("16", "0-32-0-0"):
+        assert merge_text(parse_merge_tokens(text)) == text
