@@ -157,3 +157,36 @@ def test_frozen_towers_stay_frozen_through_save_and_load(tmp_path):
     model.save(path)
     reloaded = keras.saving.load_model(path, safe_mode=True)
     assert len(reloaded.trainable_variables) == trainable
+
+
+def test_fit_creates_no_variable_inside_its_traced_step_and_keeps_the_shuffle():
+    # Weights, optimizer slots and compile's metrics are built before the step is traced
+    # (TF would trace it twice otherwise), and without drawing a batch from the data,
+    # which would move a seeded shuffle on to its second order.
+    inputs, labels = _inputs(batch=8), np.arange(8) % 3
+
+    def shuffled():
+        return tf.data.Dataset.from_tensor_slices((inputs, labels)).shuffle(8, seed=0).batch(4)
+
+    first_epoch = [y.numpy().tolist() for _, y in shuffled()]
+    seen, in_graph = [], []
+
+    def record(x, y):
+        def note(y):
+            seen.append(y.numpy().tolist())
+            return y
+
+        return x, tf.ensure_shape(tf.py_function(note, [y], y.dtype), y.shape)
+
+    def creator(next_creator, **kwargs):
+        if not tf.executing_eagerly():
+            in_graph.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    model = _model()
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(True),
+                  metrics=["accuracy"])  # fmt: skip
+    with tf.variable_creator_scope(creator):
+        model.fit(shuffled().map(record), epochs=1, verbose=0)
+    assert in_graph == [] and model.optimizer.built
+    assert seen == first_epoch

@@ -6,7 +6,7 @@ import json
 from tests.scripts import run_script, script_usage_error
 
 TINY = ["--seeds=0", "--epochs=1", "--fractions=0.5,1.0", "--num_layers=2", "--hidden_dim=32",
-        "--intermediate_dim=64", "--projection_dim=16", "--exit_thresholds=0.5,0.9",
+        "--intermediate_dim=64", "--projection_dim=16", "--exit_thresholds=0.5",
         "--merge_tokens=2", "--latency_examples=5", "--max_validation_drop=1.0"]  # fmt: skip
 
 
@@ -18,7 +18,7 @@ def test_the_recipe_writes_its_figures_and_a_verified_family(tmp_path):
         family = json.load(f)
     members = {m["name"]: m for m in family["members"]}
     assert set(metrics["members"]) == set(members) == {
-        "full", "width_0.5", "exit_0.5", "exit_0.9", "merge_2"
+        "full", "width_0.5", "exit_0.5", "merge_2"
     }  # fmt: skip
     # The headline figures are the family's and the width study's, not numbers of their own.
     gaps = [metrics[f"zero_shot_independent_{f}"] - metrics[f"zero_shot_extracted_{f}"]
@@ -43,12 +43,12 @@ def test_the_recipe_writes_its_figures_and_a_verified_family(tmp_path):
     export = tmp_path / "export"
     run_script(
         "export/export_model.py", f"--model={tmp_path / 'model.keras'}",
-        f"--output_dir={export}", "--family_fractions=0.5", "--family_merge_tokens=1,0-8",
+        f"--output_dir={export}", "--family_fractions=0.5", "--family_merge_tokens=0-8",
         "--latency_examples=5",
     )  # fmt: skip
     with open(export / "family" / "report.json") as f:
         family = {m["name"]: m for m in json.load(f)["members"]}
-    assert list(family) == ["full", "width_0.5", "merge_1", "merge_0-8"]
+    assert list(family) == ["full", "width_0.5", "merge_0-8"]
     assert family["merge_0-8"]["merge_tokens"] == [0, 8]
     assert family["merge_0-8"]["max_abs_error"] < 1e-4
     error = script_usage_error(

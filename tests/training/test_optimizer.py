@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mm_keras.trainers import WarmupCosineDecay
 from mm_keras.training import warmup_cosine_adamw
-from mm_keras.training.optimizer import WarmupCosineDecay
 
 
 def test_the_rate_warms_up_to_its_peak_then_follows_a_cosine_from_there():
