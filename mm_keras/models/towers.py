@@ -166,9 +166,9 @@ class TowersMixin:
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         # Without a strategy Keras would create the optimizer's slots and compile's metrics
         # inside the first traced step: each variable behind a `tf.cond` that initializes
-        # it once, and TF then traces the step a second time without them (a small fusion
-        # model's first `fit` took 40% longer). Built here, from the dataset's spec: not
-        # from a first batch, which would start an iterator and so move the shuffle on.
+        # it once, and TF then traces the step a second time without them. Built here,
+        # from the dataset's spec: not from a first batch, which would start an iterator
+        # and so move a seeded shuffle on.
         dataset = getattr(iterator, "_distributed_dataset", None)
         spec = data_batch if data_batch is not None else getattr(dataset, "element_spec", None)
         if spec is not None:

@@ -34,9 +34,9 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
     """Keras' `CosineDecay` with a warm-up, the same rates computed without a `cond`.
 
     Keras picks the warm-up or the cosine with `ops.cond`, and AdamW's weight decay asks
-    for the rate once per variable: a small model's traced step held some 40 of them, each
-    a pair of subgraphs to build. Both branches here are a few scalar ops and `where`
-    picks one.
+    for the rate once per decayed variable: a traced step held one `cond` per weight
+    matrix, each a pair of subgraphs to build. Both branches here are a few scalar ops
+    and `where` picks one.
 
     Args:
         initial_learning_rate: float, the rate at step 0.
