@@ -280,7 +280,7 @@ def write_family(model, tokenizer, towers, examples, output_dir):
             [float(t) for t in FLAGS.family_exit_thresholds],
             [parse_merge_tokens(r) for r in FLAGS.family_merge_tokens],
         )
-        member_models(model, modality, members)  # each setting checked before any conversion
+        models = member_models(model, modality, members)  # every setting checked first
     except ValueError as error:
         raise app.UsageError(f"--family_*: {error}") from None
     family = export_family(
@@ -294,6 +294,7 @@ def write_family(model, tokenizer, towers, examples, output_dir):
         modality=modality,
         text_modality=text_modality(towers),
         latency_examples=FLAGS.latency_examples,
+        models=models,
     )
     print(f"wrote {output_dir}/family/ ({len(family['members'])} members)")
 

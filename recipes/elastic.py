@@ -57,7 +57,6 @@ from mm_keras.eval import zero_shot_accuracy, zero_shot_classifier  # noqa: E402
 from mm_keras.export.family import (  # noqa: E402
     export_family,
     family_members,
-    member_model,
     member_models,
     parse_merge_tokens,
 )
@@ -242,6 +241,7 @@ def main(argv):
     tokenizer.save_vocabulary(os.path.join(FLAGS.output_dir, "vocabulary.txt"))
 
     print("Exporting the family (float32 TFLite image towers, 1 thread):")
+    models = member_models(model, "image", members)
     family = export_family(
         model,
         tokenizer,
@@ -251,12 +251,11 @@ def main(argv):
         test.labels,
         splits.class_prompts,
         latency_examples=FLAGS.latency_examples,
+        models=models,
     )
     reports = {m["name"]: m for m in family["members"]}
     full = reports["full"]
-    validation_accuracy = {
-        m["name"]: validation.zero_shot(member_model(model, "image", m)) for m in members
-    }
+    validation_accuracy = {m["name"]: validation.zero_shot(e) for m, e in zip(members, models)}
 
     exits = [m for m in family["members"] if "exit_threshold" in m]
     for m in exits:

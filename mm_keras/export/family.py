@@ -196,6 +196,7 @@ def export_family(
     latency_examples=50,
     latency_rounds=3,
     verbose=True,
+    models=None,
 ):
     """Writes one verified TFLite file per member, `report.json` and `pareto.png`.
 
@@ -227,6 +228,9 @@ def export_family(
         latency_rounds: int, rounds of timing, the members taking turns in each, so that
             the machine's drift falls on all alike; each keeps its best round's median.
         verbose: bool, print a line per member.
+        models: the members' models as `member_models(model, modality, members)` built
+            them, for a caller that already has them (to check the settings early, or
+            to evaluate the members afterwards); built here when None.
 
     Returns:
         The report dict.
@@ -243,14 +247,19 @@ def export_family(
             "Expected members from `family_members`: the full model first, names unique. "
             f"Received: {names}"
         )
-    elastic_models = member_models(model, modality, members)
+    if models is None:
+        models = member_models(model, modality, members)
+    elif len(models) != len(members):
+        raise ValueError(
+            f"Expected one model per member ({len(members)}). Received: {len(models)} models"
+        )
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     staging.remove_stale(parent)
     staged = staging.make_directory("tmp", parent)
     try:
         reports, runs = [], {}
-        for member, elastic in zip(members, elastic_models):
+        for member, elastic in zip(members, models):
             path = os.path.join(staged, f"{member['name']}.tflite")
             layers_used = "exit_threshold" in member
             write_tflite(convert_tower(elastic, modality, layers_used=layers_used), path)

@@ -3,7 +3,7 @@ itself is exported and verified end to end in `tests/recipes/test_elastic.py`.""
 
 import pytest
 
-from mm_keras.export.family import family_members, merge_text, parse_merge_tokens
+from mm_keras.export.family import export_family, family_members, merge_text, parse_merge_tokens
 
 
 def test_members_are_named_by_their_setting():
@@ -24,3 +24,11 @@ def test_merge_settings_parse_from_the_command_line():
         parse_merge_tokens("0,32")
     for text in ("16", "0-32-0-0"):
         assert merge_text(parse_merge_tokens(text)) == text
+
+
+def test_models_must_match_the_members_before_anything_is_written(tmp_path):
+    members = family_members([], [0.9], [])
+    output_dir = tmp_path / "family"
+    with pytest.raises(ValueError, match=r"one model per member \(2\)\. Received: 1 models"):
+        export_family(None, None, members, str(output_dir), [], [], [], models=[None])
+    assert list(tmp_path.iterdir()) == []
