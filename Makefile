@@ -19,8 +19,10 @@ demo: $(INSTALLED)
 	$(PYTHON) recipes/clip.py --output_dir=runs/clip
 	$(PYTHON) export/export_model.py --model=runs/clip/model.keras --output_dir=runs/clip/export
 
+# --capture=sys leaves TensorFlow's native stderr uncaptured, so that a worker that aborts
+# leaves its fatal message in the log (with fd capture it dies with the worker).
 test: $(INSTALLED)
-	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
+	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) --capture=sys --durations=15 tests
 
 benchmark: $(INSTALLED)
 	$(PYTHON) benchmarks/train_step.py

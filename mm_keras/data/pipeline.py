@@ -623,7 +623,9 @@ class Pipeline:
                 this many records, each permuted, from chunks in shuffled order; up to
                 about twice this many records are held in memory).
             seed: optional int, seed of shuffling and augmentation.
-            drop_remainder: bool, drop a last smaller batch (default: when training).
+            drop_remainder: bool, drop the one smaller batch (default: when training).
+                Kept, it comes last unless training without a `seed`, when batches are
+                decoded out of order and it may come earlier.
             cache: bool, keep the decoded examples in memory after the first epoch (then
                 augmentation, and skip counting, happen once; shuffling still happens).
             input_context: a `tf.distribute.InputContext`, for

@@ -70,7 +70,8 @@ def test_tfrecord_pipeline_shuffles_sorted_records_and_keeps_every_one(tmp_path)
     assert epochs[0] != epochs[1]
     first_batch = next(iter(dataset))["label"].numpy()
     assert len(set(first_batch)) >= 3
-    assert [len(b["label"]) for b in dataset] == [32] * 9 + [12]
+    # Unseeded training batches are decoded out of order, so the short one may come early.
+    assert sorted(len(b["label"]) for b in dataset) == [12] + [32] * 9
 
 
 @pytest.mark.parametrize("options", [{"on_error": "skip"}, {}])
