@@ -94,3 +94,35 @@ def test_a_key_of_size_k_weighs_as_k_copies_of_it():
     expected = np.asarray(layer(repeated))[:, :4]
     sizes = np.array([[3.0, 1.0, 1.0, 1.0]], "float32")
     np.testing.assert_allclose(layer(x, token_sizes=sizes), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("transpose_b", [False, True])
+def test_batched_matmul_values_and_gradients_match_numpy(transpose_b, jit_compile):
+    import tensorflow as tf
+
+    from mm_keras.layers.attention import batched_matmul
+
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(2, 3, 5, 4)).astype("float32")
+    b = rng.normal(size=(2, 3, 6, 4) if transpose_b else (2, 3, 4, 6)).astype("float32")
+    upstream = rng.normal(size=(2, 3, 5, 6)).astype("float32")
+
+    unknown = [tf.TensorSpec((None, 3, None, None))] * 2  # `fit` traces with the batch unknown
+
+    @tf.function(jit_compile=jit_compile, input_signature=unknown)
+    def value_and_gradients(a, b):
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            product = batched_matmul(a, b, transpose_b=transpose_b)
+            loss = tf.reduce_sum(product * upstream)
+        return product, *tape.gradient(loss, [a, b])
+
+    product, grad_a, grad_b = (np.asarray(t) for t in value_and_gradients(a, b))
+    b_t = b.swapaxes(-1, -2)
+    np.testing.assert_allclose(product, a @ (b_t if transpose_b else b), rtol=1e-5, atol=1e-5)
+    # d(a b)/da = upstream b^T, d(a b)/db = a^T upstream; with b^T, the same for b^T.
+    np.testing.assert_allclose(grad_a, upstream @ (b if transpose_b else b_t), atol=1e-5)
+    expected_b = a.swapaxes(-1, -2) @ upstream
+    expected_b = expected_b.swapaxes(-1, -2) if transpose_b else expected_b
+    np.testing.assert_allclose(grad_b, expected_b, atol=1e-5)
