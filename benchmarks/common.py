@@ -50,6 +50,15 @@ def machine():
     }
 
 
+def encoder_flops(tokens, width, mlp, layers):
+    """Matmul FLOPs (2 per multiply-add) of `layers` pre-norm Transformer blocks over one
+    sequence of `tokens`: the Q, K, V and output projections, the MLP, and attention's two
+    products (scores and weighted values, all heads together)."""
+    projections = 2 * tokens * width * (4 * width + 2 * mlp)
+    attention = 2 * 2 * tokens * tokens * width
+    return layers * (projections + attention)
+
+
 def write_results(name, results, output_dir=RESULTS_DIR):
     """Writes `results` plus the machine to `<output_dir>/<name>.json`, via a temporary file."""
     os.makedirs(output_dir, exist_ok=True)

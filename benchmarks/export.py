@@ -48,7 +48,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-from common import RESULTS_DIR, write_results  # noqa: E402
+from common import RESULTS_DIR, encoder_flops, write_results  # noqa: E402
 
 from mm_keras.encoders import TransformerEncoder  # noqa: E402
 from mm_keras.eval import zero_shot_accuracy, zero_shot_classifier  # noqa: E402
@@ -172,10 +172,8 @@ def image_tower_flops(model, config):
     width, mlp = config["width"], config["mlp"]
     patches = (config["image"] // config["patch"]) ** 2
     embedding = 2 * patches * config["patch"] ** 2 * channels * width
-    projections = 2 * patches * width * (3 * width + width + 2 * mlp)
-    attention = 2 * 2 * patches * patches * width  # scores and weighted values, all heads
     head = 2 * width * PROJECTION_DIM
-    return embedding + config["layers"] * (projections + attention) + head
+    return embedding + encoder_flops(patches, width, mlp, config["layers"]) + head
 
 
 def peak_gflops():

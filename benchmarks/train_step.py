@@ -23,6 +23,16 @@ at equal CPU time, when the process is descheduled), so the best round is the fi
 `timeit` recommends, and the median is recorded beside it. Steps per CPU second (all cores,
 median), which descheduling does not touch, are recorded as a cross-check.
 
+Last, `model_flops_utilisation`: an mm_keras CLIP at a real width (`--mfu_width`, 512 by
+default, MLP 4x, `--mfu_layers` blocks, heads of 64; 64x64 grey images in 8x8 patches and
+32 text tokens) trained in `--mfu_dtype_policy` (mixed_bfloat16) with XLA on whatever
+device TensorFlow places it, a GPU where there is one. Its model FLOPs per step are 3x the
+forward's matmul FLOPs (PaLM's convention: the backward does twice the forward's work),
+counted from the configuration; over the best round's step time they give the achieved
+FLOP/s. That is reported against a measured peak (ten chained square matmuls in the same
+dtype under XLA, on the same device) and, for the GPUs whose datasheet peak is listed in
+`NOMINAL_BF16_TFLOPS`, against that peak (`mfu`).
+
 Writes `benchmarks/results/train_step.json` and prints the ratios (mm_keras steps/s over
 keras-hub steps/s, XLA on, which is Keras' default on TF) last.
 """
@@ -43,7 +53,7 @@ import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from common import RESULTS_DIR, write_results  # noqa: E402
+from common import RESULTS_DIR, encoder_flops, machine, write_results  # noqa: E402
 from keras import ops  # noqa: E402
 
 from mm_keras.data import datasets  # noqa: E402
@@ -67,6 +77,20 @@ flags.DEFINE_enum("activation", "quick_gelu", ["quick_gelu", "gelu"], "The MLP a
 flags.DEFINE_integer("steps", 50, "Timed steps per round.")
 flags.DEFINE_integer("rounds", 9, "Alternating timing rounds; the best is reported.")
 flags.DEFINE_string("output_dir", RESULTS_DIR, "Where train_step.json is written.")
+flags.DEFINE_integer("mfu_width", 512, "Model FLOPs utilisation: the towers' width.")
+flags.DEFINE_integer("mfu_layers", 4, "Model FLOPs utilisation: blocks per tower.")
+flags.DEFINE_integer("mfu_batch_size", None, "Model FLOPs utilisation: examples per step "
+                     "(default: 256 with a GPU, 16 without).")  # fmt: skip
+flags.DEFINE_string("mfu_dtype_policy", "mixed_bfloat16", "Model FLOPs utilisation: the "
+                    "Keras dtype policy.")  # fmt: skip
+flags.DEFINE_integer("mfu_steps", 10, "Model FLOPs utilisation: timed steps per round.")
+flags.DEFINE_integer("mfu_peak_size", None, "Side of the square matmuls that measure the peak "
+                     "(default: 8192 with a GPU, 2048 without).")  # fmt: skip
+
+MFU_IMAGE_SIZE, MFU_PATCH_SIZE, MFU_TEXT_TOKENS, MFU_ROUNDS = 64, 8, 32, 3
+# Dense (not sparse) bfloat16 tensor-core peaks from NVIDIA's datasheets, in TFLOP/s; the
+# first name a device's name contains is its entry.
+NOMINAL_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0))
 
 
 class KerasHubCLIP(keras.Model):
@@ -132,20 +156,22 @@ def mm_keras_model():
     return DualEncoder(tokenizers, encoders, FLAGS.projection_dim)
 
 
-def random_batches(num_channels=1):
-    """Four batches' worth of uint8 images and token ids, in memory."""
+def random_batches(num_channels=1, batch_size=None, image_size=None, sequence_length=None):
+    """Four batches' worth of uint8 images and token ids, in memory (sizes: the flags')."""
     rng = np.random.default_rng(0)
-    n = 4 * FLAGS.batch_size
-    shape = (n, FLAGS.image_size, FLAGS.image_size, num_channels)
+    n = 4 * (batch_size or FLAGS.batch_size)
+    side = image_size or FLAGS.image_size
+    length = sequence_length or FLAGS.sequence_length
     return {
-        "image": rng.integers(0, 256, shape, dtype=np.uint8),
-        "text": rng.integers(1, FLAGS.vocabulary_size, (n, FLAGS.sequence_length), dtype=np.int32),
+        "image": rng.integers(0, 256, (n, side, side, num_channels), dtype=np.uint8),
+        "text": rng.integers(1, FLAGS.vocabulary_size, (n, length), dtype=np.int32),
     }
 
 
-def batches(data=None):
+def batches(data=None, batch_size=None):
     data = random_batches() if data is None else data
-    return tf.data.Dataset.from_tensor_slices(data).batch(FLAGS.batch_size).cache().repeat()
+    batch_size = batch_size or FLAGS.batch_size
+    return tf.data.Dataset.from_tensor_slices(data).batch(batch_size).cache().repeat()
 
 
 def make_trainer(build_model, jit_compile, loss="clip", data=None):
@@ -222,6 +248,109 @@ def measure(trainer, data):
     trainer.fit(data, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return FLAGS.steps / wall, FLAGS.steps / cpu
+
+
+def mfu_step_flops(batch_size, width, layers):
+    """Model FLOPs of one training step of `model_flops_utilisation`'s CLIP: 3x the forward's
+    matmul FLOPs (2 per multiply-add), the similarity matrix included."""
+    mlp, image_tokens = 4 * width, (MFU_IMAGE_SIZE // MFU_PATCH_SIZE) ** 2
+    patch_embedding = 2 * image_tokens * MFU_PATCH_SIZE**2 * width  # grey pixels
+    image = patch_embedding + encoder_flops(image_tokens, width, mlp, layers)
+    text = encoder_flops(MFU_TEXT_TOKENS, width, mlp, layers)
+    heads = 2 * (2 * width * width)  # each tower's projection to the width-sized joint space
+    similarity = 2 * batch_size * batch_size * width
+    return 3 * (batch_size * (image + text + heads) + similarity)
+
+
+def matmul_peak_flops(dtype, size):
+    """FLOP/s of ten chained `[size, size]` matmuls in `dtype` under XLA, best of five calls:
+    the most this device's matmuls reach."""
+    # Entries of scale 1/sqrt(size) keep every product of the chain at that scale.
+    a = tf.cast(tf.random.normal((size, size), stddev=size**-0.5, seed=0), dtype)
+
+    @tf.function(jit_compile=True)
+    def chain(a):
+        product = a
+        for _ in range(10):
+            product = tf.matmul(product, a)
+        return tf.reduce_sum(tf.cast(product, "float32"))
+
+    chain(a).numpy()  # compile
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        chain(a).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 10 * 2 * size**3 / best
+
+
+def nominal_peak_tflops(device, dtype):
+    """`device`'s datasheet bfloat16 peak from `NOMINAL_BF16_TFLOPS`, or None."""
+    if dtype != "bfloat16":
+        return None
+    return next((peak for name, peak in NOMINAL_BF16_TFLOPS if name in device), None)
+
+
+def model_flops_utilisation():
+    """Trains `--mfu_*`'s CLIP with XLA on the default device; its achieved FLOP/s against
+    the measured matmul peak and, where listed, the datasheet one."""
+    gpus = machine()["gpus"]
+    device = gpus[0] if gpus else "CPU"
+    batch_size = FLAGS.mfu_batch_size or (256 if gpus else 16)
+    width, layers = FLAGS.mfu_width, FLAGS.mfu_layers
+    policy = keras.dtype_policies.get(FLAGS.mfu_dtype_policy)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        tokenizers = {
+            "image": ImagePatchTokenizer(MFU_IMAGE_SIZE, MFU_PATCH_SIZE, width),
+            "text": TextEmbedding(FLAGS.vocabulary_size, MFU_TEXT_TOKENS, width),
+        }
+        encoders = {
+            m: TransformerEncoder(
+                layers, max(1, width // 64), 4 * width, activation=FLAGS.activation
+            )
+            for m in tokenizers
+        }
+        keras.utils.set_random_seed(0)
+        trainer = ContrastiveTrainer(DualEncoder(tokenizers, encoders, width), label_aware=False)
+        trainer.compile(optimizer=optimizer(), jit_compile=True)
+        data = batches(random_batches(1, batch_size, MFU_IMAGE_SIZE, MFU_TEXT_TOKENS), batch_size)
+        trainer.fit(data, steps_per_epoch=2, epochs=1, verbose=0)  # trace, compile, warm up
+        step_seconds = math.inf
+        for _ in range(MFU_ROUNDS):
+            start = time.perf_counter()
+            trainer.fit(data, steps_per_epoch=FLAGS.mfu_steps, epochs=1, verbose=0)
+            step_seconds = min(step_seconds, (time.perf_counter() - start) / FLAGS.mfu_steps)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    flops = mfu_step_flops(batch_size, width, layers)
+    achieved = flops / step_seconds
+    peak = matmul_peak_flops(policy.compute_dtype, FLAGS.mfu_peak_size or (8192 if gpus else 2048))
+    nominal = nominal_peak_tflops(device, policy.compute_dtype)
+    return {
+        "config": {
+            "width": width,
+            "num_layers": layers,
+            "mlp_dim": 4 * width,
+            "num_heads": max(1, width // 64),
+            "batch_size": batch_size,
+            "image_tokens": (MFU_IMAGE_SIZE // MFU_PATCH_SIZE) ** 2,
+            "text_tokens": MFU_TEXT_TOKENS,
+            "dtype_policy": policy.name,
+            "steps": FLAGS.mfu_steps,
+            "rounds": MFU_ROUNDS,
+        },
+        "device": device,
+        "num_params": trainer.count_params(),
+        "model_tflop_per_step": flops / 1e12,
+        "step_seconds": step_seconds,
+        "achieved_tflops": achieved / 1e12,
+        "measured_matmul_peak_tflops": peak / 1e12,
+        "mfu_vs_measured_matmul_peak": achieved / peak,
+        "nominal_peak_tflops": nominal,
+        "mfu": None if nominal is None else achieved / (nominal * 1e12),
+    }
 
 
 def main(argv):
@@ -323,6 +452,7 @@ def main(argv):
         results["siglip"]["mm_keras"]["steps_per_cpu_second_jit"]
         / results["siglip"]["keras_hub"]["steps_per_cpu_second_jit"]
     )
+    mfu = results["model_flops_utilisation"] = model_flops_utilisation()
     path = write_results("train_step", results, FLAGS.output_dir)
 
     header = ("steps/s (jit)", "steps/s (no jit)", "jit speedup", "params")
@@ -346,6 +476,13 @@ def main(argv):
     print(
         "ratio_vs_keras_hub_siglip (a SigLIP preset: ContrastiveTrainer / "
         f"SigLIPBackbone.fit with SigLIPLoss, jit_compile=True): {ratio_siglip:.3f}"
+    )
+    setting = f"width {mfu['config']['width']}, {mfu['config']['dtype_policy']}, {mfu['device']}"
+    print(
+        f"model FLOPs utilisation ({setting}): {mfu['achieved_tflops']:.3f} TFLOP/s, "
+        f"{mfu['mfu_vs_measured_matmul_peak']:.2f} of the measured matmul peak "
+        f"({mfu['measured_matmul_peak_tflops']:.3f})"
+        + ("" if mfu["mfu"] is None else f", {mfu['mfu']:.2f} of the datasheet's")
     )
     print(f"ratio_vs_keras_hub (mm_keras / keras-hub CLIPBackbone, jit_compile=True): {ratio:.3f}")
 
