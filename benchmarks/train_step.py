@@ -298,6 +298,7 @@ def model_flops_utilisation():
     device = gpus[0] if gpus else "CPU"
     batch_size = FLAGS.mfu_batch_size or (256 if gpus else 16)
     width, layers = FLAGS.mfu_width, FLAGS.mfu_layers
+    heads, mlp = max(1, width // 64), 4 * width
     policy = keras.dtype_policies.get(FLAGS.mfu_dtype_policy)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
@@ -307,9 +308,7 @@ def model_flops_utilisation():
             "text": TextEmbedding(FLAGS.vocabulary_size, MFU_TEXT_TOKENS, width),
         }
         encoders = {
-            m: TransformerEncoder(
-                layers, max(1, width // 64), 4 * width, activation=FLAGS.activation
-            )
+            m: TransformerEncoder(layers, heads, mlp, activation=FLAGS.activation)
             for m in tokenizers
         }
         keras.utils.set_random_seed(0)
@@ -332,8 +331,8 @@ def model_flops_utilisation():
         "config": {
             "width": width,
             "num_layers": layers,
-            "mlp_dim": 4 * width,
-            "num_heads": max(1, width // 64),
+            "mlp_dim": mlp,
+            "num_heads": heads,
             "batch_size": batch_size,
             "image_tokens": (MFU_IMAGE_SIZE // MFU_PATCH_SIZE) ** 2,
             "text_tokens": MFU_TEXT_TOKENS,
