@@ -37,6 +37,7 @@ Writes `benchmarks/results/train_step.json` and prints the ratios (mm_keras step
 keras-hub steps/s, XLA on, which is Keras' default on TF) last.
 """
 
+import functools
 import math
 import os
 import statistics
@@ -88,6 +89,7 @@ flags.DEFINE_integer("mfu_peak_size", None, "Side of the square matmuls that mea
                      "(default: 8192 with a GPU, 2048 without).")  # fmt: skip
 
 MFU_IMAGE_SIZE, MFU_PATCH_SIZE, MFU_TEXT_TOKENS, MFU_ROUNDS = 64, 8, 32, 3
+MFU_IMAGE_TOKENS = (MFU_IMAGE_SIZE // MFU_PATCH_SIZE) ** 2
 # Dense (not sparse) bfloat16 tensor-core peaks from NVIDIA's datasheets, in TFLOP/s; the
 # first name a device's name contains is its entry.
 NOMINAL_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0))
@@ -174,12 +176,13 @@ def batches(data=None, batch_size=None):
     return tf.data.Dataset.from_tensor_slices(data).batch(batch_size).cache().repeat()
 
 
-def make_trainer(build_model, jit_compile, loss="clip", data=None):
+def make_trainer(build_model, jit_compile, loss="clip", data=None, batch_size=None):
     keras.utils.set_random_seed(0)
     model = build_model()
     trainer = ContrastiveTrainer(model, loss=loss, label_aware=False)
     trainer.compile(optimizer=optimizer(), jit_compile=jit_compile)
-    trainer.fit(batches(data), steps_per_epoch=5, epochs=1, verbose=0)  # trace, compile, warm up
+    # Trace, compile, warm up.
+    trainer.fit(batches(data, batch_size), steps_per_epoch=5, epochs=1, verbose=0)
     return trainer
 
 
@@ -242,20 +245,22 @@ def siglip_contenders(preset_dir):
     return {"mm_keras": (mm_keras, batches(data)), "keras_hub": (backbone, keras_hub_data)}
 
 
-def measure(trainer, data):
-    """Steps per wall-clock second and per CPU second (all cores) of one round."""
+def measure(trainer, data, steps=None):
+    """Steps per wall-clock second and per CPU second (all cores) of one round of `steps`
+    (default: `--steps`)."""
+    steps = steps or FLAGS.steps
     wall, cpu = time.perf_counter(), time.process_time()
-    trainer.fit(data, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0)
+    trainer.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return FLAGS.steps / wall, FLAGS.steps / cpu
+    return steps / wall, steps / cpu
 
 
 def mfu_step_flops(batch_size, width, layers):
     """Model FLOPs of one training step of `model_flops_utilisation`'s CLIP: 3x the forward's
     matmul FLOPs (2 per multiply-add), the similarity matrix included."""
-    mlp, image_tokens = 4 * width, (MFU_IMAGE_SIZE // MFU_PATCH_SIZE) ** 2
-    patch_embedding = 2 * image_tokens * MFU_PATCH_SIZE**2 * width  # grey pixels
-    image = patch_embedding + encoder_flops(image_tokens, width, mlp, layers)
+    mlp = 4 * width
+    patch_embedding = 2 * MFU_IMAGE_TOKENS * MFU_PATCH_SIZE**2 * width  # grey pixels
+    image = patch_embedding + encoder_flops(MFU_IMAGE_TOKENS, width, mlp, layers)
     text = encoder_flops(MFU_TEXT_TOKENS, width, mlp, layers)
     heads = 2 * (2 * width * width)  # each tower's projection to the width-sized joint space
     similarity = 2 * batch_size * batch_size * width
@@ -311,16 +316,12 @@ def model_flops_utilisation():
             m: TransformerEncoder(layers, heads, mlp, activation=FLAGS.activation)
             for m in tokenizers
         }
-        keras.utils.set_random_seed(0)
-        trainer = ContrastiveTrainer(DualEncoder(tokenizers, encoders, width), label_aware=False)
-        trainer.compile(optimizer=optimizer(), jit_compile=True)
-        data = batches(random_batches(1, batch_size, MFU_IMAGE_SIZE, MFU_TEXT_TOKENS), batch_size)
-        trainer.fit(data, steps_per_epoch=2, epochs=1, verbose=0)  # trace, compile, warm up
-        step_seconds = math.inf
-        for _ in range(MFU_ROUNDS):
-            start = time.perf_counter()
-            trainer.fit(data, steps_per_epoch=FLAGS.mfu_steps, epochs=1, verbose=0)
-            step_seconds = min(step_seconds, (time.perf_counter() - start) / FLAGS.mfu_steps)
+        data = random_batches(1, batch_size, MFU_IMAGE_SIZE, MFU_TEXT_TOKENS)
+        build = functools.partial(DualEncoder, tokenizers, encoders, width)
+        trainer = make_trainer(build, True, data=data, batch_size=batch_size)
+        data = batches(data, batch_size)
+        best_rate = max(measure(trainer, data, FLAGS.mfu_steps)[0] for _ in range(MFU_ROUNDS))
+        step_seconds = 1.0 / best_rate
     finally:
         keras.config.set_dtype_policy(previous)
     flops = mfu_step_flops(batch_size, width, layers)
@@ -334,7 +335,7 @@ def model_flops_utilisation():
             "mlp_dim": mlp,
             "num_heads": heads,
             "batch_size": batch_size,
-            "image_tokens": (MFU_IMAGE_SIZE // MFU_PATCH_SIZE) ** 2,
+            "image_tokens": MFU_IMAGE_TOKENS,
             "text_tokens": MFU_TEXT_TOKENS,
             "dtype_policy": policy.name,
             "steps": FLAGS.mfu_steps,

@@ -58,10 +58,11 @@ def batched_matmul(a, b, transpose_b=False):
 
 def _transposed_times(a, b):
     """`a^T @ b` over the last two axes: `a` transposed in memory, then a plain product."""
-    leading, rows, columns = ops.shape(a)[:-2], ops.shape(a)[-2], ops.shape(a)[-1]
+    *leading, rows, columns = ops.shape(a)
+    b_columns = ops.shape(b)[-1]
     a_t = tf.reshape(tf.linalg.matrix_transpose(a), (-1, columns, rows))
-    product = tf.matmul(a_t, tf.reshape(b, (-1, rows, ops.shape(b)[-1])))
-    return tf.reshape(product, (*leading, columns, ops.shape(b)[-1]))
+    product = tf.matmul(a_t, tf.reshape(b, (-1, rows, b_columns)))
+    return tf.reshape(product, (*leading, columns, b_columns))
 
 
 @tf.custom_gradient
